@@ -1,0 +1,35 @@
+"""calm: few-shot audio classifiers from the attention heads of audio-language models.
+
+The public names are imported lazily, so ``import calm`` (and the CLI's start) stays fast and
+torch is only loaded by the parts that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Item": "calm.data.items",
+    "HeadFeatures": "calm.features",
+    "HeadIndex": "calm.features",
+    "AudioLoadError": "calm.audio",
+    "load_audio": "calm.audio",
+    "load_backbone": "calm.backbones",
+    "Backbone": "calm.backbones.base",
+    "extract": "calm.heads",
+    "FeatureStore": "calm.store",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'calm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

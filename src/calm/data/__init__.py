@@ -1,0 +1,1 @@
+"""Items, dataset recipes, splits and few-shot episodes."""

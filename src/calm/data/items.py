@@ -1,0 +1,28 @@
+"""The unit of data: one clip (audio, optional video) with its label(s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled (or unlabelled) clip.
+
+    Attributes:
+        id: unique within a dataset; used as the key in feature stores and reports.
+        audio: path of the audio file (or of a video container whose audio track is used).
+        label: a class name, a tuple of class names for multi-label data, or None.
+        video: path of a video file, for audio-visual backbones.
+        fold: official fold or split name where the dataset defines one.
+        meta: anything else a recipe knows (speaker, source, duration ...).
+    """
+
+    id: str
+    audio: Path | None
+    label: str | tuple[str, ...] | None = None
+    video: Path | None = None
+    fold: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
