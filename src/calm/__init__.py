@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "Item": "calm.data.items",
+    "load_dataset": "calm.data.loaders",
+    "DatasetError": "calm.data.loaders",
     "HeadFeatures": "calm.features",
     "HeadIndex": "calm.features",
     "AudioLoadError": "calm.audio",

@@ -1,0 +1,270 @@
+"""Dataset loaders: local folders in public layouts -> ``list[Item]``.
+
+``load_dataset(spec)`` is the entry point. ``spec`` is a path (a folder or a metadata file) or
+``"layout:path"`` to name the layout. The generic layouts live here:
+
+* ``folder``: ``root/<class>/**/<file>`` (audio or video files); an optional split level
+  ``root/<split>/<class>/...`` (split names such as ``train``/``test``) becomes ``Item.fold``.
+* ``csv``: a CSV with a header and the columns ``path`` (relative to the CSV's folder) and
+  ``label``, optionally ``split`` (-> ``Item.fold``), ``id`` and ``video``; every other column goes
+  to ``Item.meta``. An empty label means "unlabelled".
+
+The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet, HuggingFace
+``datasets``) live in :mod:`calm.data.recipes`, one module each, and use the helpers below.
+Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from calm.data.items import Item
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov"})
+MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
+
+# Folder names that mark a split level in the folder layout.
+SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "validation", "dev", "eval"})
+
+# layout name -> "module:function"; every loader takes the root (folder or file) and keyword options.
+LAYOUTS: dict[str, str] = {
+    "folder": "calm.data.loaders:load_folder",
+    "csv": "calm.data.loaders:load_csv",
+    "esc50": "calm.data.recipes.esc50:load_esc50",
+    "urbansound8k": "calm.data.recipes.urbansound8k:load_urbansound8k",
+    "vggsound": "calm.data.recipes.vggsound:load_vggsound",
+    "asvspoof2019_la": "calm.data.recipes.asvspoof:load_asvspoof2019_la",
+    "audioset": "calm.data.recipes.audioset:load_audioset",
+    "hf": "calm.data.recipes.hf:load_hf",
+}
+
+# Marker (relative to a root folder) -> layout, checked in this order by detect_layout.
+_MARKERS: tuple[tuple[str, str], ...] = (
+    ("meta/esc50.csv", "esc50"),
+    ("metadata/UrbanSound8K.csv", "urbansound8k"),
+    ("ASVspoof2019_LA_cm_protocols", "asvspoof2019_la"),
+    ("LA/ASVspoof2019_LA_cm_protocols", "asvspoof2019_la"),
+    ("class_labels_indices.csv", "audioset"),
+    ("vggsound.csv", "vggsound"),
+)
+
+
+class DatasetError(ValueError):
+    """Malformed metadata or a missing file; the message names the file and the line."""
+
+
+def at(path: Path | str, line: int | None = None) -> str:
+    """``"path:line"`` (or just the path), the prefix of every DatasetError message."""
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+# ---------------------------------------------------------------------------- helpers for recipes
+
+
+def read_rows(
+    path: Path, *, columns: Iterable[str] = (), header: bool = True, comment: str | None = None, **fmt: Any
+) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
+    """Yield ``(line number, row)`` from a CSV-like file, skipping blank and comment lines.
+
+    With ``header``, rows are dicts keyed by the header's column names, the header must contain
+    ``columns``, and every row must have as many fields as the header; otherwise rows are lists.
+    ``fmt`` goes to :func:`csv.reader` (``delimiter``, ``skipinitialspace`` ...).
+    """
+    if not path.is_file():
+        raise DatasetError(f"{at(path)}: metadata file not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        lines = ("\n" if comment and line.lstrip().startswith(comment) else line for line in handle)
+        reader = csv.reader(lines, **fmt)
+        names: list[str] | None = None
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if header and names is None:
+                names = [name.strip() for name in row]
+                missing = [c for c in columns if c not in names]
+                if missing:
+                    raise DatasetError(
+                        f"{at(path, reader.line_num)}: missing column(s) {missing} in header {names}"
+                    )
+                continue
+            if names is None:
+                yield reader.line_num, row
+                continue
+            if len(row) != len(names):
+                raise DatasetError(
+                    f"{at(path, reader.line_num)}: {len(row)} field(s), the header has {len(names)}"
+                )
+            yield reader.line_num, {name: cell.strip() for name, cell in zip(names, row)}
+    if header and names is None:
+        raise DatasetError(f"{at(path)}: empty file (no header)")
+
+
+def parse_number(value: str, kind: Callable[[str], Any], column: str, where: str) -> Any:
+    """``kind(value)`` (int or float), or a DatasetError naming the column and the place."""
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise DatasetError(f"{where}: column {column!r}: expected {kind.__name__}, got {value!r}") from None
+
+
+def require_file(path: Path, where: str) -> Path:
+    """``path`` if it is a file, else a DatasetError naming ``where`` (file and line)."""
+    if not path.is_file():
+        raise DatasetError(f"{where}: file not found: {path}")
+    return path
+
+
+def media_item(
+    id: str, path: Path, label: str | tuple[str, ...] | None, fold: str | None = None, **meta: Any
+) -> Item:
+    """An Item for ``path``; a video container is also the item's video."""
+    video = path if path.suffix.lower() in VIDEO_SUFFIXES else None
+    return Item(id=id, audio=path, label=label, video=video, fold=fold, meta=meta)
+
+
+def media_files(root: Path) -> Iterator[Path]:
+    """Audio and video files below ``root``, sorted, hidden files and folders skipped."""
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if path.suffix.lower() in MEDIA_SUFFIXES and not any(p.startswith(".") for p in rel) and path.is_file():
+            yield path
+
+
+def clip_index(root: Path) -> dict[str, Path]:
+    """File stem -> path for every media file below ``root`` (audio preferred over video)."""
+    index: dict[str, Path] = {}
+    for path in media_files(root):
+        current = index.get(path.stem)
+        if current is None or (current.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() in AUDIO_SUFFIXES):
+            index[path.stem] = path
+    return index
+
+
+def check_unique_ids(items: list[Item], source: Path | str) -> list[Item]:
+    """``items``, or a DatasetError naming a duplicated id."""
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise DatasetError(f"{at(source)}: duplicate item id {item.id!r}")
+        seen.add(item.id)
+    return items
+
+
+# ---------------------------------------------------------------------------- generic layouts
+
+
+def load_folder(root: Path | str) -> list[Item]:
+    """Folder of classes: ``root/<class>/**/<media file>``, or ``root/<split>/<class>/...``.
+
+    Item ids are the paths relative to ``root``; labels are class folder names.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{at(root)}: not a folder")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    has_splits = bool(subdirs) and all(p.name.lower() in SPLIT_NAMES for p in subdirs)
+    groups = [(p.name, p) for p in subdirs] if has_splits else [(None, root)]
+    items: list[Item] = []
+    for split, base in groups:
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in media_files(class_dir):
+                item_id = path.relative_to(root).as_posix()
+                items.append(media_item(item_id, path, class_dir.name, split))
+    if not items:
+        raise DatasetError(
+            f"{at(root)}: no audio files in class subfolders (expected root/<class>/<file> with one of "
+            f"{sorted(MEDIA_SUFFIXES)})"
+        )
+    return items
+
+
+_PATH_COLUMNS = ("path", "audio", "file", "filename")
+_LABEL_COLUMNS = ("label", "class")
+
+
+def load_csv(path: Path | str) -> list[Item]:
+    """A CSV with a header: ``path``, ``label`` (optional), ``split``, ``id``, ``video`` (optional).
+
+    Paths are relative to the CSV's folder (absolute paths are kept). ``audio``, ``file`` or
+    ``filename`` may name the path column and ``class`` the label column. Other columns go to meta.
+    """
+    path = Path(path)
+    base = path.parent
+    items: list[Item] = []
+    path_col = label_col = None
+    for line, row in read_rows(path):
+        assert isinstance(row, dict)
+        if path_col is None:
+            path_col = next((c for c in _PATH_COLUMNS if c in row), None)
+            if path_col is None:
+                raise DatasetError(f"{at(path, 1)}: no path column (one of {list(_PATH_COLUMNS)}) in {list(row)}")
+            label_col = next((c for c in _LABEL_COLUMNS if c in row), None)
+        where = at(path, line)
+        rel = row[path_col]
+        if not rel:
+            raise DatasetError(f"{where}: empty {path_col!r}")
+        audio = require_file(base / rel, where)
+        video = require_file(base / row["video"], where) if row.get("video") else None
+        known = {path_col, label_col, "split", "id", "video"}
+        items.append(
+            Item(
+                id=row.get("id") or Path(rel).as_posix(),
+                audio=audio,
+                label=(row[label_col] or None) if label_col else None,
+                video=video or (audio if audio.suffix.lower() in VIDEO_SUFFIXES else None),
+                fold=row.get("split") or None,
+                meta={k: v for k, v in row.items() if k not in known},
+            )
+        )
+    return check_unique_ids(items, path)
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def detect_layout(path: Path | str) -> tuple[str, Path]:
+    """The layout name of a folder or metadata file, and the root its loader takes.
+
+    A folder is recognised by a public dataset's metadata file (``meta/esc50.csv`` ...); a folder
+    holding exactly one other CSV is that CSV; any other folder is a folder of classes.
+    """
+    path = Path(path)
+    if path.is_file():
+        for marker, layout in _MARKERS:
+            if path.name == Path(marker).name and path.suffix:
+                return layout, path.parents[len(Path(marker).parts) - 1]
+        if path.suffix.lower() in {".csv", ".tsv"}:
+            return "csv", path
+        raise DatasetError(f"{at(path)}: unknown metadata file; name the layout as 'layout:path' ({sorted(LAYOUTS)})")
+    if not path.is_dir():
+        raise DatasetError(f"{at(path)}: no such file or folder")
+    for marker, layout in _MARKERS:
+        if (path / marker).exists():
+            return layout, (path / Path(marker).parent) if marker.startswith("LA/") else path
+    csvs = sorted(path.glob("*.csv"))
+    if len(csvs) == 1:
+        return "csv", csvs[0]
+    return "folder", path
+
+
+def load_dataset(spec: str | Path, **options: Any) -> list[Item]:
+    """Load a dataset from a local path, detecting its layout, or from ``"layout:path"``.
+
+    ``options`` go to the layout's loader (e.g. ``missing="skip"`` for VGGSound and AudioSet).
+    """
+    text = str(spec)
+    layout, _, rest = text.partition(":")
+    if rest and layout in LAYOUTS:
+        root: Path | str = rest if layout == "hf" else Path(rest)
+        if layout not in ("hf", "csv") and Path(rest).is_file():
+            detected, root = detect_layout(rest)
+            if detected != layout:
+                raise DatasetError(f"{at(rest)}: not a metadata file of the {layout!r} layout")
+    else:
+        layout, root = detect_layout(Path(text))
+    module, _, function = LAYOUTS[layout].partition(":")
+    return getattr(importlib.import_module(module), function)(root, **options)
