@@ -1,0 +1,326 @@
+"""An on-disk, append-only, crash-safe store of head features, read back memory-mapped.
+
+Layout of one store, ``root/<first 16 hex of sha256(canonical JSON key)>/``:
+
+* ``key.json``: the key (model id, revision, dtype, prompt, sites ...) and the head index. A
+  directory whose ``key.json`` differs from the key asked for is refused, never reused.
+* ``data.f16``: raw float16 rows of K*D values, appended batch by batch.
+* ``journal.jsonl``: one JSON line per event, appended only after the data it describes is
+  flushed and fsynced: ``{"start", "n", "d", "keys", "ids"}`` for a batch of rows, and
+  ``{"failed", "id", "reason"}`` for an item that could not be processed.
+* ``lock``: held (flock) by the one process writing, from its first write until ``close``.
+
+A journal line ends with a newline and is fsynced before ``append`` returns, so a kill -9 (or a
+power cut) at any moment loses at most the batch being written: on the next write the torn
+journal tail and any data beyond the last journalled row are cut off.
+
+Items are keyed by their id and content hash (``item_key``), so a changed file is recomputed.
+An id's latest event decides its state: a failure is a record, not a finished item, so reruns
+retry it, and an item that later succeeds is no longer listed as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from calm.features import HeadFeatures, HeadIndex
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: writers are then not protected from each other
+    fcntl = None
+
+FORMAT = "calm-feature-store/1"
+_KEY_FILE = "key.json"
+_DATA_FILE = "data.f16"
+_JOURNAL_FILE = "journal.jsonl"
+_LOCK_FILE = "lock"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (another key, damaged files, a concurrent writer)."""
+
+
+class FeatureStore:
+    """Head features of many items under one key; use :meth:`open`, write with :meth:`append` and
+    :meth:`record_failure`, read with :meth:`read`. Also a context manager (closes on exit)."""
+
+    def __init__(self, path: Path, key: dict[str, Any], heads: HeadIndex) -> None:
+        self.path = path
+        self.key = key
+        self.heads = heads
+        self._data_fd: int | None = None
+        self._journal_fd: int | None = None
+        self._lock_fd: int | None = None
+        self._load(repair=False)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, key: dict[str, Any], heads: HeadIndex) -> "FeatureStore":
+        """The store for ``key`` under ``root``, created if new; refuses a directory made for
+        another key or head index."""
+        canonical = _canonical(key)
+        path = Path(root) / hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        meta = {"format": FORMAT, "key": json.loads(canonical), "heads": heads.to_dict()}
+        key_file = path / _KEY_FILE
+        if not key_file.exists():
+            path.mkdir(parents=True, exist_ok=True)
+            _write_atomic(key_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        try:
+            stored = json.loads(key_file.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{key_file}: unreadable store key ({error})") from error
+        if stored != meta:
+            raise StoreError(
+                f"{key_file}: this directory holds features for another key or head index; "
+                f"stored key {stored.get('key')!r}, asked for {meta['key']!r}"
+            )
+        return cls(path, meta["key"], heads)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What determined these features (the store's key)."""
+        return dict(self.key)
+
+    @staticmethod
+    def item_key(item_id: str, audio_hash: str, video_hash: str | None = None) -> str:
+        """The key of one item's features: its id and the content hash of its input file(s)."""
+        parts = [item_id, audio_hash] + ([video_hash] if video_hash is not None else [])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+    def done_keys(self) -> set[str]:
+        """Item keys whose features are stored (failed items are not done)."""
+        return set(self._key_row)
+
+    def failures(self) -> dict[str, str]:
+        """Item id -> reason, for items whose latest record is a failure."""
+        return dict(self._failed)
+
+    def __len__(self) -> int:
+        return len(self._id_row)
+
+    def append(self, item_keys: Sequence[str], ids: Sequence[str], X: np.ndarray) -> None:
+        """Store one batch of features ``X`` [B, K, D] (cast to float16); durable on return."""
+        X = np.asarray(X)
+        if X.ndim != 3 or X.shape[0] != len(ids) or len(item_keys) != len(ids):
+            raise ValueError(
+                f"append: X must be [B, K, D] with B = len(ids) = len(item_keys), got X {X.shape}, "
+                f"{len(ids)} ids, {len(item_keys)} keys"
+            )
+        if X.shape[1] != len(self.heads):
+            raise ValueError(f"append: X has {X.shape[1]} heads, the store's head index has {len(self.heads)}")
+        if self._dim is not None and X.shape[2] != self._dim:
+            raise ValueError(f"append: X has head dimension {X.shape[2]}, the store holds {self._dim}")
+        with np.errstate(over="ignore"):  # overflow shows as inf, refused just below
+            rows = np.ascontiguousarray(X, dtype=np.float16)
+        bad = ~np.isfinite(rows).reshape(len(ids), -1).all(axis=1)
+        if bad.any():
+            named = [ids[i] for i in np.flatnonzero(bad)[:3]]
+            raise ValueError(f"append: non-finite features (NaN, inf or beyond float16 range) for {named}")
+        if len(ids) == 0:
+            return
+        self._begin_write()
+        dim = X.shape[2]
+        _pwrite_all(self._data_fd, rows.tobytes(), self._rows * len(self.heads) * dim * 2)
+        os.fsync(self._data_fd)
+        record = {"start": self._rows, "n": len(ids), "d": dim, "keys": list(item_keys), "ids": list(ids)}
+        self._journal(record)
+        self._apply(record)
+
+    def record_failure(self, item_key: str, item_id: str, reason: str) -> None:
+        """Record that an item could not be processed; durable on return."""
+        self._begin_write()
+        record = {"failed": item_key, "id": item_id, "reason": str(reason)}
+        self._journal(record)
+        self._apply(record)
+
+    def read(self, ids: Sequence[str] | None = None, *, item_keys: Sequence[str] | None = None) -> HeadFeatures:
+        """Stored features, memory-mapped: every stored item (by ``ids=None``, in store order), or
+        the given ids (their latest rows) or item keys, in the order asked.
+
+        Failed items are left out of ``X`` and listed in ``failed``; ids or keys neither stored
+        nor failed raise KeyError. Rows asked for in store order stay a view of the memory map;
+        other orders are gathered into memory.
+        """
+        if ids is not None and item_keys is not None:
+            raise ValueError("read: pass ids or item_keys, not both")
+        if item_keys is not None:
+            wanted = [(self._key_row.get(k), k) for k in item_keys]
+            failed = dict(self._failed_keys[k] for row, k in wanted if row is None and k in self._failed_keys)
+            missing = [k for row, k in wanted if row is None and k not in self._failed_keys]
+        elif ids is not None:
+            wanted = [(self._id_row.get(i), i) for i in ids]
+            failed = {i: self._failed[i] for i in ids if i in self._failed}
+            missing = [i for row, i in wanted if row is None and i not in failed]
+        else:
+            wanted = sorted((row, i) for i, row in self._id_row.items())
+            failed = self.failures()
+            missing = []
+        if missing:
+            raise KeyError(f"{self.path}: no stored features for {len(missing)} item(s), e.g. {missing[:3]}")
+        rows = np.array([row for row, _ in wanted if row is not None], dtype=np.int64)
+        row_ids = [self._row_ids[r] for r in rows.tolist()]
+        return HeadFeatures(self._gather(rows), self.heads, row_ids, self.fingerprint, failed)
+
+    def close(self) -> None:
+        """Release the write lock and file handles (reading stays possible)."""
+        for name in ("_data_fd", "_journal_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, {len(self)} items, {len(self._failed)} failed)"
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        dim = self._dim or 0
+        if rows.size == 0 or self._rows == 0:
+            return np.zeros((0, len(self.heads), dim), dtype=np.float16)
+        data = np.memmap(self.path / _DATA_FILE, dtype=np.float16, mode="r", shape=(self._rows, len(self.heads), dim))
+        if np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+            return data[rows[0] : rows[0] + rows.size]
+        return np.asarray(data[rows])
+
+    def _load(self, repair: bool) -> None:
+        """Rebuild the in-memory index from the journal; with ``repair`` (write lock held), cut
+        off a torn journal tail and data beyond the last journalled row."""
+        self._rows = 0
+        self._dim: int | None = None
+        self._key_row: dict[str, int] = {}
+        self._id_row: dict[str, int] = {}
+        self._row_ids: list[str] = []
+        self._failed: dict[str, str] = {}
+        self._failed_keys: dict[str, tuple[str, str]] = {}
+        journal = self.path / _JOURNAL_FILE
+        raw = journal.read_bytes() if journal.exists() else b""
+        data_size = (self.path / _DATA_FILE).stat().st_size if (self.path / _DATA_FILE).exists() else 0
+        good = 0  # bytes of the journal that hold complete, consistent records
+        lines = raw.split(b"\n")
+        for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: the part after the last newline
+            try:
+                record = json.loads(line)
+                self._check(record, data_size)
+            except (ValueError, KeyError, TypeError) as error:
+                if number < len(lines) - 1:
+                    raise StoreError(f"{journal}: line {number} is damaged ({error}); the store cannot be trusted") from error
+                break  # the last line, written but not whole when the writer died
+            self._apply(record)
+            good += len(line) + 1
+        if repair:
+            if good < len(raw):
+                os.truncate(journal, good)
+            committed = self._rows * len(self.heads) * (self._dim or 0)
+            if data_size > committed * 2:
+                os.truncate(self.path / _DATA_FILE, committed * 2)
+
+    def _check(self, record: dict[str, Any], data_size: int) -> None:
+        if "failed" in record:
+            if not all(isinstance(record.get(field), str) for field in ("failed", "id", "reason")):
+                raise ValueError("failure record without key, id or reason")
+            return
+        n, dim = int(record["n"]), int(record["d"])
+        if record["start"] != self._rows or len(record["keys"]) != n or len(record["ids"]) != n:
+            raise ValueError("rows out of sequence")
+        if self._dim is not None and dim != self._dim:
+            raise ValueError(f"head dimension {dim} after {self._dim}")
+        if data_size < (self._rows + n) * len(self.heads) * dim * 2:
+            raise ValueError("data file shorter than the journal says")
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        if "failed" in record:
+            self._failed[record["id"]] = record["reason"]
+            self._failed_keys[record["failed"]] = (record["id"], record["reason"])
+            self._id_row.pop(record["id"], None)
+            return
+        self._dim = int(record["d"])
+        for offset, (key, item_id) in enumerate(zip(record["keys"], record["ids"])):
+            row = record["start"] + offset
+            self._key_row[key] = row
+            self._id_row[item_id] = row
+            self._row_ids.append(item_id)
+            self._failed.pop(item_id, None)
+            self._failed_keys.pop(key, None)
+        self._rows += int(record["n"])
+
+    def _begin_write(self) -> None:
+        if self._journal_fd is not None:
+            return
+        self._lock_fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise StoreError(f"{self.path}: another process is writing to this store") from None
+        self._load(repair=True)  # under the lock: another writer may have appended since open
+        self._data_fd = os.open(self.path / _DATA_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._journal_fd = os.open(self.path / _JOURNAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.path)
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        size = os.fstat(self._journal_fd).st_size
+        try:
+            _write_all(self._journal_fd, line)
+            os.fsync(self._journal_fd)
+        except BaseException:
+            os.ftruncate(self._journal_fd, size)  # never leave half a line for the next record
+            raise
+
+
+def _canonical(key: dict[str, Any]) -> str:
+    try:
+        return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"FeatureStore key must be plain JSON (str, numbers, lists, dicts): {error}") from error
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _pwrite_all(fd: int, payload: bytes, offset: int) -> None:
+    view = memoryview(payload)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
