@@ -9,8 +9,7 @@
   ``label``, optionally ``split`` (-> ``Item.fold``), ``id`` and ``video``; every other column goes
   to ``Item.meta``. An empty label means "unlabelled".
 
-The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet, HuggingFace
-``datasets``) live in :mod:`calm.data.recipes`, one module each, and use the helpers below.
+The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet) live in :mod:`calm.data.recipes`, one module each, and use the helpers below.
 Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
 """
 
@@ -18,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -39,7 +39,6 @@ LAYOUTS: dict[str, str] = {
     "vggsound": "calm.data.recipes.vggsound:load_vggsound",
     "asvspoof2019_la": "calm.data.recipes.asvspoof:load_asvspoof2019_la",
     "audioset": "calm.data.recipes.audioset:load_audioset",
-    "hf": "calm.data.recipes.hf:load_hf",
 }
 
 # Marker (relative to a root folder) -> layout, checked in this order by detect_layout.
@@ -142,6 +141,29 @@ def clip_index(root: Path) -> dict[str, Path]:
         if current is None or (current.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() in AUDIO_SUFFIXES):
             index[path.stem] = path
     return index
+
+
+def find_clip(index: dict[str, Path], stems: Iterable[str], where: str, missing: str) -> Path | None:
+    """The clip of ``index`` (see :func:`clip_index`) named by the first matching stem.
+
+    A clip that is not there raises a DatasetError naming ``where``, or gives None when
+    ``missing == "skip"`` (datasets fetched from YouTube always lack some clips).
+    """
+    if missing not in ("error", "skip"):
+        raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
+    stems = list(stems)
+    for stem in stems:
+        if stem in index:
+            return index[stem]
+    if missing == "skip":
+        return None
+    raise DatasetError(f"{where}: no clip named {' or '.join(stems)} (any audio/video suffix); pass missing='skip' to skip")
+
+
+def warn_skipped(skipped: int, total: int, source: Path) -> None:
+    """Warn that ``skipped`` of ``total`` rows of ``source`` had no local clip."""
+    if skipped:
+        warnings.warn(f"{source}: skipped {skipped} of {total} rows without a local clip", stacklevel=3)
 
 
 def check_unique_ids(items: list[Item], source: Path | str) -> list[Item]:
@@ -259,8 +281,8 @@ def load_dataset(spec: str | Path, **options: Any) -> list[Item]:
     text = str(spec)
     layout, _, rest = text.partition(":")
     if rest and layout in LAYOUTS:
-        root: Path | str = rest if layout == "hf" else Path(rest)
-        if layout not in ("hf", "csv") and Path(rest).is_file():
+        root = Path(rest)
+        if layout != "csv" and root.is_file():
             detected, root = detect_layout(rest)
             if detected != layout:
                 raise DatasetError(f"{at(rest)}: not a metadata file of the {layout!r} layout")
