@@ -1,0 +1,1 @@
+"""Evaluation: metrics, zero-shot answer mapping, the experiment protocol and reports."""
