@@ -239,3 +239,38 @@ def test_audioset(tmp_path: Path) -> None:
         load_dataset(tmp_path)
     with pytest.warns(UserWarning, match="skipped 1 of 2"):
         assert [i.id for i in load_dataset(tmp_path, missing="skip")] == ["--4gqARaEJE"]
+
+
+# ---------------------------------------------------------------------------- calm data
+
+
+def test_cli_data_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from calm.cli import main
+
+    make_esc50(tmp_path)
+    assert main(["data", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layout: esc50" in out and "items: 3" in out and "protocol: folds" in out and "dog\t2" in out
+    assert main(["data", "info", str(tmp_path / "nowhere")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_cli_data_prepare_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import sys
+    import types
+
+    from calm.cli import main
+
+    def tiny(out: Path) -> Path:
+        """A one-clip dataset."""
+        write_audio(out / "dog/a.wav")
+        return write_text(out / "tiny.csv", "path,label\ndog/a.wav,dog\n")
+
+    monkeypatch.setitem(sys.modules, "calm.data.demo", types.SimpleNamespace(RECIPES={"tiny": tiny}))
+    assert main(["data", "list"]) == 0
+    assert capsys.readouterr().out == "tiny\tA one-clip dataset.\n"
+    assert main(["data", "prepare", "tiny", "--out", str(tmp_path / "t")]) == 0
+    csv_path = Path(capsys.readouterr().out.strip())
+    assert [i.label for i in load_dataset(csv_path)] == ["dog"]
+    assert main(["data", "prepare", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""``calm data``: list and prepare demo datasets, and describe a local dataset."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+
+def _recipes() -> dict[str, Callable[[Path], Path]] | None:
+    """``calm.data.demo.RECIPES`` (name -> callable(out_dir) -> CSV path), or None if absent."""
+    try:
+        return importlib.import_module("calm.data.demo").RECIPES
+    except ModuleNotFoundError as error:
+        if error.name != "calm.data.demo":
+            raise
+        return None
+
+
+def _list(args: argparse.Namespace) -> int:
+    recipes = _recipes()
+    if not recipes:
+        print("calm data: no dataset recipes are installed", file=sys.stderr)
+        return 1
+    for name in sorted(recipes):
+        doc = (recipes[name].__doc__ or "").strip().splitlines()
+        print(f"{name}\t{doc[0] if doc else ''}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    recipes = _recipes() or {}
+    if args.recipe not in recipes:
+        print(f"calm data prepare: unknown recipe {args.recipe!r}; known: {sorted(recipes)}", file=sys.stderr)
+        return 2
+    print(recipes[args.recipe](Path(args.out)))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from calm.data.episodes import protocol_of
+    from calm.data.loaders import LAYOUTS, DatasetError, detect_layout, load_dataset
+
+    try:
+        prefix = args.dataset.partition(":")[0]
+        layout = prefix if prefix in LAYOUTS else detect_layout(args.dataset)[0]
+        items = load_dataset(args.dataset)
+        protocol = protocol_of(items)
+    except (DatasetError, ValueError) as error:
+        print(f"calm data info: {error}", file=sys.stderr)
+        return 1
+    labels = Counter(name for i in items for name in (i.label if isinstance(i.label, tuple) else (i.label,)))
+    folds = Counter(str(i.fold) for i in items if i.fold is not None)
+    print(f"layout: {layout}\nitems: {len(items)}\nprotocol: {protocol}")
+    print(f"classes: {len([c for c in labels if c is not None])}" + (f" (+{labels[None]} unlabelled)" if None in labels else ""))
+    for name, count in sorted(labels.items(), key=lambda kv: str(kv[0])):
+        if name is not None:
+            print(f"  {name}\t{count}")
+    if folds:
+        print("folds: " + ", ".join(f"{fold} ({count})" for fold, count in sorted(folds.items())))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="list and prepare demo datasets; describe a dataset")
+    commands = parser.add_subparsers(dest="data_command", required=True)
+    commands.add_parser("list", help="list the dataset recipes").set_defaults(func=_list)
+    prepare = commands.add_parser("prepare", help="build a recipe's dataset; prints the path of its CSV")
+    prepare.add_argument("recipe", help="recipe name (see `calm data list`)")
+    prepare.add_argument("--out", required=True, help="output folder")
+    prepare.set_defaults(func=_prepare)
+    info = commands.add_parser("info", help="detect a dataset's layout and count its items, classes and folds")
+    info.add_argument("dataset", help="a folder, metadata file or layout:path")
+    info.set_defaults(func=_info)
