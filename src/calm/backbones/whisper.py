@@ -1,0 +1,99 @@
+"""Whisper (``WhisperForConditionalGeneration``): sites are the decoder's self-attention
+(``self_attn.out_proj``) and cross-attention (``encoder_attn.out_proj``) blocks, so
+K = 2 x decoder layers x heads.
+
+Whisper takes no instruction, so the text prompt becomes *previous context*: the decoder prefix
+is ``<|startofprev|> {prompt}`` followed by the start tokens ``<|startoftranscript|>``
+(+ ``<|en|><|transcribe|>`` on multilingual models) ``<|notimestamps|>``; the last real token is
+``<|notimestamps|>``, where the decoder is about to write the transcript. Without a prompt the
+prefix is just the start tokens. Every clip gets the same prefix, so the token sequences never
+need padding; the encoder always sees 30 s of (padded or cut) log-mel frames.
+
+With a fixed prefix, the first layer's self-attention heads see only prompt tokens and are
+constant across clips: classifiers must tolerate them (see DESIGN.md §1.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import GenerationMixin
+
+from calm.backbones.base import Backbone
+
+MULTILINGUAL_VOCAB = 51865
+"""Whisper's multilingual checkpoints have at least this many tokens; English-only ones have fewer."""
+
+
+class WhisperBackbone(Backbone):
+    family = "whisper"
+    model_types = ("whisper",)
+    model_class = "WhisperForConditionalGeneration"
+    site_kinds = ("self_attn", "cross_attn")
+    language = "en"
+    task = "transcribe"
+
+    @property
+    def multilingual(self) -> bool:
+        return int(self.model.config.vocab_size) >= MULTILINGUAL_VOCAB
+
+    def decoder_prefix(self, prompt: str) -> list[int]:
+        """Token ids of the decoder prefix for ``prompt`` (see the module docstring)."""
+        tokenizer = self.tokenizer
+        tokens = ["<|startoftranscript|>"]
+        if self.multilingual:
+            tokens += [f"<|{self.language}|>", f"<|{self.task}|>"]
+        tokens.append("<|notimestamps|>")
+        start = [self._token_id(t) for t in tokens]
+        if not prompt.strip():
+            return start
+        previous = [self._token_id("<|startofprev|>")] + tokenizer.encode(" " + prompt.strip(), add_special_tokens=False)
+        limit = int(self.model.config.max_target_positions) // 2
+        if len(previous) > limit:
+            raise ValueError(f"prompt is {len(previous)} tokens; Whisper takes at most {limit} as previous context")
+        return previous + start
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"{self.model_id}: the tokenizer has no {token} token")
+        return int(token_id)
+
+    def render_prompt(self, prompt: str, with_video: bool = False) -> str:
+        return self.tokenizer.decode(self.decoder_prefix(prompt))
+
+    def build_inputs(
+        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None
+    ) -> dict[str, torch.Tensor]:
+        if videos is not None:
+            raise ValueError("whisper backbones take no video")
+        features = self.processor.feature_extractor(
+            list(audios), sampling_rate=self.sample_rate, return_tensors="pt"
+        )["input_features"]
+        prefix = torch.tensor([self.decoder_prefix(prompt)] * len(audios), dtype=torch.long)
+        return self.to_device(
+            {"input_features": features, "decoder_input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
+        )
+
+    def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {
+            "input_features": inputs["input_features"],
+            "decoder_input_ids": inputs["decoder_input_ids"],
+            "decoder_attention_mask": inputs["attention_mask"],
+            "use_cache": False,
+        }
+
+    def run_generate(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
+        # The plain decoding loop, not Whisper's long-form generate: the prefix is ours.
+        return GenerationMixin.generate(
+            self.model,
+            input_features=inputs["input_features"],
+            decoder_input_ids=inputs["decoder_input_ids"],
+            pad_token_id=self.tokenizer.pad_token_id,
+            **options,
+        )
+
+    def prompt_length(self, inputs: dict[str, torch.Tensor]) -> int:
+        return int(inputs["decoder_input_ids"].shape[1])

@@ -1,0 +1,158 @@
+"""Extraction: batched equals one-by-one, the captured tensor is the projection's input, early
+stop changes nothing, the LM head never runs, the store is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from calm.data.items import Item
+from calm.heads import HeadCapture, extract, last_token_index
+from calm.testing import tiny_backbone
+
+FAMILIES = ["qwen2_audio", "whisper"]
+PROMPT = "What sound is this?"
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Item]:
+    """8 clips of different lengths (0.3 s to 2.1 s), at two sample rates."""
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(8):
+        rate = 16000 if i % 2 else 22050
+        path = root / f"clip{i}.wav"
+        soundfile.write(path, (0.1 * rng.standard_normal(int(rate * (0.3 + 0.25 * i)))).astype(np.float32), rate)
+        items.append(Item(f"clip{i}", path, label="a" if i % 2 else "b"))
+    return items
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def backbone(request):
+    return tiny_backbone(request.param)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_equals_one_by_one(backbone, clips, side):
+    backbone.padding_side = side
+    batched = extract(backbone, clips, PROMPT, batch_size=4, dtype=np.float32)
+    single = extract(backbone, clips, PROMPT, batch_size=1, dtype=np.float32)
+    assert batched.ids == single.ids == [item.id for item in clips]
+    assert batched.X.dtype == np.float32
+    assert np.abs(batched.X - single.X).max() <= 1e-4
+    assert not batched.failed
+
+
+def test_padding_really_happens(clips):
+    backbone = tiny_backbone("qwen2_audio")
+    from calm.audio import load_audio
+
+    audios = [load_audio(item.audio, backbone.sample_rate) for item in clips[:4]]
+    for side in ("left", "right"):
+        backbone.padding_side = side
+        mask = backbone.build_inputs(audios, PROMPT)["attention_mask"]
+        assert (mask == 0).any()
+        assert (mask[:, 0 if side == "left" else -1] == 0).any()
+
+
+def test_last_token_index_both_sides():
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert last_token_index(left).tolist() == [3, 3]
+    assert last_token_index(right).tolist() == [1, 3]
+    with pytest.raises(ValueError, match="no real token"):
+        last_token_index(torch.tensor([[0, 0]]))
+
+
+def test_projection_of_heads_reproduces_site_output(backbone, clips):
+    """Each site's own output projection, applied to the captured heads, gives its real output."""
+    from calm.audio import load_audio
+
+    backbone.padding_side = "left"
+    audios = [load_audio(item.audio, backbone.sample_rate) for item in clips[:3]]
+    inputs = backbone.build_inputs(audios, PROMPT)
+    last = last_token_index(backbone.token_mask(inputs))
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index):
+        def hook(module, args, output):
+            outputs[index] = output[torch.arange(output.shape[0]), last].clone()
+
+        return hook
+
+    handles = [site.proj.register_forward_hook(keep(i)) for i, site in enumerate(backbone.sites)]
+    try:
+        with HeadCapture(backbone) as capture, torch.inference_mode():
+            capture.expect(backbone.token_mask(inputs))
+            backbone.forward(inputs)
+            X = capture.collect()
+    finally:
+        for handle in handles:
+            handle.remove()
+    start = 0
+    for index, site in enumerate(backbone.sites):
+        heads = X[:, start:start + site.num_heads].reshape(len(audios), -1)
+        start += site.num_heads
+        with torch.inference_mode():
+            rebuilt = site.proj(heads)
+        torch.testing.assert_close(rebuilt, outputs[index], atol=1e-5, rtol=1e-5)
+    assert start == X.shape[1]
+
+
+def test_stop_after_last_site_matches_full_pass(backbone, clips):
+    full = extract(backbone, clips[:4], PROMPT, batch_size=4, dtype=np.float32)
+    early = extract(backbone, clips[:4], PROMPT, batch_size=4, dtype=np.float32, stop_after_last_site=True)
+    np.testing.assert_array_equal(full.X, early.X)
+
+
+def test_lm_head_never_runs(backbone, clips):
+    def refuse(module, args):
+        raise AssertionError("the LM head ran")
+
+    handle = backbone.model.get_output_embeddings().register_forward_hook(lambda m, a, o: refuse(m, a))
+    try:
+        features = extract(backbone, clips[:2], PROMPT, batch_size=2)
+    finally:
+        handle.remove()
+    assert features.X.shape[:2] == (2, len(backbone.head_index()))
+    assert features.X.dtype == np.float16
+
+
+def test_fingerprint_names_model_prompt_and_sites(backbone, clips):
+    features = extract(backbone, clips[:1], PROMPT)
+    assert features.fingerprint["model_id"] == backbone.model_id
+    assert features.fingerprint["prompt"] == PROMPT
+    assert features.fingerprint["sites"] == [site.name for site in backbone.sites]
+
+
+def test_failed_items_are_listed_not_dropped(backbone, clips, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    items = [clips[0], Item("bad", bad), clips[1]]
+    features = extract(backbone, items, PROMPT, on_error="record")
+    assert features.ids == [clips[0].id, clips[1].id]
+    assert "bad" in features.failed and str(bad) in features.failed["bad"]
+    from calm.audio import AudioLoadError
+
+    with pytest.raises(AudioLoadError, match="bad.wav"):
+        extract(backbone, items, PROMPT)
+
+
+def test_store_skips_finished_items(clips, tmp_path):
+    backbone = tiny_backbone("whisper")
+    calls = []
+    forward = backbone.forward
+    backbone.forward = lambda inputs: (calls.append(len(inputs["input_features"])), forward(inputs))[1]
+    first = extract(backbone, clips[:3], PROMPT, batch_size=2, store=tmp_path)
+    assert sum(calls) == 3
+    again = extract(backbone, clips[:5], PROMPT, batch_size=2, store=tmp_path)
+    assert sum(calls) == 5
+    np.testing.assert_array_equal(np.asarray(again.X[:3]), np.asarray(first.X))
+    plain = extract(backbone, clips[:5], PROMPT, batch_size=5)
+    np.testing.assert_array_equal(np.asarray(again.X), plain.X)
+    assert again.ids == [item.id for item in clips[:5]]
