@@ -78,6 +78,8 @@ def test_csv(tmp_path: Path) -> None:
     assert load_dataset(csv_path) == items
     assert load_dataset(tmp_path) == items  # a folder holding one CSV is that CSV
     assert detect_layout(csv_path) == ("csv", csv_path)
+    tsv = write_text(tmp_path / "unlabelled.tsv", "path\tnote\nclips/a.wav\tx\n")
+    assert [(i.label, i.meta) for i in load_dataset(tsv)] == [(None, {"note": "x"})]
 
 
 def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:

@@ -64,42 +64,36 @@ def at(path: Path | str, line: int | None = None) -> str:
 # ---------------------------------------------------------------------------- helpers for recipes
 
 
-def read_rows(
-    path: Path, *, columns: Iterable[str] = (), header: bool = True, comment: str | None = None, **fmt: Any
-) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
-    """Yield ``(line number, row)`` from a CSV-like file, skipping blank and comment lines.
-
-    With ``header``, rows are dicts keyed by the header's column names, the header must contain
-    ``columns``, and every row must have as many fields as the header; otherwise rows are lists.
-    ``fmt`` goes to :func:`csv.reader` (``delimiter``, ``skipinitialspace`` ...).
-    """
+def read_rows(path: Path, *, comment: str | None = None, **fmt: Any) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line number, fields)`` from a CSV-like file, skipping blank lines and lines that
+    start with ``comment``. ``fmt`` goes to :func:`csv.reader` (``delimiter``, ``skipinitialspace``)."""
     if not path.is_file():
         raise DatasetError(f"{at(path)}: metadata file not found")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         lines = ("\n" if comment and line.lstrip().startswith(comment) else line for line in handle)
         reader = csv.reader(lines, **fmt)
-        names: list[str] | None = None
         for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if header and names is None:
-                names = [name.strip() for name in row]
-                missing = [c for c in columns if c not in names]
-                if missing:
-                    raise DatasetError(
-                        f"{at(path, reader.line_num)}: missing column(s) {missing} in header {names}"
-                    )
-                continue
-            if names is None:
+            if any(cell.strip() for cell in row):
                 yield reader.line_num, row
-                continue
-            if len(row) != len(names):
-                raise DatasetError(
-                    f"{at(path, reader.line_num)}: {len(row)} field(s), the header has {len(names)}"
-                )
-            yield reader.line_num, {name: cell.strip() for name, cell in zip(names, row)}
-    if header and names is None:
+
+
+def read_table(path: Path, columns: Iterable[str] = (), **fmt: Any) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line number, row)`` from a CSV with a header, each row a dict of stripped fields.
+
+    The header must contain ``columns`` and every row as many fields as the header.
+    """
+    rows = read_rows(path, **fmt)
+    first = next(rows, None)
+    if first is None:
         raise DatasetError(f"{at(path)}: empty file (no header)")
+    names = [name.strip() for name in first[1]]
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DatasetError(f"{at(path, first[0])}: missing column(s) {missing} in header {names}")
+    for line, row in rows:
+        if len(row) != len(names):
+            raise DatasetError(f"{at(path, line)}: {len(row)} field(s), the header has {len(names)}")
+        yield line, {name: cell.strip() for name, cell in zip(names, row)}
 
 
 def parse_number(value: str, kind: Callable[[str], Any], column: str, where: str) -> Any:
@@ -209,7 +203,7 @@ _LABEL_COLUMNS = ("label", "class")
 
 
 def load_csv(path: Path | str) -> list[Item]:
-    """A CSV with a header: ``path``, ``label`` (optional), ``split``, ``id``, ``video`` (optional).
+    """A CSV (or ``.tsv``) with a header: ``path``, ``label``, and optionally ``split``, ``id``, ``video``.
 
     Paths are relative to the CSV's folder (absolute paths are kept). ``audio``, ``file`` or
     ``filename`` may name the path column and ``class`` the label column. Other columns go to meta.
@@ -218,20 +212,20 @@ def load_csv(path: Path | str) -> list[Item]:
     base = path.parent
     items: list[Item] = []
     path_col = label_col = None
-    for line, row in read_rows(path):
-        assert isinstance(row, dict)
+    known: set[str | None] = set()
+    for line, row in read_table(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ","):
         if path_col is None:
             path_col = next((c for c in _PATH_COLUMNS if c in row), None)
             if path_col is None:
                 raise DatasetError(f"{at(path, 1)}: no path column (one of {list(_PATH_COLUMNS)}) in {list(row)}")
             label_col = next((c for c in _LABEL_COLUMNS if c in row), None)
+            known = {path_col, label_col, "split", "id", "video"}
         where = at(path, line)
         rel = row[path_col]
         if not rel:
             raise DatasetError(f"{where}: empty {path_col!r}")
         audio = require_file(base / rel, where)
         video = require_file(base / row["video"], where) if row.get("video") else None
-        known = {path_col, label_col, "split", "id", "video"}
         items.append(
             Item(
                 id=row.get("id") or Path(rel).as_posix(),

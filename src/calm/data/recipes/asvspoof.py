@@ -32,7 +32,7 @@ def load_asvspoof2019_la(root: Path | str, *, parts: Sequence[str] | None = None
     items: list[Item] = []
     for part in parts:
         flac = root / f"ASVspoof2019_LA_{part}" / "flac"
-        for line, row in read_rows(protocol[part], header=False, delimiter=" ", skipinitialspace=True):
+        for line, row in read_rows(protocol[part], delimiter=" ", skipinitialspace=True):
             where = at(protocol[part], line)
             if len(row) != 5:
                 raise DatasetError(f"{where}: expected 5 fields (speaker, utterance, -, attack, label), got {len(row)}")

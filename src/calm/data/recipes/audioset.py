@@ -11,7 +11,7 @@ from typing import Sequence
 
 from calm.data.items import Item
 from calm.data.loaders import (
-    DatasetError, at, check_unique_ids, clip_index, find_clip, media_item, parse_number, read_rows, warn_skipped,
+    DatasetError, at, check_unique_ids, clip_index, find_clip, media_item, parse_number, read_rows, read_table, warn_skipped,
 )
 
 SEGMENTS = ("balanced_train", "eval", "unbalanced_train")
@@ -20,8 +20,7 @@ SEGMENTS = ("balanced_train", "eval", "unbalanced_train")
 def read_class_labels(path: Path) -> dict[str, str]:
     """mid -> display name from ``class_labels_indices.csv``."""
     names: dict[str, str] = {}
-    for line, row in read_rows(path, columns=("index", "mid", "display_name")):
-        assert isinstance(row, dict)
+    for line, row in read_table(path, ("index", "mid", "display_name")):
         if not row["mid"] or not row["display_name"]:
             raise DatasetError(f"{at(path, line)}: empty mid or display_name")
         names[row["mid"]] = row["display_name"]
@@ -56,7 +55,7 @@ def load_audioset(
     rows = 0
     for segment in segments:
         path = files[segment]
-        for line, row in read_rows(path, header=False, comment="#", skipinitialspace=True):
+        for line, row in read_rows(path, comment="#", skipinitialspace=True):
             rows += 1
             where = at(path, line)
             if len(row) != 4:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm.data.items import Item
-from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_rows, require_file
+from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_table, require_file
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 
@@ -16,8 +16,7 @@ def load_esc50(root: Path | str, *, esc10: bool = False) -> list[Item]:
     root = Path(root)
     meta = root / "meta" / "esc50.csv"
     items: list[Item] = []
-    for line, row in read_rows(meta, columns=COLUMNS):
-        assert isinstance(row, dict)
+    for line, row in read_table(meta, COLUMNS):
         where = at(meta, line)
         fold = parse_number(row["fold"], int, "fold", where)
         if not 1 <= fold <= 5:

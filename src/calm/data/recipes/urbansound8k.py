@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm.data.items import Item
-from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_rows, require_file
+from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_table, require_file
 
 COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 
@@ -17,8 +17,7 @@ def load_urbansound8k(root: Path | str) -> list[Item]:
     root = Path(root)
     meta = root / "metadata" / "UrbanSound8K.csv"
     items: list[Item] = []
-    for line, row in read_rows(meta, columns=COLUMNS):
-        assert isinstance(row, dict)
+    for line, row in read_table(meta, COLUMNS):
         where = at(meta, line)
         fold = parse_number(row["fold"], int, "fold", where)
         if not 1 <= fold <= 10:

@@ -22,7 +22,7 @@ def load_vggsound(root: Path | str, *, missing: str = "error") -> list[Item]:
     index = clip_index(root)
     items: list[Item] = []
     rows = 0
-    for line, row in read_rows(meta, header=False):
+    for line, row in read_rows(meta):
         rows += 1
         where = at(meta, line)
         if len(row) != 4:
