@@ -9,8 +9,8 @@
   ``label``, optionally ``split`` (-> ``Item.fold``), ``id`` and ``video``; every other column goes
   to ``Item.meta``. An empty label means "unlabelled".
 
-The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet) live in :mod:`calm.data.recipes`, one module each, and use the helpers below.
-Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
+The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet) live in
+:mod:`calm.data.recipes`, one module each, and use the helpers below. Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
 """
 
 from __future__ import annotations
