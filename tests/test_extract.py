@@ -14,7 +14,7 @@ from calm.data.items import Item
 from calm.heads import HeadCapture, extract, last_token_index
 from calm.testing import tiny_backbone
 
-FAMILIES = ["qwen2_audio", "whisper"]
+FAMILIES = ["qwen2_audio", "qwen2_5_omni", "whisper"]
 PROMPT = "What sound is this?"
 
 
@@ -32,6 +32,27 @@ def clips(tmp_path_factory) -> list[Item]:
     return items
 
 
+@pytest.fixture(scope="module")
+def video_clips(clips, tmp_path_factory) -> list[Item]:
+    """The first 4 clips, each with an 8-frame video of its own size (mpeg4, no audio track)."""
+    av = pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(1)
+    items = []
+    for i, item in enumerate(clips[:4]):
+        path = root / f"video{i}.mp4"
+        height, width = (48, 64) if i % 2 else (64, 48)
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=8)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for _ in range(8):
+                frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        items.append(Item(item.id, item.audio, video=path))
+    return items
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def backbone(request):
     return tiny_backbone(request.param)
@@ -46,6 +67,26 @@ def test_batched_equals_one_by_one(backbone, clips, side):
     assert batched.X.dtype == np.float32
     assert np.abs(batched.X - single.X).max() <= 1e-4
     assert not batched.failed
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_audio_visual_batched_equals_one_by_one(video_clips, side):
+    backbone = tiny_backbone("qwen2_5_omni")
+    backbone.padding_side = side
+    batched = extract(backbone, video_clips, PROMPT, batch_size=4, dtype=np.float32)
+    single = extract(backbone, video_clips, PROMPT, batch_size=1, dtype=np.float32)
+    audio_only = extract(backbone, [Item(i.id, i.audio) for i in video_clips], PROMPT, dtype=np.float32)
+    assert batched.ids == [item.id for item in video_clips] and not batched.failed
+    assert np.abs(batched.X - single.X).max() <= 1e-4
+    assert np.abs(batched.X - audio_only.X).max() > 1e-3  # the frames reach the model
+
+
+def test_video_is_ignored_with_a_warning_by_audio_only_backbones(video_clips):
+    backbone = tiny_backbone("whisper")
+    with pytest.warns(UserWarning, match="take no video"):
+        with_video = extract(backbone, video_clips[:2], PROMPT, dtype=np.float32)
+    plain = extract(backbone, [Item(i.id, i.audio) for i in video_clips[:2]], PROMPT, dtype=np.float32)
+    np.testing.assert_array_equal(with_video.X, plain.X)
 
 
 def test_padding_really_happens(clips):

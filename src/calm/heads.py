@@ -192,6 +192,7 @@ class _Run:
         self.keys: dict[str, str] = {}
         self.failed: dict[str, str] = {}
         self.rows: dict[str, np.ndarray] = {}
+        self.seconds: dict[str, float] = {}
         self._video_warned = False
 
     def fail(self, item: Item, error: Exception) -> None:
@@ -230,14 +231,13 @@ class _Run:
 
     def process(self, items: Sequence[Item], batch_size: int, progress: bool) -> None:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
-        lengths = {}
         for item in items:
             try:
-                lengths[item.id] = duration(_audio_path(item))
+                self.seconds[item.id] = duration(_audio_path(item))
             except ValueError as error:
                 self.fail(item, error)
-        todo = sorted((item for item in items if item.id in lengths),
-                      key=lambda item: (self.uses_video(item), lengths[item.id]))
+        todo = sorted((item for item in items if item.id in self.seconds),
+                      key=lambda item: (self.uses_video(item), self.seconds[item.id]))
         bar = _progress_bar(len(todo)) if progress else None
         with HeadCapture(self.backbone, self.stop) as capture, torch.inference_mode():
             start = 0
@@ -257,7 +257,7 @@ class _Run:
             try:
                 audio = load_audio(_audio_path(item), self.backbone.sample_rate)
                 if self.uses_video(item):
-                    videos.append(load_video(item.video, self.backbone.video_frames))
+                    videos.append(load_video(item.video, self.backbone.video_frames(self.seconds[item.id])))
                 audios.append(audio)
                 loaded.append(item)
             except ValueError as error:  # AudioLoadError, VideoLoadError

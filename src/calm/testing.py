@@ -13,16 +13,20 @@ from typing import Any, Callable
 
 import torch
 
-from calm.backbones import adapter_class
+from calm.backbones import FAMILIES, adapter_class
 from calm.backbones.base import Backbone
 
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 """Qwen chat tokens; ``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn."""
 
 
-def tiny_tokenizer(special_tokens: tuple[str, ...], eos: str, pad: str, chat_template: str | None = None) -> Any:
+def tiny_tokenizer(
+    special_tokens: tuple[str, ...], eos: str, pad: str, named: dict[str, str] | None = None,
+    chat_template: str | None = None,
+) -> Any:
     """A byte-level tokenizer (256 byte tokens, no merges) with ``special_tokens`` appended, so any
-    text round-trips and the special tokens are single ids as in the real tokenizers."""
+    text round-trips and the special tokens are single ids as in the real tokenizers. ``named``
+    tokens become attributes (``tokenizer.audio_token``, ``tokenizer.audio_token_id`` ...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -30,9 +34,9 @@ def tiny_tokenizer(special_tokens: tuple[str, ...], eos: str, pad: str, chat_tem
     core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=eos, pad_token=pad, additional_special_tokens=list(special_tokens)
-    )
+    core.add_special_tokens(list(dict.fromkeys([*special_tokens, *(named or {}).values()])))
+    options: dict[str, Any] = {"extra_special_tokens": dict(named)} if named else {}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=pad, **options)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
@@ -82,8 +86,49 @@ def _whisper(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     return lambda: WhisperForConditionalGeneration(config), processor
 
 
+OMNI_NAMED = {
+    "audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+    "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+}
+
+
+def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor
+
+    from calm.backbones.qwen2_5_omni import OmniParts
+
+    tokenizer = tiny_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", named=OMNI_NAMED)
+    processor = OmniParts(WhisperFeatureExtractor(feature_size=128), tokenizer)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_NAMED.items()}
+    text = _qwen_text(len(tokenizer), **overrides)
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
+                               "mrope_section": [head_dim // 8, head_dim // 8, head_dim // 4]}
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, output_dim=text["hidden_size"], n_window=100),
+        vision_config=dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32,
+                           out_hidden_size=text["hidden_size"], fullatt_block_indexes=[0]),
+        text_config=text,
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+    )
+    return lambda: Qwen2_5OmniThinkerForConditionalGeneration(config), processor
+
+
+TINY_ATTRIBUTES: dict[str, dict[str, Any]] = {
+    # small frames (at most 4x4 patches) keep the vision tower cheap
+    "qwen2_5_omni": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
+}
+"""Adapter attributes a tiny model changes from the real model's."""
+
+
 TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]]] = {
     "qwen2_audio": _qwen2_audio,
+    "qwen2_5_omni": _qwen2_5_omni,
     "whisper": _whisper,
 }
 """Family -> builder returning (model constructor, processor)."""
@@ -101,8 +146,8 @@ def tiny_backbone(family: str, seed: int = 0, **overrides: Any) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build()
-    adapter = adapter_class(family if family in _ADAPTED else "generic")
-    return adapter(model, processor, model_id=f"tiny:{family}", revision=f"tiny-seed{seed}")
-
-
-_ADAPTED = ("qwen2_audio", "qwen2_5_omni", "whisper")
+    adapter = adapter_class(family if family in FAMILIES else "generic")
+    backbone = adapter(model, processor, model_id=f"tiny:{family}", revision=f"tiny-seed{seed}")
+    for name, value in TINY_ATTRIBUTES.get(family, {}).items():
+        setattr(backbone, name, value)
+    return backbone

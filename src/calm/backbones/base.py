@@ -230,7 +230,7 @@ class Backbone:
 
         torch_dtype = resolve_dtype(dtype, device)
         model = cls.load_model(transformers, str(name_or_path), config, torch_dtype)
-        processor = transformers.AutoProcessor.from_pretrained(str(name_or_path))
+        processor = cls.load_processor(transformers, str(name_or_path))
         revision = local_revision(name_or_path) or getattr(config, "_commit_hash", None)
         return cls(model.to(device), processor, model_id=model_id or str(name_or_path), revision=revision,
                    device=device, dtype=torch_dtype)
@@ -243,6 +243,11 @@ class Backbone:
         if model_cls is None:
             raise ValueError(f"{name_or_path}: transformers {transformers.__version__} has no model class {name!r}")
         return model_cls.from_pretrained(name_or_path, config=config, dtype=dtype)
+
+    @classmethod
+    def load_processor(cls, transformers: Any, name_or_path: str) -> Any:
+        """The processor (tokenizer, feature extractor, chat template) this adapter works with."""
+        return transformers.AutoProcessor.from_pretrained(name_or_path)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.model_id!r}, sites={len(self.sites)}, heads={len(self.head_index())}, "
@@ -269,16 +274,19 @@ class Backbone:
         return [s.name for s in self.sites]
 
     # ---- inputs ---------------------------------------------------------------------------
-    def render_prompt(self, prompt: str, with_video: bool = False) -> str:
-        """The prompt as the model sees it: one user turn (audio, optional video, then the text)
-        through the processor's chat template, with the generation prompt."""
-        content: list[dict[str, Any]] = []
-        if with_video:
-            content.append({"type": "video"})
+    @staticmethod
+    def prompt_messages(prompt: str, with_video: bool = False) -> list[dict[str, Any]]:
+        """One user turn: the video (optional), the audio, then the text."""
+        content: list[dict[str, Any]] = [{"type": "video"}] if with_video else []
         content.append({"type": "audio"})
         if prompt:
             content.append({"type": "text", "text": prompt})
-        messages = [{"role": "user", "content": content}]
+        return [{"role": "user", "content": content}]
+
+    def render_prompt(self, prompt: str, with_video: bool = False) -> str:
+        """The prompt as the model sees it: :meth:`prompt_messages` through the processor's chat
+        template, with the generation prompt."""
+        messages = self.prompt_messages(prompt, with_video)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def build_inputs(
@@ -289,8 +297,7 @@ class Backbone:
         if videos is not None and not self.supports_video:
             raise ValueError(f"{self.family} backbones take no video")
         text = self.render_prompt(prompt, with_video=videos is not None)
-        self.tokenizer.padding_side = self.padding_side
-        kwargs: dict[str, Any] = {"sampling_rate": self.sample_rate}
+        kwargs: dict[str, Any] = {"sampling_rate": self.sample_rate, "padding_side": self.padding_side}
         if videos is not None:
             kwargs["videos"] = list(videos)
         batch = self.processor(text=[text] * len(audios), audio=list(audios), return_tensors="pt", padding=True, **kwargs)
