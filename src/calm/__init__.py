@@ -28,6 +28,18 @@ _EXPORTS: dict[str, str] = {
     "Backbone": "calm.backbones.base",
     "extract": "calm.heads",
     "FeatureStore": "calm.store",
+    "SAVClassifier": "calm.classifiers",
+    "CALMClassifier": "calm.classifiers",
+    "TunedCALMClassifier": "calm.classifiers",
+    "UniformVoteClassifier": "calm.classifiers",
+    "TopNSoftVoteClassifier": "calm.classifiers",
+    "ClassAgnosticCALMClassifier": "calm.classifiers",
+    "ConcatCentroidClassifier": "calm.classifiers",
+    "LogisticProbe": "calm.classifiers",
+    "tune_calm": "calm.classifiers",
+    "TuningResult": "calm.classifiers",
+    "weight_maps": "calm.classifiers",
+    "plot_weight_maps": "calm.classifiers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
