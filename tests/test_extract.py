@@ -14,7 +14,7 @@ from calm.data.items import Item
 from calm.heads import HeadCapture, extract, last_token_index
 from calm.testing import tiny_backbone
 
-FAMILIES = ["qwen2_audio", "qwen2_5_omni", "whisper"]
+FAMILIES = ["qwen2_audio", "qwen2_5_omni", "whisper", "audioflamingo3", "glmasr"]
 PROMPT = "What sound is this?"
 
 

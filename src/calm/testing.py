@@ -119,6 +119,70 @@ def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]
     return lambda: Qwen2_5OmniThinkerForConditionalGeneration(config), processor
 
 
+def _qwen_chat_template(audio: str) -> str:
+    """A Qwen (ChatML) chat template whose audio parts render as ``audio``."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'audio' %}" + audio + "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def _audioflamingo3(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
+    """Audio Flamingo 3: Whisper-style encoder (30 s windows), Qwen2 decoder, ``<sound>`` tokens."""
+    from transformers import (AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration,
+                              AudioFlamingo3Processor, WhisperFeatureExtractor)
+
+    tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<sound>",), eos="<|im_end|>", pad="<|endoftext|>")
+    processor = AudioFlamingo3Processor(WhisperFeatureExtractor(feature_size=128), tokenizer,
+                                        chat_template=_qwen_chat_template("<sound>"))
+    config = AudioFlamingo3Config(
+        audio_config=dict(model_type="audioflamingo3_encoder", num_mel_bins=128, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32, hidden_size=16),
+        text_config=dict(model_type="qwen2", **_qwen_text(len(tokenizer), **overrides)),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
+    )
+    return lambda: AudioFlamingo3ForConditionalGeneration(config), processor
+
+
+GLM_SPECIALS = ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|begin_of_audio|>",
+                "<|end_of_audio|>", "<|pad|>")
+
+GLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}<|begin_of_audio|><|pad|><|end_of_audio|>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""GLM-4 style turns (``<|user|>`` ... ``<|assistant|>``) with the audio between begin/end markers."""
+
+
+def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
+    """GLM-ASR: rotary Whisper-style encoder, Llama decoder, ``<|pad|>`` audio tokens."""
+    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor, WhisperFeatureExtractor
+
+    tokenizer = tiny_tokenizer(GLM_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+    processor = GlmAsrProcessor(WhisperFeatureExtractor(feature_size=128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    text.update(overrides)
+    config = GlmAsrConfig(
+        audio_config=dict(model_type="glmasr_encoder", num_mel_bins=128, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, hidden_size=16),
+        text_config=dict(model_type="llama", **text),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"),
+    )
+    return lambda: GlmAsrForConditionalGeneration(config), processor
+
+
 TINY_ATTRIBUTES: dict[str, dict[str, Any]] = {
     # small frames (at most 4x4 patches) keep the vision tower cheap
     "qwen2_5_omni": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
@@ -130,6 +194,8 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
     "qwen2_audio": _qwen2_audio,
     "qwen2_5_omni": _qwen2_5_omni,
     "whisper": _whisper,
+    "audioflamingo3": _audioflamingo3,
+    "glmasr": _glmasr,
 }
 """Family -> builder returning (model constructor, processor)."""
 

@@ -297,10 +297,14 @@ class Backbone:
         if videos is not None and not self.supports_video:
             raise ValueError(f"{self.family} backbones take no video")
         text = self.render_prompt(prompt, with_video=videos is not None)
-        kwargs: dict[str, Any] = {"sampling_rate": self.sample_rate, "padding_side": self.padding_side}
+        kwargs: dict[str, Any] = {
+            # padding for the token sequences only: audio keeps the feature extractor's own padding
+            "text_kwargs": {"padding": True, "padding_side": self.padding_side},
+            "audio_kwargs": {"sampling_rate": self.sample_rate},
+        }
         if videos is not None:
             kwargs["videos"] = list(videos)
-        batch = self.processor(text=[text] * len(audios), audio=list(audios), return_tensors="pt", padding=True, **kwargs)
+        batch = self.processor(text=[text] * len(audios), audio=list(audios), return_tensors="pt", **kwargs)
         return self.to_device(dict(batch))
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
