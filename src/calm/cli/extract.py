@@ -1,0 +1,80 @@
+"""``calm extract``: head features of a dataset into a resumable feature store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_PROMPT = "What sound is in this audio clip?"
+"""A neutral prompt: it names no classes, so it leaks no labels."""
+
+
+def _run(args: argparse.Namespace) -> int:
+    from calm.audio import AudioLoadError
+    from calm.backbones import load_backbone
+    from calm.data.loaders import DatasetError, load_dataset
+    from calm.evaluate.answers import warn_label_leaks
+    from calm.heads import extract, feature_fingerprint
+    from calm.store import FeatureStore, StoreError
+
+    try:
+        items = load_dataset(args.data)
+    except DatasetError as error:
+        print(f"calm extract: {error}", file=sys.stderr)
+        return 1
+    if not items:
+        print(f"calm extract: {args.data}: no items", file=sys.stderr)
+        return 1
+    warn_label_leaks(args.prompt, items)
+    device = args.device or _default_device()
+    backbone = load_backbone(args.model, device=device, dtype=args.dtype)
+    print(f"{backbone.model_id} ({backbone.family}, {device}, {str(backbone.dtype).removeprefix('torch.')}): "
+          f"{len(backbone.head_index())} heads; {len(items)} items from {args.data}", file=sys.stderr)
+    try:
+        with FeatureStore.open(args.out, feature_fingerprint(backbone, args.prompt), backbone.head_index()) as store:
+            before = len(store.done_keys())
+            features = extract(backbone, items, args.prompt, batch_size=args.batch_size, store=store,
+                               on_error=args.on_error, progress=not args.quiet,
+                               stop_after_last_site=args.stop_after_last_site)
+            computed = len(store.done_keys()) - before
+    except (AudioLoadError, StoreError, ValueError) as error:
+        print(f"calm extract: {error}", file=sys.stderr)
+        if args.on_error == "raise" and isinstance(error, AudioLoadError):
+            print("calm extract: finished items are kept; rerun with --on-error record to list bad files and "
+                  "go on", file=sys.stderr)
+        return 1
+    done = len(features)
+    print(f"store: {store.path}")
+    print(f"done: {done} (computed {computed}, already stored {done - computed}); "
+          f"failed: {len(features.failed)}; features [{done}, {features.X.shape[1]}, {features.X.shape[2]}] float16")
+    for item_id, reason in sorted(features.failed.items()):
+        print(f"  failed {item_id}: {reason}")
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "extract", help="extract per-head features of a dataset into a feature store",
+        description="Run the model once per clip and store the per-head attention outputs at the last prompt "
+                    "token. Reruns skip stored items; an interrupted run resumes.")
+    parser.add_argument("--model", required=True,
+                        help="local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>")
+    parser.add_argument("--data", required=True,
+                        help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path")
+    parser.add_argument("--out", required=True, help="feature store root (one subfolder per model and prompt)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"user text after the audio (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
+                        help="a file that cannot be loaded stops the run (raise) or is listed as failed (record)")
+    parser.add_argument("--stop-after-last-site", action="store_true",
+                        help="end each forward pass after the last captured layer")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
