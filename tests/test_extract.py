@@ -3,7 +3,6 @@ stop changes nothing, the LM head never runs, the store is used."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,14 +163,16 @@ def test_lm_head_never_runs(backbone, clips):
     assert features.X.dtype == np.float16
 
 
-def test_fingerprint_names_model_prompt_and_sites(backbone, clips):
+def test_fingerprint_names_model_prompt_and_sites(clips):
+    backbone = tiny_backbone("whisper")
     features = extract(backbone, clips[:1], PROMPT)
     assert features.fingerprint["model_id"] == backbone.model_id
     assert features.fingerprint["prompt"] == PROMPT
     assert features.fingerprint["sites"] == [site.name for site in backbone.sites]
 
 
-def test_failed_items_are_listed_not_dropped(backbone, clips, tmp_path):
+def test_failed_items_are_listed_not_dropped(clips, tmp_path):
+    backbone = tiny_backbone("qwen2_audio")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
     items = [clips[0], Item("bad", bad), clips[1]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -26,6 +27,7 @@ from calm.audio import AudioLoadError, content_hash, duration, load_audio
 from calm.backbones.base import Backbone, StopForward
 from calm.data.items import Item
 from calm.features import HeadFeatures
+from calm.store import FeatureStore
 from calm.video import load_video
 
 ON_ERROR = ("raise", "record")
@@ -144,14 +146,13 @@ def extract(
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ids = [item.id for item in items]
-    if len(set(ids)) != len(ids):
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
+    if duplicates:
         raise ValueError(f"duplicate item ids: {duplicates[:5]}")
     fingerprint = feature_fingerprint(backbone, prompt)
     heads = backbone.head_index()
     with _opened(store, fingerprint, heads) as feature_store:
-        run = _Run(backbone, prompt, feature_store, on_error, stop_after_last_site)
+        run = _Run(backbone, prompt, feature_store, on_error, stop_after_last_site, np.dtype(dtype))
         run.hash_items(items)
         pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
         run.process(pending, batch_size, progress)
@@ -159,7 +160,7 @@ def extract(
         if feature_store is not None:
             X = feature_store.read(item_keys=[run.keys[i] for i in finished]).X
         elif finished:
-            X = np.stack([run.rows[i] for i in finished]).astype(dtype, copy=False)
+            X = np.stack([run.rows[i] for i in finished])
         else:
             X = np.zeros((0, len(heads), backbone.sites[0].head_dim), dtype=dtype)
     return HeadFeatures(X, heads, finished, fingerprint, dict(run.failed))
@@ -170,8 +171,6 @@ def _opened(store: Any, fingerprint: dict[str, Any], heads: Any) -> Iterator[Any
     if store is None or not isinstance(store, (str, os.PathLike)):
         yield store
         return
-    from calm.store import FeatureStore
-
     opened = FeatureStore.open(store, key=fingerprint, heads=heads)
     try:
         yield opened
@@ -182,12 +181,15 @@ def _opened(store: Any, fingerprint: dict[str, Any], heads: Any) -> Iterator[Any
 class _Run:
     """State of one extraction: store keys, failures, in-memory rows."""
 
-    def __init__(self, backbone: Backbone, prompt: str, store: Any, on_error: str, stop: bool) -> None:
+    def __init__(
+        self, backbone: Backbone, prompt: str, store: Any, on_error: str, stop: bool, dtype: np.dtype
+    ) -> None:
         self.backbone = backbone
         self.prompt = prompt
         self.store = store
         self.on_error = on_error
         self.stop = stop
+        self.dtype = dtype
         self.done: set[str] = store.done_keys() if store is not None else set()
         self.keys: dict[str, str] = {}
         self.failed: dict[str, str] = {}
@@ -272,7 +274,7 @@ class _Run:
         if self.store is not None:
             self.store.append([self.keys[i] for i in ids], ids, X)
         else:
-            self.rows.update(zip(ids, X))
+            self.rows.update(zip(ids, X.astype(self.dtype)))
 
 
 def _audio_path(item: Item) -> Any:

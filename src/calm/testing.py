@@ -16,6 +16,21 @@ import torch
 from calm.backbones import FAMILIES, adapter_class
 from calm.backbones.base import Backbone
 
+WINDOW_SECONDS = 5
+"""Audio window of the tiny models (the real ones take 30 s): the same feature extractor and
+encoder classes, with ``chunk_length`` and the encoder's positions cut to match, so a test
+clip's mel frames and encoder pass cost a sixth."""
+
+ENCODER_POSITIONS = WINDOW_SECONDS * 50
+"""Encoder positions for :data:`WINDOW_SECONDS` (100 mel frames per second, stride 2)."""
+
+
+def _features(n_mels: int) -> Any:
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=n_mels, chunk_length=WINDOW_SECONDS)
+
+
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 """Qwen chat tokens; ``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn."""
 
@@ -50,16 +65,16 @@ def _qwen_text(vocab_size: int, **overrides: Any) -> dict[str, Any]:
 
 
 def _qwen2_audio(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
-                              WhisperFeatureExtractor)
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
                                eos="<|im_end|>", pad="<|endoftext|>")
     # The processor's own template is the one Qwen2-Audio-7B-Instruct ships.
-    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    processor = Qwen2AudioProcessor(feature_extractor=_features(128), tokenizer=tokenizer)
     config = Qwen2AudioConfig(
         audio_config=dict(model_type="qwen2_audio_encoder", num_mel_bins=128, encoder_layers=1,
-                          encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16),
+                          encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                          max_source_positions=ENCODER_POSITIONS),
         text_config=dict(model_type="qwen2", **_qwen_text(len(tokenizer), **overrides)),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
@@ -71,14 +86,14 @@ WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|trans
 
 
 def _whisper(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     tokenizer = tiny_tokenizer(WHISPER_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    processor = WhisperProcessor(feature_extractor=_features(80), tokenizer=tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     fields = dict(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=2,
                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                  max_source_positions=1500, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
+                  max_source_positions=ENCODER_POSITIONS, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
                   bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
                   decoder_start_token_id=ids["<|startoftranscript|>"])
     fields.update(overrides)
@@ -94,12 +109,12 @@ OMNI_NAMED = {
 
 
 def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     from calm.backbones.qwen2_5_omni import OmniParts
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", named=OMNI_NAMED)
-    processor = OmniParts(WhisperFeatureExtractor(feature_size=128), tokenizer)
+    processor = OmniParts(_features(128), tokenizer)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_NAMED.items()}
     text = _qwen_text(len(tokenizer), **overrides)
     head_dim = text["hidden_size"] // text["num_attention_heads"]
@@ -107,7 +122,8 @@ def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]
                                "mrope_section": [head_dim // 8, head_dim // 8, head_dim // 4]}
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
-                          d_model=16, output_dim=text["hidden_size"], n_window=100),
+                          d_model=16, output_dim=text["hidden_size"], n_window=100,
+                          max_source_positions=ENCODER_POSITIONS),
         vision_config=dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32,
                            out_hidden_size=text["hidden_size"], fullatt_block_indexes=[0]),
         text_config=text,
@@ -135,15 +151,15 @@ def _qwen_chat_template(audio: str) -> str:
 
 def _audioflamingo3(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     """Audio Flamingo 3: Whisper-style encoder (30 s windows), Qwen2 decoder, ``<sound>`` tokens."""
-    from transformers import (AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration,
-                              AudioFlamingo3Processor, WhisperFeatureExtractor)
+    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<sound>",), eos="<|im_end|>", pad="<|endoftext|>")
-    processor = AudioFlamingo3Processor(WhisperFeatureExtractor(feature_size=128), tokenizer,
+    processor = AudioFlamingo3Processor(_features(128), tokenizer,
                                         chat_template=_qwen_chat_template("<sound>"))
     config = AudioFlamingo3Config(
         audio_config=dict(model_type="audioflamingo3_encoder", num_mel_bins=128, num_hidden_layers=1,
-                          num_attention_heads=2, intermediate_size=32, hidden_size=16),
+                          num_attention_heads=2, intermediate_size=32, hidden_size=16,
+                          max_source_positions=ENCODER_POSITIONS),
         text_config=dict(model_type="qwen2", **_qwen_text(len(tokenizer), **overrides)),
         audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
     )
@@ -167,16 +183,16 @@ GLM_CHAT_TEMPLATE = (
 
 def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     """GLM-ASR: rotary Whisper-style encoder, Llama decoder, ``<|pad|>`` audio tokens."""
-    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor, WhisperFeatureExtractor
+    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor
 
     tokenizer = tiny_tokenizer(GLM_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
-    processor = GlmAsrProcessor(WhisperFeatureExtractor(feature_size=128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
+    processor = GlmAsrProcessor(_features(128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     text.update(overrides)
     config = GlmAsrConfig(
         audio_config=dict(model_type="glmasr_encoder", num_mel_bins=128, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=32, hidden_size=16),
+                          intermediate_size=32, hidden_size=16, max_position_embeddings=ENCODER_POSITIONS),
         text_config=dict(model_type="llama", **text),
         audio_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"),
     )
