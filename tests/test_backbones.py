@@ -133,7 +133,7 @@ def test_local_directory_loads_offline_with_same_inputs(family, tmp_path):
         torch.testing.assert_close(loaded.model.state_dict()[name], tensor)
 
 
-@pytest.mark.parametrize("family", ["qwen2_audio", "whisper"])
+@pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni", "whisper"])
 def test_generate_returns_decoded_answers(family):
     backbone = tiny_backbone(family)
     audios = [_clip(0.6, 1), _clip(1.1, 2)]
