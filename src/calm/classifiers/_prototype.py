@@ -1,0 +1,109 @@
+"""Bases for the prototype classifiers: fitting class prototypes, checking features at predict
+time, and the weighted soft vote that CALM and most ablations share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from calm.classifiers._base import Estimator, check_fingerprint, encode_labels
+from calm.classifiers._cosine import ClassStats, Features, class_stats, iter_cosines, posteriors
+from calm.features import HeadFeatures
+
+
+class FeatureClassifier(Estimator):
+    """A classifier of [N, K, D] head features: records what it was fit on and checks it at predict time.
+
+    Fitted attributes: ``classes_`` (sorted labels), ``n_heads_in_`` and ``head_dim_in_``, and
+    ``fingerprint_`` / ``head_index_`` when fit on :class:`~calm.features.HeadFeatures` (None
+    otherwise; predicting on HeadFeatures with another fingerprint raises ValueError).
+    """
+
+    def _start_fit(self, X: Any, y: Any) -> tuple[Features, torch.Tensor]:
+        features = Features(X)
+        self.classes_, labels = encode_labels(y, len(features))
+        self.n_heads_in_, self.head_dim_in_ = features.shape[1], features.shape[2]
+        self.fingerprint_ = dict(X.fingerprint) if isinstance(X, HeadFeatures) else None
+        self.head_index_ = X.heads if isinstance(X, HeadFeatures) else None
+        return features, labels
+
+    def _features(self, X: Any) -> Features:
+        """Features to predict on, checked against what the classifier was fit on."""
+        self._check_fitted()
+        features = Features(X)
+        expected = (self.n_heads_in_, self.head_dim_in_)
+        if features.shape[1:] != expected:
+            raise ValueError(f"{type(self).__name__} was fit on features of {expected[0]} heads x {expected[1]} dims, "
+                             f"got {features.shape[1]} x {features.shape[2]}")
+        if isinstance(X, HeadFeatures) and getattr(self, "fingerprint_", None) and X.fingerprint:
+            check_fingerprint(self.fingerprint_, X.fingerprint, type(self).__name__)
+        return features
+
+
+class PrototypeClassifier(FeatureClassifier):
+    """Fits per-head class prototypes; subclasses add how heads vote.
+
+    Fitted attributes besides :class:`FeatureClassifier`'s: ``prototypes_`` [K, C, D] (normalised
+    class means) and ``constant_heads_`` [K] (heads that do not vary over the support set; they are
+    left out of every vote).
+    """
+
+    def _fit_prototypes(self, X: Any, y: Any) -> tuple[Features, torch.Tensor, ClassStats]:
+        features, labels = self._start_fit(X, y)
+        stats = class_stats(features, labels, len(self.classes_))
+        if bool(stats.constant.all()):
+            raise ValueError(f"{type(self).__name__}: every head is constant over the support set; "
+                             "these features cannot separate classes")
+        self.prototypes_ = stats.prototypes().numpy()
+        self.constant_heads_ = stats.constant.numpy()
+        return features, labels, stats
+
+    def _prototypes(self, heads: torch.Tensor | None = None) -> torch.Tensor:
+        protos = torch.from_numpy(self.prototypes_)
+        return protos if heads is None else protos[heads]
+
+    def _base_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        K, C, D = self.n_heads_in_, len(self.classes_), self.head_dim_in_
+        return {"prototypes_": (K, C, D), "constant_heads_": (K,)}
+
+
+class SoftVoteClassifier(PrototypeClassifier):
+    """Predicts argmax_c sum_k w_{k,c} p_k(c|x) with p_k(c|x) = softmax_c(cos_{k,c}(x) / tau).
+
+    Subclasses set ``weights_`` [K, C] in ``fit``. ``decision_function`` gives the weighted sums;
+    ``predict_proba`` the same scores divided by their sum over classes.
+    """
+
+    def _vote_tau(self) -> float:
+        return float(self.tau)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Weighted soft-vote scores [N, C] (only heads with a nonzero weight are computed)."""
+        features = self._features(X)
+        used = torch.from_numpy(np.flatnonzero(self.weights_.any(axis=1)))
+        heads = None if len(used) == self.n_heads_in_ else used
+        protos = self._prototypes(heads)
+        weights = torch.from_numpy(self.weights_).to(protos.dtype)
+        weights = weights if heads is None else weights[heads]
+        tau = self._vote_tau()
+        scores = torch.zeros(len(features), len(self.classes_), dtype=protos.dtype)
+        for items, cols, cos in iter_cosines(features, protos, heads=heads):
+            scores[items] += torch.einsum("knc,kc->nc", posteriors(cos, tau), weights[cols])
+        return scores.to(torch.float64).numpy()
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Soft-vote scores normalised to sum to 1 over classes."""
+        scores = self.decision_function(X)
+        return scores / scores.sum(axis=1, keepdims=True)
+
+    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        return {**self._base_shapes(), "weights_": (self.n_heads_in_, len(self.classes_))}
+
+
+def uniform_weights(heads: np.ndarray, n_heads: int, n_classes: int) -> np.ndarray:
+    """Weights [K, C]: 1/len(heads) on the given heads for every class, 0 elsewhere."""
+    weights = np.zeros((n_heads, n_classes), dtype=np.float64)
+    weights[heads] = 1.0 / len(heads)
+    return weights

@@ -1,0 +1,146 @@
+"""CALM (Mehta et al. 2026, arXiv 2602.07077): class-conditional reliability-weighted soft vote."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from calm.classifiers._base import index_labels
+from calm.classifiers._cosine import Block, ClassStats, Features, check_positive, iter_cosines, warn_single_shot
+from calm.classifiers._prototype import SoftVoteClassifier
+from calm.classifiers._reliability import check_scheme, class_score_sums, head_weights, shrink
+
+RELIABILITY_SOURCES = ("loo", "support", "holdout")
+
+
+class CALMClassifier(SoftVoteClassifier):
+    """Class-conditional sparse attention vectors.
+
+    Every head k gives posteriors p_k(c|x) = softmax_c(cos_{k,c}(x) / tau). Its reliability for
+    class c, r_{k,c}, is the mean over reliability items of class c of the ``scheme`` score
+    (``margin_clamped``: max(0, p(c) - max_{c'!=c} p(c')); ``margin``; ``prob``: p(c);
+    ``brier``: 2 p(c) - sum p^2). Optional shrinkage toward the mean reliability:
+    r <- r n_c/(n_c+alpha) + mean(r) alpha/(n_c+alpha). Weights per class over heads: for
+    margin_clamped r^(1/tau_w) normalised (uniform if the class has no positive reliability), for
+    the others softmax_k(r / tau_w); ``top_k`` keeps each class's top_k heads. Prediction:
+    argmax_c sum_k w_{k,c} p_k(c|x).
+
+    Args:
+        tau: posterior temperature.
+        tau_w: weight temperature.
+        scheme: reliability score, one of ``margin_clamped``, ``margin``, ``prob``, ``brier``.
+        top_k: keep only each class's top_k most reliable heads (None: all).
+        shrinkage: alpha >= 0 (0: none).
+        reliability: where reliability items come from. ``"loo"`` (default): the support items,
+            each scored against prototypes built without it (a class with one item falls back to
+            in-sample, with a warning). ``"support"``: the support items in-sample, as published.
+            ``"holdout"``: a separate labelled set passed as ``fit(X, y, X_val=..., y_val=...)``.
+
+    Fitted attributes (besides the prototype ones): ``reliability_`` [K, C] (after shrinkage),
+    ``weights_`` [K, C] (columns sum to 1; constant heads get 0), ``reliability_counts_`` [C].
+    """
+
+    def __init__(self, tau: float = 0.07, tau_w: float = 1.0, scheme: str = "margin_clamped",
+                 top_k: int | None = None, shrinkage: float = 0.0, reliability: str = "loo"):
+        self.tau = tau
+        self.tau_w = tau_w
+        self.scheme = scheme
+        self.top_k = top_k
+        self.shrinkage = shrinkage
+        self.reliability = reliability
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "CALMClassifier":
+        """Fit prototypes on (X, y) and reliability weights on the items chosen by ``reliability``."""
+        params = self._hyperparameters()
+        self._check_validation(X_val, y_val)
+        check_shrinkage(self.shrinkage)
+        features, labels, stats = self._fit_prototypes(X, y)
+        blocks, rel_labels = self._reliability_items(features, labels, stats, X_val, y_val)
+        self._fit_weights(blocks, rel_labels, **params)
+        return self
+
+    def _check_validation(self, X_val: Any, y_val: Any) -> str:
+        """The reliability source, checked against whether a validation set was passed."""
+        source = check_source(self.reliability)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("pass both X_val and y_val, or neither")
+        if source != "holdout" and X_val is not None:
+            raise ValueError(f"X_val/y_val are only used with reliability='holdout', not {source!r}")
+        if source == "holdout" and X_val is None:
+            raise ValueError("reliability='holdout' needs fit(X, y, X_val=..., y_val=...)")
+        return source
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        """The validated tau, tau_w, scheme and top_k this fit uses."""
+        return check_hyperparameters(self.tau, self.tau_w, self.scheme, self.top_k)
+
+    def _vote_tau(self) -> float:
+        return float(self._hyperparameters()["tau"])
+
+    def _reliability_items(self, features: Features, labels: torch.Tensor, stats: ClassStats, X_val: Any,
+                           y_val: Any) -> tuple[Iterable[Block], torch.Tensor]:
+        protos = self._prototypes()
+        if self.reliability == "holdout":
+            val = Features(X_val, "X_val")
+            if val.shape[1:] != features.shape[1:]:
+                raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
+                                 f"{features.shape[1]} x {features.shape[2]}")
+            val_labels = index_labels(y_val, self.classes_, len(val), "y_val")
+            missing = self.classes_[(torch.bincount(val_labels, minlength=len(self.classes_)) == 0).numpy()]
+            if len(missing):
+                raise ValueError(f"reliability='holdout': no validation items for class(es) {missing.tolist()[:5]}")
+            return iter_cosines(val, protos), val_labels
+        if self.reliability == "loo":
+            warn_single_shot(type(self).__name__, "reliability", self.classes_, stats.counts)
+            return iter_cosines(features, protos, loo=(labels, stats)), labels
+        return iter_cosines(features, protos), labels
+
+    def _fit_weights(self, blocks: Iterable[Block], labels: torch.Tensor, *, tau: float,
+                     tau_w: float, scheme: str, top_k: int | None) -> None:
+        """Reliability sums over the reliability items' cosine blocks, then weights."""
+        n_classes = len(self.classes_)
+        sums = class_score_sums(blocks, labels, n_classes, self.n_heads_in_, tau, (scheme,))[scheme]
+        counts = torch.bincount(labels, minlength=n_classes)
+        self.reliability_counts_ = counts.numpy()
+        self._set_weights(sums, counts, tau_w=tau_w, scheme=scheme, top_k=top_k)
+
+    def _set_weights(self, sums: torch.Tensor, counts: torch.Tensor, *, tau_w: float, scheme: str,
+                     top_k: int | None) -> None:
+        """reliability_ and weights_ from per-class score sums [C, K] and item counts [C]."""
+        active = torch.from_numpy(~self.constant_heads_)
+        r = shrink(sums / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
+        self.reliability_ = r.T.numpy()
+        self.weights_ = head_weights(r, scheme, tau_w, top_k, active).T.numpy()
+
+    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        K, C = self.n_heads_in_, len(self.classes_)
+        return {**super()._state_shapes(), "reliability_": (K, C), "reliability_counts_": (C,)}
+
+
+def check_source(reliability: str) -> str:
+    if reliability not in RELIABILITY_SOURCES:
+        raise ValueError(f"reliability must be one of {RELIABILITY_SOURCES}, got {reliability!r}")
+    return reliability
+
+
+def check_shrinkage(alpha: Any) -> float:
+    value = float(alpha)
+    if not value >= 0:
+        raise ValueError(f"shrinkage must be >= 0, got {alpha!r}")
+    return value
+
+
+def check_top_k(top_k: Any) -> int | None:
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    return int(top_k)
+
+
+def check_hyperparameters(tau: Any, tau_w: Any, scheme: str, top_k: Any) -> dict[str, Any]:
+    """Validated CALM hyperparameters as a dict (tau, tau_w, scheme, top_k)."""
+    return {"tau": check_positive("tau", tau), "tau_w": check_positive("tau_w", tau_w),
+            "scheme": check_scheme(scheme), "top_k": check_top_k(top_k)}

@@ -1,0 +1,68 @@
+"""The logistic probe baseline: scikit-learn's LogisticRegression on all heads concatenated, each
+head L2-normalised. scikit-learn (the ``probe`` extra) is needed to fit, not to predict or load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from calm.classifiers._cosine import Features, check_positive, normalise
+from calm.classifiers._prototype import FeatureClassifier
+
+
+def concatenated_unit_heads(features: Features) -> np.ndarray:
+    """[N, K*D] float32: every head's vector L2-normalised, heads side by side."""
+    n, k, d = features.shape
+    out = np.empty((n, k * d), dtype=np.float32)
+    for items, cols, x in features.blocks(dtype=torch.float32):
+        block = normalise(x).transpose(0, 1)  # [n, heads, D]
+        out[items, cols.start * d:cols.stop * d] = block.reshape(block.shape[0], -1).numpy()
+    return out
+
+
+class LogisticProbe(FeatureClassifier):
+    """Multinomial logistic regression on concatenated per-head unit vectors.
+
+    Predictions are computed here from ``coef_`` and ``intercept_`` (they equal scikit-learn's):
+    ``decision_function`` gives logits [N, C] (for two classes, [0, z]), ``predict_proba`` their
+    softmax.
+
+    Args:
+        C: inverse L2 regularisation strength, as in scikit-learn.
+        max_iter: iterations of the lbfgs solver.
+    """
+
+    _fitted_meta = ("n_iter_",)
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        self.C = C
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any) -> "LogisticProbe":
+        try:
+            from sklearn.linear_model import LogisticRegression
+        except ImportError:
+            raise ImportError("LogisticProbe needs scikit-learn: pip install 'calm-audio[probe]'") from None
+        strength = check_positive("C", self.C)
+        features, labels = self._start_fit(X, y)
+        model = LogisticRegression(C=strength, max_iter=int(self.max_iter))
+        model.fit(concatenated_unit_heads(features), labels.numpy())
+        self.coef_ = model.coef_.astype(np.float64)
+        self.intercept_ = model.intercept_.astype(np.float64)
+        self.n_iter_ = int(np.max(model.n_iter_))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Logits [N, C]; with two classes the first column is 0."""
+        z = concatenated_unit_heads(self._features(X)).astype(np.float64) @ self.coef_.T + self.intercept_
+        return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Softmax of the logits (rows sum to 1)."""
+        return torch.softmax(torch.from_numpy(self.decision_function(X)), dim=1).numpy()
+
+    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        rows = 1 if len(self.classes_) == 2 else len(self.classes_)
+        return {"coef_": (rows, self.n_heads_in_ * self.head_dim_in_), "intercept_": (rows,)}

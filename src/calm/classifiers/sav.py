@@ -1,0 +1,122 @@
+"""SAV (Sparse Attention Vectors, Mitra et al. 2024, arXiv 2412.00142): majority vote of the
+heads whose nearest-centroid vote is most accurate on the support set."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from calm.classifiers._cosine import ClassStats, Features, iter_cosines, warn_single_shot
+from calm.classifiers._prototype import PrototypeClassifier
+
+SCORINGS = ("loo", "support")
+
+
+def check_n_heads(n_heads: Any) -> int:
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+    return int(n_heads)
+
+
+def check_scoring(scoring: str) -> str:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    return scoring
+
+
+def rank_heads(features: Features, labels: torch.Tensor, stats: ClassStats, prototypes: torch.Tensor,
+               scoring: str, classes: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each head's nearest-centroid accuracy on the support set, and the heads best first.
+
+    ``scoring="loo"`` scores item i against its own class's prototype built without it (one-item
+    classes fall back to in-sample, with a warning); ``"support"`` scores in-sample, as published.
+    Ranking: non-constant heads first, then higher accuracy, then a larger mean margin between the
+    true class's cosine and the best other class's, then the lower head index.
+    """
+    if scoring == "loo":
+        warn_single_shot(who, "head scores", classes, stats.counts)
+    loo = (labels, stats) if scoring == "loo" else None
+    n_heads = features.shape[1]
+    correct = torch.zeros(n_heads, dtype=torch.float64)
+    margin = torch.zeros(n_heads, dtype=torch.float64)
+    for items, cols, cos in iter_cosines(features, prototypes, loo=loo):
+        own = labels[items]
+        index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
+        correct[cols] += (cos.argmax(2) == own).sum(1, dtype=torch.float64)
+        true = cos.gather(2, index).squeeze(2)
+        margin[cols] += (true - cos.scatter(2, index, float("-inf")).amax(2)).sum(1, dtype=torch.float64)
+    accuracy = (correct / len(features)).numpy()
+    heads = np.arange(n_heads)
+    order = np.lexsort((heads, -margin.numpy(), -accuracy, stats.constant.numpy()))
+    return accuracy, order
+
+
+def select_heads(order: np.ndarray, constant: np.ndarray, n_heads: int, who: str) -> np.ndarray:
+    """The first ``n_heads`` of ``order`` that are not constant (fewer, with a warning, if need be)."""
+    usable = order[~constant[order]]
+    if len(usable) < n_heads:
+        warnings.warn(f"{who}: asked for {n_heads} heads but only {len(usable)} vary over the support set; "
+                      f"using {len(usable)}", UserWarning, stacklevel=3)
+    return usable[:n_heads]
+
+
+class SAVClassifier(PrototypeClassifier):
+    """Sparse attention vectors: the top ``n_heads`` heads by support accuracy vote by majority.
+
+    Each head votes for the class whose prototype has the largest cosine with the query. A tie in
+    votes goes to the class with the larger cosine summed over the kept heads (then the first
+    class). ``decision_function`` encodes both: the number of votes plus (mean cosine over kept
+    heads + 1) / 4, a fraction in [0, 0.5] that can never outweigh a vote. ``predict_proba`` gives
+    the vote shares.
+
+    Args:
+        n_heads: how many heads vote.
+        scoring: ``"loo"`` (default) scores heads by leave-one-out accuracy on the support set;
+            ``"support"`` scores them in-sample, as published (every head scores 100% at one shot).
+
+    Fitted attributes (besides the prototype ones): ``head_scores_`` [K] (support accuracy of each
+    head's vote) and ``heads_`` (indices of the voting heads, best first; constant heads never vote).
+    """
+
+    def __init__(self, n_heads: int = 20, scoring: str = "loo"):
+        self.n_heads = n_heads
+        self.scoring = scoring
+
+    def fit(self, X: Any, y: Any) -> "SAVClassifier":
+        """Fit prototypes, score every head on the support set, keep the best ``n_heads``."""
+        n_heads = check_n_heads(self.n_heads)
+        scoring = check_scoring(self.scoring)
+        features, labels, stats = self._fit_prototypes(X, y)
+        who = type(self).__name__
+        scores, order = rank_heads(features, labels, stats, self._prototypes(), scoring, self.classes_, who)
+        self.head_scores_ = scores
+        self.heads_ = select_heads(order, self.constant_heads_, n_heads, who)
+        return self
+
+    def _votes(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Votes [N, C] of the kept heads and their summed cosines [N, C]."""
+        features = self._features(X)
+        heads = torch.from_numpy(np.asarray(self.heads_, dtype=np.int64))
+        n_classes = len(self.classes_)
+        votes = torch.zeros(len(features), n_classes, dtype=torch.float64)
+        summed = torch.zeros(len(features), n_classes, dtype=torch.float64)
+        for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
+            votes[items] += torch.nn.functional.one_hot(cos.argmax(2), n_classes).sum(0)
+            summed[items] += cos.sum(0, dtype=torch.float64)
+        return votes.numpy(), summed.numpy()
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Votes plus a tie-break fraction: votes + (mean cosine over kept heads + 1) / 4."""
+        votes, summed = self._votes(X)
+        return votes + (summed / len(self.heads_) + 1.0) / 4.0
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Vote shares of the kept heads (rows sum to 1)."""
+        votes, _ = self._votes(X)
+        return votes / len(self.heads_)
+
+    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        return {**self._base_shapes(), "head_scores_": (self.n_heads_in_,), "heads_": (None,)}

@@ -1,0 +1,198 @@
+"""CALM hyperparameters chosen on the support set alone, by leave-one-out accuracy over a grid.
+
+The leave-one-out cosines of the support set are computed once; each tau turns them into
+posteriors once, every scheme's reliabilities come from those, and every (scheme, top_k, tau_w)
+weight matrix scores all items in one batched contraction. Item i is scored with its own class's
+prototype built without it (as ``reliability="loo"``), and with its own class's weights rebuilt
+from reliabilities that leave out item i's own score, so an item never votes for the weights
+that judge it. (Other items' posteriors are not recomputed without item i: a second-order
+effect.) Items of one-item classes cannot be left out; they are not scored.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from calm.classifiers._base import encode_labels
+from calm.classifiers._cosine import ClassStats, Features, class_stats, iter_cosines, posteriors, warn_single_shot
+from calm.classifiers._reliability import item_scores, shrink, top_k_mask, weights_from_reliability
+from calm.classifiers.calm import CALMClassifier, check_hyperparameters, check_shrinkage
+
+DEFAULT_GRID: dict[str, tuple] = {
+    "tau": (0.03, 0.05, 0.07, 0.1, 0.2),
+    "tau_w": (0.05, 0.1, 0.3, 1.0, 3.0),
+    "top_k": (None, 20),
+    "scheme": ("margin_clamped", "prob"),
+}
+"""100 configurations. Keys left out of a user grid take CALMClassifier's defaults."""
+
+GRID_KEYS = ("tau", "tau_w", "top_k", "scheme")
+
+
+@dataclass
+class TuningResult:
+    """The chosen hyperparameters and every configuration's leave-one-out score.
+
+    ``scores`` has one dict per configuration: tau, tau_w, top_k, scheme, ``accuracy`` (LOO accuracy
+    on the scored support items) and ``true_share`` (mean share of the soft-vote score that goes to
+    the true class). The best configuration has the highest accuracy, then the highest true_share,
+    then comes first in the grid.
+    """
+
+    best_params: dict[str, Any]
+    best_score: float
+    n_scored: int
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TuningResult":
+        return cls(dict(data["best_params"]), float(data["best_score"]), int(data["n_scored"]),
+                   [dict(s) for s in data["scores"]])
+
+
+def expand_grid(grid: Mapping[str, Sequence] | None) -> list[dict[str, Any]]:
+    """Validated configurations, the cartesian product of the grid's values (tau, scheme, top_k, tau_w)."""
+    grid = DEFAULT_GRID if grid is None else grid
+    unknown = set(grid) - set(GRID_KEYS)
+    if unknown:
+        raise ValueError(f"unknown grid key(s) {sorted(unknown)}; use {GRID_KEYS}")
+    defaults = CALMClassifier().get_params()
+    values = {}
+    for key in GRID_KEYS:
+        options = list(grid.get(key, [defaults[key]]))
+        if not options:
+            raise ValueError(f"grid[{key!r}] is empty")
+        values[key] = list(dict.fromkeys(options))
+    configs = [check_hyperparameters(tau, tau_w, scheme, top_k) for tau, scheme, top_k, tau_w in
+               itertools.product(values["tau"], values["scheme"], values["top_k"], values["tau_w"])]
+    return configs
+
+
+def loo_cosines(features: Features, labels: torch.Tensor, stats: ClassStats) -> torch.Tensor:
+    """Leave-one-out cosines of the whole support set against the class prototypes, [K, N, C]."""
+    protos = stats.prototypes()
+    out = torch.empty(protos.shape[0], len(features), protos.shape[1], dtype=protos.dtype)
+    for items, cols, cos in iter_cosines(features, protos, loo=(labels, stats)):
+        out[cols, items] = cos
+    return out
+
+
+def tune_calm(X: Any, y: Any, grid: Mapping[str, Sequence] | None = None, *, shrinkage: float = 0.0) -> TuningResult:
+    """Choose tau, tau_w, top_k and scheme for CALM by leave-one-out accuracy on (X, y) alone.
+
+    Args:
+        X: support features [N, K, D]; y: their labels.
+        grid: values to try per key (tau, tau_w, top_k, scheme); None: :data:`DEFAULT_GRID`.
+        shrinkage: CALM's shrinkage alpha, fixed during the search.
+    """
+    configs = expand_grid(grid)
+    features = Features(X)
+    classes, labels = encode_labels(y, len(features))
+    stats = class_stats(features, labels, len(classes))
+    if bool(stats.constant.all()):
+        raise ValueError("tune_calm: every head is constant over the support set")
+    warn_single_shot("tune_calm", "scores", classes, stats.counts)
+    cos = loo_cosines(features, labels, stats)
+    return search(cos, labels, stats.counts, ~stats.constant, configs, check_shrinkage(shrinkage))
+
+
+def search(cos: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, active: torch.Tensor,
+           configs: list[dict[str, Any]], alpha: float) -> TuningResult:
+    """Leave-one-out score of every configuration from the support set's LOO cosines [K, N, C]."""
+    n_class = counts[labels]
+    scored = n_class >= 2
+    if not bool(scored.any()):
+        raise ValueError("tuning needs at least one class with two or more support items")
+    rows = torch.arange(len(labels))
+    accuracy: dict[int, float] = {}
+    share: dict[int, float] = {}
+    for tau in dict.fromkeys(c["tau"] for c in configs):
+        P = posteriors(cos, tau)
+        p_true = P.gather(2, labels.view(1, -1, 1).expand(P.shape[0], -1, 1)).squeeze(2).T.to(torch.float64)
+        members = [i for i, c in enumerate(configs) if c["tau"] == tau]
+        schemes = tuple(dict.fromkeys(configs[i]["scheme"] for i in members))
+        per_item = item_scores(P, labels, schemes)
+        weights, own_scores = [], []
+        for scheme in schemes:
+            m = per_item[scheme].T.to(torch.float64)  # [N, K]
+            sums = torch.zeros(len(counts), m.shape[1], dtype=torch.float64).index_add_(0, labels, m)
+            r = shrink(sums / counts.unsqueeze(1), counts, alpha, active)
+            left = (n_class - 1).clamp_min(1)
+            r_own = shrink((sums[labels] - m) / left.unsqueeze(1), left, alpha, active, mean=r[:, active].mean())
+            masks: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+            for i in members:
+                if configs[i]["scheme"] != scheme:
+                    continue
+                top_k, tau_w = configs[i]["top_k"], configs[i]["tau_w"]
+                if top_k not in masks:
+                    masks[top_k] = (top_k_mask(r, top_k, active), top_k_mask(r_own, top_k, active))
+                mask, mask_own = masks[top_k]
+                weights.append((i, weights_from_reliability(r, scheme, tau_w, mask, active)))
+                w_own = weights_from_reliability(r_own, scheme, tau_w, mask_own, active)
+                own_scores.append((w_own * p_true).sum(1))
+        stacked = torch.stack([w for _, w in weights]).to(P.dtype)  # [M, C, K]
+        scores = torch.einsum("knc,mck->mnc", P, stacked).to(torch.float64)  # [M, N, C]
+        own = torch.stack(own_scores)  # [M, N]
+        scores[:, rows, labels] = torch.where(scored, own, scores[:, rows, labels])
+        correct = (scores.argmax(2) == labels)[:, scored].to(torch.float64).mean(1)
+        true_share = (own / scores.sum(2))[:, scored].mean(1)
+        for j, (i, _) in enumerate(weights):
+            accuracy[i], share[i] = float(correct[j]), float(true_share[j])
+    table = [{**c, "accuracy": accuracy[i], "true_share": share[i]} for i, c in enumerate(configs)]
+    best = max(range(len(configs)), key=lambda i: (accuracy[i], share[i], -i))
+    return TuningResult(dict(configs[best]), accuracy[best], int(scored.sum()), table)
+
+
+class TunedCALMClassifier(CALMClassifier):
+    """CALM whose tau, tau_w, top_k and scheme are chosen inside ``fit`` by :func:`tune_calm` on the
+    support set (never on queries), then fit as :class:`CALMClassifier` with them.
+
+    Args:
+        grid: values to try per key (tau, tau_w, top_k, scheme); None: :data:`DEFAULT_GRID`.
+        shrinkage, reliability: as in :class:`CALMClassifier` (the search always uses the support
+            set's leave-one-out scores; ``reliability`` only sets how the final weights are estimated).
+
+    Fitted attributes add ``best_params_`` and ``tuning_`` (a :class:`TuningResult`).
+    """
+
+    _fitted_meta = ("best_params_", "tuning_")
+
+    def __init__(self, grid: Mapping[str, Sequence] | None = None, shrinkage: float = 0.0, reliability: str = "loo"):
+        self.grid = grid
+        self.shrinkage = shrinkage
+        self.reliability = reliability
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        return dict(self.best_params_)
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "TunedCALMClassifier":
+        """Tune on the support set by leave-one-out, then fit CALM with the best configuration."""
+        configs = expand_grid(self.grid)
+        source = self._check_validation(X_val, y_val)
+        alpha = check_shrinkage(self.shrinkage)
+        features, labels, stats = self._fit_prototypes(X, y)
+        warn_single_shot(type(self).__name__, "scores and reliability", self.classes_, stats.counts)
+        cos = loo_cosines(features, labels, stats)
+        self.tuning_ = search(cos, labels, stats.counts, ~stats.constant, configs, alpha)
+        self.best_params_ = dict(self.tuning_.best_params)
+        if source == "loo":
+            blocks, rel_labels = [(slice(0, len(features)), slice(0, self.n_heads_in_), cos)], labels
+        else:
+            blocks, rel_labels = self._reliability_items(features, labels, stats, X_val, y_val)
+        self._fit_weights(blocks, rel_labels, **self.best_params_)
+        return self
+
+    def _get_meta(self) -> dict[str, Any]:
+        return {"best_params_": self.best_params_, "tuning_": self.tuning_.to_dict()}
+
+    def _set_meta(self, meta: Mapping[str, Any]) -> None:
+        self.best_params_ = dict(meta["best_params_"])
+        self.tuning_ = TuningResult.from_dict(meta["tuning_"])
+
