@@ -1,0 +1,69 @@
+"""``calm evaluate``: every method on a dataset, few-shot over several seeds -> report files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from calm.cli.extract import DEFAULT_PROMPT, _default_device
+
+
+def _run(args: argparse.Namespace) -> int:
+    from calm.backbones import load_backbone
+    from calm.data.loaders import DatasetError, load_dataset
+    from calm.evaluate.protocol import evaluate
+    from calm.store import StoreError
+
+    try:
+        items = load_dataset(args.data)
+    except DatasetError as error:
+        print(f"calm evaluate: {error}", file=sys.stderr)
+        return 1
+    try:
+        backbone = load_backbone(args.model, device=args.device or _default_device(), dtype=args.dtype)
+        report = evaluate(
+            backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
+            task=args.task, batch_size=args.batch_size, store=args.store, zero_shot=not args.no_zero_shot,
+            pseudo_label=not args.no_pseudo_label, progress=not args.quiet, query_fold=args.query_fold,
+            samples=args.samples, max_new_tokens=args.max_new_tokens,
+        )
+    except (OSError, StoreError, ValueError) as error:
+        print(f"calm evaluate: {error}", file=sys.stderr)
+        return 1
+    paths = report.write(args.out)
+    print(report.markdown())
+    print(f"report: {paths['json']} (and {', '.join(p.name for k, p in paths.items() if k != 'json')})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from calm.evaluate.protocol import METHODS
+
+    parser = subparsers.add_parser(
+        "evaluate", help="few-shot evaluation of every method on a dataset -> report.json, report.md, plots",
+        description="Extract features once, then fit every method on K-shot support sets drawn per seed and "
+                    "score it on disjoint queries (official folds or splits where the dataset has them). "
+                    "Writes report.json (every number and the configuration), report.md and PNG plots.")
+    parser.add_argument("--data", required=True,
+                        help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
+    parser.add_argument("--model", required=True,
+                        help="local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support items per class (default: 1 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="support draws per shot count (default: 5)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
+                        help=f"methods (default: all): {', '.join(METHODS)}")
+    parser.add_argument("--task", choices=("multiclass", "spoof", "multilabel"), default=None,
+                        help="default: detected from the labels")
+    parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")
+    parser.add_argument("--out", default="calm-report", help="report folder (default: calm-report)")
+    parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot baseline")
+    parser.add_argument("--no-pseudo-label", action="store_true", help="leave out the pseudo-label variant")
+    parser.add_argument("--samples", type=int, default=5, help="sampled answers per support clip for pseudo-labels")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run)

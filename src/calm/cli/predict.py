@@ -1,0 +1,74 @@
+"""``calm predict``: a saved classifier + audio (or video) files -> label and per-class probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from contextlib import nullcontext
+from typing import Any, Sequence, TextIO
+
+from calm.cli.extract import _default_device
+
+
+def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:
+    """Predictions as CSV (path, label, error, one probability column per class) or JSON lines."""
+    if fmt == "jsonl":
+        for row in rows:
+            handle.write(json.dumps({"path": row.path, "label": row.label, "probabilities": row.probabilities,
+                                     "error": row.error}) + "\n")
+        return
+    writer = csv.writer(handle)
+    writer.writerow(["path", "label", "error", *(f"p_{c}" for c in classes)])
+    for row in rows:
+        writer.writerow([row.path, row.label or "", row.error or "",
+                         *(f"{row.probabilities[c]:.6g}" if c in row.probabilities else "" for c in classes)])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from calm.audio import AudioLoadError
+    from calm.backbones import load_backbone
+    from calm.classifiers import load
+    from calm.predict import predict_files
+
+    try:
+        clf = load(args.classifier)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"calm predict: {error}", file=sys.stderr)
+        return 1
+    try:
+        backbone = load_backbone(args.model, device=args.device or _default_device(), dtype=args.dtype)
+        rows = predict_files(backbone, clf, args.files, batch_size=args.batch_size, on_error=args.on_error,
+                             progress=not args.quiet)
+    except (OSError, ValueError) as error:
+        print(f"calm predict: {error}", file=sys.stderr)
+        if args.on_error == "raise" and isinstance(error, AudioLoadError):
+            print("calm predict: use --on-error record to list bad files as failed rows and go on", file=sys.stderr)
+        return 1
+    with open(args.out, "w", newline="") if args.out else nullcontext(sys.stdout) as handle:
+        write_rows(rows, [str(c) for c in clf.classes_], handle, args.format)
+    failed = [row for row in rows if row.error is not None]
+    if failed:
+        print(f"calm predict: {len(failed)} of {len(rows)} file(s) failed, e.g. {failed[0].path}: {failed[0].error}",
+              file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="label audio or video files with a saved classifier",
+        description="Extract features of each file under the classifier's own prompt and print (or write) its "
+                    "label and per-class probabilities. The model must be the one the classifier was fit on.")
+    parser.add_argument("files", nargs="+", help="audio or video files")
+    parser.add_argument("--classifier", required=True, help="file written by `calm fit`")
+    parser.add_argument("--model", required=True, help="the model the classifier was fit on")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="default: csv")
+    parser.add_argument("--out", default=None, help="output file (default: standard output)")
+    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
+                        help="a file that cannot be loaded stops the run (raise) or is a failed row (record)")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
