@@ -490,17 +490,24 @@ def _weights_by_class(clf: Any, classes: list[str]) -> np.ndarray:
 # ------------------------------------------------------------------------------------ configuration
 
 
-def constant_heads(features: HeadFeatures) -> list[int]:
-    """Heads that do not vary over the items, by the classifiers' own rule (they leave such heads
-    out of every vote; :data:`calm.classifiers.CONSTANT_TOL`)."""
-    import torch
+def constant_heads(features: HeadFeatures, chunk: int = 256) -> list[int]:
+    """Heads that do not vary over the items, by the classifiers' rule: the mean of the items' unit
+    vectors has length >= 1 - :data:`calm.classifiers.CONSTANT_TOL` (all point the same way), or
+    every vector is zero. The classifiers leave such heads out of every vote."""
+    from calm.classifiers import CONSTANT_TOL
 
-    from calm.classifiers._cosine import Features, class_stats
-
-    if len(features) == 0:
+    n, k, _ = features.X.shape
+    if n == 0:
         return []
-    stats = class_stats(Features(features.X), torch.zeros(len(features), dtype=torch.int64), 1)
-    return np.flatnonzero(stats.constant.numpy()).tolist()
+    resultant = np.zeros(features.X.shape[1:])
+    nonzero = np.zeros(k, dtype=bool)
+    for start in range(0, n, chunk):
+        x = np.asarray(features.X[start:start + chunk], dtype=np.float64)
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+        resultant += np.divide(x, norms, out=np.zeros_like(x), where=norms > 0).sum(axis=0)
+        nonzero |= (norms[..., 0] > 0).any(axis=0)
+    length = np.linalg.norm(resultant, axis=-1) / n
+    return np.flatnonzero((length >= 1.0 - CONSTANT_TOL) | ~nonzero).tolist()
 
 
 def _config(features: HeadFeatures, items: Sequence[Item], plan: dict[int, list[Episode]],
