@@ -266,14 +266,14 @@ def _is_complete(out_dir: Path, stamp: dict) -> bool:
     return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp and (out_dir / "metadata.csv").is_file()
 
 
-def _build(name: str, version: int, clips: list[Clip], out_dir: Path, verbose: bool) -> Path:
-    """Write ``clips`` and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build.
+def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool) -> Path:
+    """Write the planned clips and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build.
 
     The dataset is built in a temporary sibling folder and renamed into place, so ``out_dir``
     is either complete or absent; an older or partial build of the same recipe is replaced.
     """
     out_dir = Path(out_dir)
-    stamp = {"recipe": name, "version": version, "clips": len(clips)}
+    stamp = {"recipe": name, "version": version}
     if _is_complete(out_dir, stamp):
         if verbose:
             print(f"{name}: reusing {out_dir}")
@@ -284,6 +284,7 @@ def _build(name: str, version: int, clips: list[Clip], out_dir: Path, verbose: b
             raise DemoDataError(f"{out_dir}: exists and is not a {name!r} demo dataset; choose an empty folder")
     start = time.perf_counter()
     espeak = _espeak_ng()
+    clips = plan()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -363,7 +364,7 @@ def prepare_spoken_numbers(out_dir: Path, verbose: bool = True) -> Path:
     Few-shot classifiers fit on TTS speech and are scored on human speech. Labels are ``"0"`` ...
     ``"10"``. Returns the path of ``metadata.csv``.
     """
-    return _build("spoken-numbers", 1, spoken_numbers_clips(), out_dir, verbose)
+    return _build("spoken-numbers", 1, spoken_numbers_clips, out_dir, verbose)
 
 
 SPOOF_PER_LANGUAGE_AND_SPLIT = 20
@@ -427,7 +428,7 @@ def prepare_spoof(out_dir: Path, verbose: bool = True) -> Path:
     disjoint from those of the support split (unseen attacks). Score with EER on the query split.
     Returns the path of ``metadata.csv``.
     """
-    return _build("spoof", 1, spoof_clips(), out_dir, verbose)
+    return _build("spoof", 1, spoof_clips, out_dir, verbose)
 
 
 RECIPES: dict[str, Callable[..., Path]] = {
