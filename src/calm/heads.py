@@ -96,7 +96,9 @@ class HeadCapture:
             if self.stop_after_last_site and len(self._captured) == len(self.sites):
                 raise StopForward
 
-        return hook
+        # Run eagerly under torch.compile: traced, the hook would specialise each compiled layer
+        # on its site index (one recompile per layer, past dynamo's limit).
+        return torch.compiler.disable(hook)
 
     def collect(self) -> torch.Tensor:
         """[B, K, D] float32 on the CPU, sites in order; errors if a site did not run."""

@@ -1,0 +1,370 @@
+"""Extraction throughput: the plain (reference) path against the fast path, in one run, on the
+same clips; prints clips/s for each, their ratio and the minimum per-head cosine between the two
+paths' features.
+
+    python benchmarks/extract_throughput.py --device cuda          # Qwen2-Audio-7B shape, bf16, batch 64
+    python benchmarks/extract_throughput.py --device cuda --compile  # then also the compiled fast path
+    python benchmarks/extract_throughput.py --device cpu           # same proportions: 1/8 width, 4+4 layers
+    python benchmarks/extract_throughput.py --device cpu --threads 1 --clock cpu   # on a shared CPU
+    python benchmarks/extract_throughput.py --model whisper-base [--demo-accuracy]  # is trimming exact?
+
+The Qwen2-Audio model has random weights in the exact Qwen2-Audio-7B shape (text: 32 layers,
+hidden 4096, 32 heads, 32 kv heads, MLP 11008, vocab 156032; audio encoder: 32 layers, d_model
+1280, 20 heads, 128 mels), built directly on the device in its dtype, SDPA attention. Its
+tokenizer is calm.testing's byte-level one with the real special tokens, plus the chat template's
+words as single tokens, so prompts have about as many tokens as with the real tokenizer.
+
+Two timings per path; batches of the paths alternate (so both meet the same load on a shared
+machine) and clips/s comes from the median batch time, warm-up batches excluded:
+
+* ``forward``: inputs built beforehand; one forward pass with hooks on every site and the copy of
+  the features to the CPU (what the GPU anchor figures in DESIGN.md measure).
+* ``e2e``: ``calm.extract`` end to end from WAV files: decoding, input building (the plain
+  path's processor computes 30 s of log-mel on the CPU; the fast path only the needed frames, on
+  the device), forward, copy.
+
+Plain: the model's own call on the processor's inputs (``backbone.fast = False``), as
+``calm.extract`` runs it by default. Fast: ``backbone.fast = True`` (trimmed log-mel and encoder,
+:mod:`calm.backbones.qwen2_audio_fast`) with ``stop_after_last_site``. For Whisper the "fast"
+column runs its encoder on the trimmed frames the same way (:class:`TrimmedWhisper`); Whisper has
+no padding mask, so this is not exact and calm offers no such option: the columns show what
+trimming would change, and ``--demo-accuracy`` what it would do to the demo's spoken-numbers task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import soundfile
+import torch
+
+from calm.backbones.base import Backbone, resolve_dtype
+from calm.backbones.qwen2_audio import Qwen2AudioBackbone
+from calm.backbones.qwen2_audio_fast import compile_layers, encoder_states, kept_frames, mel_lengths
+from calm.backbones.whisper import WhisperBackbone
+from calm.data.items import Item
+from calm.heads import HeadCapture, extract
+from calm.testing import QWEN_SPECIALS, tiny_tokenizer
+
+PROMPT = "What is the sound in this recording? Answer in one word."
+
+QWEN2_AUDIO_7B: dict[str, dict[str, Any]] = {
+    "text": dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=11008, vocab_size=156032),
+    "audio": dict(encoder_layers=32, d_model=1280, encoder_attention_heads=20, encoder_ffn_dim=5120),
+}
+"""The Qwen2-Audio-7B(-Instruct) shape."""
+
+QWEN2_AUDIO_CPU: dict[str, dict[str, Any]] = {
+    "text": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=1376, vocab_size=156032),
+    "audio": dict(encoder_layers=4, d_model=160, encoder_attention_heads=4, encoder_ffn_dim=640),
+}
+"""1/8 of the width (head size 128 in the decoder), 4 layers each: the 7B's proportions, CPU-sized."""
+
+TEMPLATE_WORDS = ("system", "You", " are", " a", " helpful", " assistant", "user", "assistant", "Audio", " 1",
+                  "What", " is", " the", " sound", " in", " this", " recording", " Answer", " in", " one", " word")
+"""Words of the chat template and prompt made single tokens, as Qwen's BPE has them."""
+
+
+def qwen2_audio_backbone(shape: dict[str, dict[str, Any]], device: torch.device, dtype: torch.dtype) -> Backbone:
+    """A random Qwen2-Audio of ``shape``, built on ``device`` in ``dtype`` (no download)."""
+    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
+                              WhisperFeatureExtractor)
+
+    audio_specials = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
+    tokenizer = tiny_tokenizer(QWEN_SPECIALS + audio_specials + TEMPLATE_WORDS, eos="<|im_end|>",
+                               pad="<|endoftext|>")
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    config = Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", num_mel_bins=128, **shape["audio"]),
+        text_config=dict(model_type="qwen2", max_position_embeddings=8192, rms_norm_eps=1e-6, **shape["text"]),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2AudioForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    finally:
+        torch.set_default_dtype(default)
+    return Qwen2AudioBackbone(model, processor, model_id="random:qwen2-audio", device=device, dtype=dtype)
+
+
+def make_clips(seconds: float, count: int, rate: int, seed: int = 0) -> list[np.ndarray]:
+    """Distinct clips: a few tones with a random envelope in noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    clips = []
+    for _ in range(count):
+        tones = sum(np.sin(2 * np.pi * rng.uniform(100, 4000) * t + rng.uniform(0, 6)) for _ in range(3))
+        envelope = np.interp(t, np.linspace(0, seconds, 8), rng.uniform(0.1, 1.0, 8))
+        clips.append((0.1 * tones * envelope + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+    return clips
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+Step = Callable[[int], np.ndarray]
+"""One path's work on batch i, returning its [B, K, D] features."""
+
+
+def interleaved(steps: dict[str, Step], batches: int, warmup: int, device: torch.device,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Run the paths' steps batch by batch, alternating paths so that both meet the same machine
+    load; per path: clips/s from the median batch time (warm-up batches excluded) and the features."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    features: dict[str, list[np.ndarray]] = {name: [] for name in steps}
+    for index in range(batches):
+        for name, step in steps.items():
+            synchronize(device)
+            start = clock()
+            X = step(index)
+            synchronize(device)
+            if index >= warmup:
+                times[name].append(clock() - start)
+                features[name].append(X)
+    return {name: (len(features[name][0]) / float(np.median(times[name])), np.concatenate(features[name]))
+            for name in steps}
+
+
+def forward_step(backbone: Backbone, prepared: Sequence[dict[str, Any]], stop: bool) -> Step:
+    """A forward pass with hooks on every site, on prebuilt inputs."""
+    def step(index: int) -> np.ndarray:
+        inputs = prepared[index]
+        with HeadCapture(backbone, stop_after_last_site=stop) as capture, torch.inference_mode():
+            capture.expect(backbone.token_mask(inputs))
+            backbone.forward(inputs)
+            return capture.collect().numpy()
+
+    return step
+
+
+def extract_step(backbone: Backbone, chunks: Sequence[Sequence[Item]], stop: bool) -> Step:
+    """``calm.extract`` of one batch of files, end to end."""
+    def step(index: int) -> np.ndarray:
+        chunk = chunks[index]
+        return extract(backbone, chunk, PROMPT, batch_size=len(chunk), stop_after_last_site=stop,
+                       dtype=np.float32).X
+
+    return step
+
+
+def min_head_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest cosine between matching head vectors of two [N, K, D] arrays."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    dots = (a * b).sum(-1)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return float((dots / np.maximum(norms, 1e-30)).min())
+
+
+def write_items(clips: Sequence[np.ndarray], rate: int, root: Path, prefix: str) -> list[Item]:
+    items = []
+    for i, clip in enumerate(clips):
+        path = root / f"{prefix}{i:04d}.wav"
+        soundfile.write(path, clip, rate, subtype="FLOAT")
+        items.append(Item(f"{prefix}{i:04d}", path))
+    return items
+
+
+class TrimmedWhisper(WhisperBackbone):
+    """Whisper whose encoder sees only the mel frames that carry audio (+ the fast path's margin),
+    as the Qwen2-Audio fast path does. Whisper has no padding mask, so this changes its features:
+    a measurement only (its own model id keeps its features apart in a store)."""
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> "TrimmedWhisper":
+        """The same model and processor, trimmed."""
+        return cls(backbone.model, backbone.processor, model_id=f"{backbone.model_id}+trimmed",
+                   revision=backbone.revision, device=backbone.device, dtype=backbone.dtype)
+
+    def build_inputs(self, audios: Sequence[np.ndarray], prompt: str,
+                     videos: Sequence[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        inputs = super().build_inputs(audios, prompt, videos=videos)
+        inputs["frame_lengths"] = torch.tensor(mel_lengths(audios, self.processor.feature_extractor))
+        return inputs
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> None:
+        frames = kept_frames(int(inputs["frame_lengths"].max()), self.processor.feature_extractor.nb_max_frames)
+        encoder = self.model.get_encoder()
+        hidden = encoder.layer_norm(encoder_states(encoder, inputs["input_features"], frames, None))
+        self.model.get_decoder()(input_ids=inputs["decoder_input_ids"], attention_mask=inputs["attention_mask"],
+                                 encoder_hidden_states=hidden, use_cache=False)
+
+
+def fast_twin(backbone: Backbone) -> Backbone:
+    """The fast path on the same model: Qwen2-Audio with ``fast = True``; Whisper trimmed."""
+    if isinstance(backbone, WhisperBackbone):
+        return TrimmedWhisper.of(backbone)
+    twin = copy.copy(backbone)
+    twin.fast = True
+    return twin
+
+
+def benchmark(backbone: Backbone, fast: Backbone, seconds: float, args: argparse.Namespace,
+              root: Path) -> dict[str, Any]:
+    """Both paths on the same clips of one duration; a row of the table."""
+    rate, size = backbone.sample_rate, args.batch_size
+    batches = args.batches + args.warmup
+    clips = make_clips(seconds, size * batches, rate, seed=int(seconds * 1000))
+    chunks = [clips[i * size:(i + 1) * size] for i in range(batches)]
+    plain_inputs = [backbone.build_inputs(chunk, PROMPT) for chunk in chunks]
+    fast_inputs = [fast.build_inputs(chunk, PROMPT) for chunk in chunks]
+    stop = not isinstance(fast, WhisperBackbone)
+    steps = {"plain": forward_step(backbone, plain_inputs, stop=False),
+             "fast": forward_step(fast, fast_inputs, stop=stop)}
+    if args.extract:
+        items = write_items(clips, rate, root, f"s{seconds:g}-")
+        files = [items[i * size:(i + 1) * size] for i in range(batches)]
+        steps["plain e2e"] = extract_step(backbone, files, stop=False)
+        steps["fast e2e"] = extract_step(fast, files, stop=stop)
+    results = interleaved(steps, batches, args.warmup, backbone.device, args.clock)
+    tokens = backbone.token_mask(fast_inputs[0]).shape[1]
+    row: dict[str, Any] = {"seconds": seconds, "tokens": tokens, "clips": size * args.batches,
+                           "_steps": steps, "_reference": results["plain"][1]}
+    for kind in ("", " e2e"):
+        if "plain" + kind in results:
+            (plain_rate, X_plain), (fast_rate, X_fast) = results["plain" + kind], results["fast" + kind]
+            row["plain" + kind], row["fast" + kind] = plain_rate, fast_rate
+            row["cos" + kind] = min_head_cosine(X_plain, X_fast)
+            row["maxdiff" + kind] = float(np.abs(X_plain - X_fast).max())
+    return row
+
+
+def benchmark_compiled(backbone: Backbone, row: dict[str, Any], args: argparse.Namespace) -> None:
+    """The fast path again, on the same inputs, after :func:`compile_layers` (run last, as it
+    changes the layers in place); the warm-up batch absorbs the compilation."""
+    step = row["_steps"]["fast"]
+    batches = args.batches + args.warmup
+    rate, X = interleaved({"compiled": step}, batches, args.warmup, backbone.device, args.clock)["compiled"]
+    row["compiled"], row["cos compiled"] = rate, min_head_cosine(row["_reference"], X)
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """clips/s per path, ratio and agreement, one line per clip duration."""
+    kinds = [kind for kind in ("", " e2e") if "plain" + kind in rows[0]]
+    header = f"{'clip s':>6} {'tokens':>6} {'clips':>5}"
+    for kind in kinds:
+        header += f" | {'plain' + kind:>9} {'fast' + kind:>8} {'ratio':>6} {'min cos':>9} {'max|diff|':>9}"
+    if "compiled" in rows[0]:
+        header += f" | {'fast+compile':>12} {'ratio':>6} {'min cos':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        line = f"{row['seconds']:>6g} {row['tokens']:>6d} {row['clips']:>5d}"
+        for kind in kinds:
+            plain, fast = row["plain" + kind], row["fast" + kind]
+            line += (f" | {plain:>9.2f} {fast:>8.2f} {fast / plain:>5.2f}x {row['cos' + kind]:>9.6f} "
+                     f"{row['maxdiff' + kind]:>9.2e}")
+        if "compiled" in row:
+            line += f" | {row['compiled']:>12.2f} {row['compiled'] / row['plain']:>5.2f}x {row['cos compiled']:>9.6f}"
+        print(line)
+    print("clips/s from the median batch time; min cos: smallest per-head cosine between the paths' features")
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux), else what the platform module knows."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return name or platform.processor() or "cpu"
+
+
+def demo_accuracy(backbone: Backbone, trimmed: Backbone, batch_size: int) -> None:
+    """Accuracy of the demo's methods on its spoken-numbers task, on Whisper's features and on the
+    trimmed encoder's (features in the calm cache's store, so a finished ``calm demo`` run is
+    reused for the plain side)."""
+    from calm.cache import cache_dir
+    from calm.data.demo import prepare
+    from calm.data.loaders import load_dataset
+    from calm.demo import DEMO_METHODS, DEMO_TASKS
+    from calm.evaluate.protocol import evaluate_features
+
+    task = DEMO_TASKS[0]
+    items = load_dataset(prepare(task.recipe))
+    accuracy = {}
+    for name, model in (("plain", backbone), ("trimmed", trimmed)):
+        features = extract(model, items, task.prompt, batch_size=batch_size, store=cache_dir("features"),
+                           progress=True)
+        report = evaluate_features(features, items, shots=task.shots, seeds=5, methods=list(DEMO_METHODS))
+        accuracy[name] = {(r["method"], r["shots"]): r["accuracy"] for r in report.summary_rows()}
+    print(f"\n{task.recipe}: accuracy (%), mean over 5 seeds")
+    print(f"{'method':>12} {'shots':>5} {'plain':>7} {'trimmed':>8}")
+    for (method, shots), value in accuracy["plain"].items():
+        print(f"{method:>12} {shots:>5d} {100 * value:>7.1f} {100 * accuracy['trimmed'][method, shots]:>8.1f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="qwen2-audio", choices=["qwen2-audio", "whisper-base"])
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[5.0, 10.0, 2.0])
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 4 on the CPU")
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per path")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: time batches by the process's CPU time (for a CPU shared with other jobs)")
+    parser.add_argument("--no-extract", dest="extract", action="store_false", help="skip the end-to-end timing")
+    parser.add_argument("--compile", action="store_true",
+                        help="Qwen2-Audio: then also time the fast path with every encoder and decoder layer compiled")
+    parser.add_argument("--demo-accuracy", action="store_true",
+                        help="whisper-base: then also the demo's spoken-numbers accuracy, plain vs trimmed")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device = torch.device(args.device)
+    gpu = device.type != "cpu"
+    args.batch_size = args.batch_size or (64 if gpu else 4)
+    dtype = resolve_dtype(args.dtype, device)
+    started = time.perf_counter()
+    whisper = args.model == "whisper-base"
+    if whisper:
+        from calm.backbones import load_backbone
+
+        backbone = load_backbone("whisper-base", device=device, dtype=dtype)
+    else:
+        backbone = qwen2_audio_backbone(QWEN2_AUDIO_7B if gpu else QWEN2_AUDIO_CPU, device, dtype)
+    fast = fast_twin(backbone)
+    built = time.perf_counter() - started
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, " \
+        f"{torch.get_num_threads()} threads"
+    params = sum(p.numel() for p in backbone.model.parameters()) / 1e9
+    print(f"{backbone.model_id}: {params:.2f}B parameters, {dtype}, {len(backbone.head_index())} heads; "
+          f"{name}; torch {torch.__version__}, transformers {__import__('transformers').__version__}; "
+          f"batch {args.batch_size}, {args.batches} timed + {args.warmup} warm-up batches, "
+          f"{'CPU' if args.clock is time.process_time else 'wall'} clock; built in {built:.1f} s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in args.seconds:
+            row = benchmark(backbone, fast, seconds, args, Path(tmp))
+            rows.append(row)
+            print(f"  {seconds:g} s clips: plain {row['plain']:.2f}, fast {row['fast']:.2f} clips/s "
+                  f"({row['fast'] / row['plain']:.2f}x), min cos {row['cos']:.6f}", flush=True)
+    print_table(rows)
+    if args.compile and not whisper:
+        started = time.perf_counter()
+        compile_layers(backbone.audio_parts)
+        for row in rows:
+            benchmark_compiled(backbone, row, args)
+            print(f"  {row['seconds']:g} s clips compiled: {row['compiled']:.2f} clips/s", flush=True)
+        print(f"compiled runs: {time.perf_counter() - started:.0f} s with compilation")
+        print_table(rows)
+    if args.demo_accuracy and whisper:
+        demo_accuracy(backbone, fast, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()
