@@ -7,7 +7,14 @@ is ``<|startofprev|> {prompt}`` followed by the start tokens ``<|startoftranscri
 (+ ``<|en|><|transcribe|>`` on multilingual models) ``<|notimestamps|>``; the last real token is
 ``<|notimestamps|>``, where the decoder is about to write the transcript. Without a prompt the
 prefix is just the start tokens. Every clip gets the same prefix, so the token sequences never
-need padding; the encoder always sees 30 s of (padded or cut) log-mel frames.
+need padding; the encoder sees 30 s of (padded or cut) log-mel frames, as Whisper was trained.
+
+``encoder_seconds`` (off by default) trades exactness for speed: clips are cut to that many
+seconds and the encoder runs on only that window of log-mel frames (position embeddings sliced to
+match). Whisper's encoder has no padding mask, so unlike Qwen2-Audio's fast path this *changes*
+the features (the padded frames it drops are attended to in the reference path); it is part of
+the fingerprint, so such features never mix with reference ones. For short clips on a CPU it
+cuts the encoder's work several times over (see ``docs/benchmarks.md``).
 
 With a fixed prefix, the first layer's self-attention heads see only prompt tokens and are
 constant across clips: classifiers must tolerate them (see DESIGN.md §1.2).
@@ -22,6 +29,7 @@ import torch
 from transformers import GenerationMixin
 
 from calm.backbones.base import Backbone
+from calm.backbones.qwen2_audio_fast import encoder_states, log_mel
 
 MULTILINGUAL_VOCAB = 51865
 """Whisper's multilingual checkpoints have at least this many tokens; English-only ones have fewer."""
@@ -34,6 +42,8 @@ class WhisperBackbone(Backbone):
     site_kinds = ("self_attn", "cross_attn")
     language = "en"
     task = "transcribe"
+    encoder_seconds: float | None = None
+    """None: the reference 30 s encoder window. A number: the trimmed window (see the module docstring)."""
 
     @property
     def multilingual(self) -> bool:
@@ -61,6 +71,22 @@ class WhisperBackbone(Backbone):
             raise ValueError(f"{self.model_id}: the tokenizer has no {token} token")
         return int(token_id)
 
+    def fingerprint(self) -> dict[str, Any]:
+        fingerprint = super().fingerprint()
+        if self.encoder_seconds is not None:
+            fingerprint["encoder_seconds"] = float(self.encoder_seconds)
+        return fingerprint
+
+    @property
+    def encoder_frames(self) -> int | None:
+        """Log-mel frames the encoder sees in the trimmed window (None: the full 30 s)."""
+        if self.encoder_seconds is None:
+            return None
+        fe = self.processor.feature_extractor
+        frames = int(round(self.encoder_seconds * self.sample_rate / fe.hop_length))
+        frames += frames % 2  # conv2 has stride 2
+        return min(frames, int(fe.nb_max_frames))
+
     def render_prompt(self, prompt: str, with_video: bool = False) -> str:
         return self.tokenizer.decode(self.decoder_prefix(prompt))
 
@@ -69,17 +95,31 @@ class WhisperBackbone(Backbone):
     ) -> dict[str, torch.Tensor]:
         if videos is not None:
             raise ValueError("whisper backbones take no video")
-        features = self.processor.feature_extractor(
-            list(audios), sampling_rate=self.sample_rate, return_tensors="pt"
-        )["input_features"]
+        fe = self.processor.feature_extractor
+        frames = self.encoder_frames
+        if frames is None:
+            features = fe(list(audios), sampling_rate=self.sample_rate, return_tensors="pt")["input_features"]
+        else:
+            window = frames * fe.hop_length
+            features = log_mel([audio[:window] for audio in audios], fe, frames, self.device)
         prefix = torch.tensor([self.decoder_prefix(prompt)] * len(audios), dtype=torch.long)
         return self.to_device(
             {"input_features": features, "decoder_input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
         )
 
+    def encoder_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The encoder's part of a model call: the mel frames (reference) or, with a trimmed
+        window, the encoder's output computed here on those frames only."""
+        frames = self.encoder_frames
+        if frames is None:
+            return {"input_features": inputs["input_features"]}
+        encoder = self.model.get_encoder()
+        hidden = encoder_states(encoder, inputs["input_features"], frames, None)
+        return {"encoder_outputs": (encoder.layer_norm(hidden),)}
+
     def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {
-            "input_features": inputs["input_features"],
+            **self.encoder_inputs(inputs),
             "decoder_input_ids": inputs["decoder_input_ids"],
             "decoder_attention_mask": inputs["attention_mask"],
             "use_cache": False,
@@ -89,7 +129,7 @@ class WhisperBackbone(Backbone):
         # The plain decoding loop, not Whisper's long-form generate: the prefix is ours.
         return GenerationMixin.generate(
             self.model,
-            input_features=inputs["input_features"],
+            **self.encoder_inputs(inputs),
             decoder_input_ids=inputs["decoder_input_ids"],
             pad_token_id=self.tokenizer.pad_token_id,
             **options,
