@@ -75,7 +75,8 @@ class Estimator:
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the largest ``decision_function`` score (the first one on an exact tie)."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[np.argmax(scores, axis=1)]
 
 
 def _same(a: Any, b: Any) -> bool:

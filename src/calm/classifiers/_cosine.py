@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ CONSTANT_TOL = 1e-4
 """A head is constant when the mean resultant length of its normalised support vectors is at least
 1 - CONSTANT_TOL (every direction within about 0.8 degrees of the mean): it carries nothing."""
 
-BLOCK_FLOATS = 1 << 19
+BLOCK_FLOATS = 1 << 21
 """Features are read in blocks of about this many floats (2 MB in float32): all items (up to
 BLOCK_FLOATS / D of them) times as many heads as fit, so each head's matmul is tall and the
 block's elementwise work stays in cache."""
@@ -61,33 +61,32 @@ class Features:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def blocks(self, heads: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> Iterator[Block]:
-        """Blocks (items, head positions, x) with x [k, n, D] in float, head-major and contiguous.
+    def blocks(self, heads: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+               whole: bool = False) -> Iterator[Block]:
+        """Blocks (items, head positions, x) with x [k, n, D] float, head-major and contiguous.
 
-        ``heads`` selects and orders the heads read (positions then index into it). Raises
-        ValueError if a block holds NaN or inf.
+        ``heads`` selects and orders the heads read (positions then index into it); ``whole``
+        puts every item in each block (heads one at a time if need be).
         """
         n_total, n_heads, dim = self.shape
         dtype = dtype or self.dtype
         width = n_heads if heads is None else len(heads)
-        rows = min(n_total, max(1, BLOCK_FLOATS // dim))
+        rows = n_total if whole else min(n_total, max(1, BLOCK_FLOATS // dim))
         step = max(1, BLOCK_FLOATS // (rows * dim))
         for r0 in range(0, n_total, rows):
             items = slice(r0, min(r0 + rows, n_total))
             for k0 in range(0, width, step):
                 cols = slice(k0, min(k0 + step, width))
-                part = self._read(items, cols if heads is None else heads[cols])
-                x = torch.empty(part.shape[1], part.shape[0], dim, dtype=dtype).copy_(part.transpose(0, 1))
-                yield items, cols, x
+                yield items, cols, self._read(items, cols if heads is None else heads[cols]).to(dtype)
 
     def _read(self, items: slice, heads: slice | torch.Tensor) -> torch.Tensor:
+        """The block [k, n, D], contiguous, in the stored dtype (transposing before casting is the
+        fast path for float16)."""
         if isinstance(self.data, torch.Tensor):
             index = heads if isinstance(heads, slice) else heads.to(self.data.device)
-            return self.data[items, index].cpu()
+            return self.data[items, index].transpose(0, 1).contiguous().cpu()
         part = self.data[items, heads if isinstance(heads, slice) else heads.numpy()]
-        if not part.flags.writeable:  # a read-only memory map: torch wants a writeable buffer
-            part = np.array(part)
-        return torch.from_numpy(part)
+        return torch.from_numpy(np.ascontiguousarray(part.transpose(1, 0, 2)))
 
 
 @dataclass
@@ -109,68 +108,92 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
     return v / norm.clamp_min(torch.finfo(v.dtype).tiny)
 
 
-def check_finite(norms: torch.Tensor, features: Features, items: slice) -> None:
-    if not bool(torch.isfinite(norms).all()):
-        raise ValueError(f"{features.name} holds NaN or inf values (among items {items.start}..{items.stop - 1})")
+def cosines(x: torch.Tensor, prototypes: torch.Tensor, scale: float = 1.0,
+            loo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+            norms: torch.Tensor | None = None) -> torch.Tensor:
+    """scale * cos [k, n, C] of x [k, n, D] with normalised prototypes [k, C, D].
+
+    With ``loo=(labels [n], sums [k, C, D], counts [C])`` each item's own-class column is its
+    leave-one-out cosine (items of one-item classes keep the in-sample cosine). ``norms`` [k, n]
+    are x's norms if already known.
+    """
+    tiny = torch.finfo(x.dtype).tiny
+    norms = torch.linalg.vector_norm(x, dim=-1) if norms is None else norms  # [k, n]
+    raw = torch.bmm(x, prototypes.transpose(1, 2))  # [k, n, C]: <x, mu_c / |mu_c|>
+    inverse = (scale / norms.clamp_min(tiny)).masked_fill_(norms == 0, 0.0)
+    out = raw.mul_(inverse.unsqueeze(-1)) if loo is None else raw * inverse.unsqueeze(-1)
+    if loo is not None:
+        labels, sums, counts = loo
+        index = labels.view(1, -1, 1).expand(out.shape[0], -1, 1)
+        s_norm = torch.linalg.vector_norm(sums, dim=-1).gather(1, labels.view(1, -1).expand(out.shape[0], -1))
+        dot = raw.gather(2, index).squeeze(2) * s_norm  # <x_i, S_c>
+        sq = norms.square()
+        left_sq = (s_norm.square() - 2 * dot + sq).clamp_min(0)
+        degenerate = left_sq <= 64 * torch.finfo(x.dtype).eps * (s_norm + norms).square()
+        left = scale * (dot - sq) / (norms * left_sq.sqrt()).clamp_min(tiny)
+        left = left.masked_fill_(degenerate | (norms == 0), 0.0)
+        mixed = torch.where((counts >= 2)[labels].unsqueeze(0), left, out.gather(2, index).squeeze(2))
+        out.scatter_(2, index, mixed.unsqueeze(2))
+    return out
 
 
-def class_stats(features: Features, labels: torch.Tensor, n_classes: int) -> ClassStats:
-    """One pass over the support set: raw class sums, class sizes, and constant heads."""
+def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: str | None = None,
+                 consume: Callable[[Block], None] | None = None) -> ClassStats:
+    """Read the support set once, head block by head block (each block holds every item): class
+    sums, class sizes and constant heads; with ``cos="loo"`` or ``"in-sample"`` also hand each block's
+    cosines [k, N, C] to ``consume``. Raises ValueError if the features hold NaN or inf.
+    """
     n_items, n_heads, dim = features.shape
-    sums = torch.zeros(n_heads, n_classes, dim, dtype=features.dtype)
-    resultant = torch.zeros(n_heads, dim, dtype=torch.float64)
-    any_nonzero = torch.zeros(n_heads, dtype=torch.bool)
-    for items, cols, x in features.blocks():
-        norms = torch.linalg.vector_norm(x, dim=-1)  # [k, n]
-        check_finite(norms, features, items)
-        sums[cols].index_add_(1, labels[items], x)
-        inverse = 1.0 / norms.clamp_min(torch.finfo(x.dtype).tiny)
-        resultant[cols] += torch.bmm(inverse.unsqueeze(1), x).squeeze(1).to(torch.float64)
-        any_nonzero[cols] |= (norms > 0).any(1)
-    length = torch.linalg.vector_norm(resultant, dim=-1) / n_items
-    constant = (length >= 1.0 - CONSTANT_TOL) | ~any_nonzero
-    return ClassStats(sums, torch.bincount(labels, minlength=n_classes), constant)
+    counts = torch.bincount(labels, minlength=n_classes)
+    sums = torch.empty(n_heads, n_classes, dim, dtype=features.dtype)
+    constant = torch.empty(n_heads, dtype=torch.bool)
+    for items, cols, x in features.blocks(whole=True):
+        block = sums[cols]
+        block.zero_().index_add_(1, labels, x)
+        if not bool(torch.isfinite(block).all()):
+            raise ValueError(f"{features.name} holds NaN or inf values (heads {cols.start}..{cols.stop - 1})")
+        norms = torch.linalg.vector_norm(x, dim=-1)
+        constant[cols] = constant_heads(x, norms)
+        if cos is not None and consume is not None:
+            loo = (labels, block, counts) if cos == "loo" else None
+            consume((items, cols, cosines(x, normalise(block), loo=loo, norms=norms)))
+    return ClassStats(sums, counts, constant)
+
+
+def constant_heads(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """[k] bool: heads whose items x [k, n, D] (norms [k, n]) all point the same way (or are all zero)."""
+    inverse = (1.0 / norms.clamp_min(torch.finfo(x.dtype).tiny)).masked_fill_(norms == 0, 0.0)
+    resultant = torch.bmm(inverse.unsqueeze(1), x).squeeze(1).to(torch.float64)  # sum of unit vectors
+    length = torch.linalg.vector_norm(resultant, dim=-1) / x.shape[1]
+    return (length >= 1.0 - CONSTANT_TOL) | (norms == 0).all(1)
 
 
 def iter_cosines(features: Features, prototypes: torch.Tensor, *, heads: torch.Tensor | None = None,
-                 loo: tuple[torch.Tensor, ClassStats] | None = None) -> Iterator[Block]:
-    """Blocks (items, head positions, cos) with cos [k, n, C]: cosines to every class prototype.
-
-    ``prototypes`` is [K', C, D] (already restricted to ``heads`` when those are given). With
-    ``loo=(labels, stats)`` the column of each item's own class is its leave-one-out cosine,
-    for classes of at least two items (a one-item class keeps the in-sample cosine).
-    """
-    dtype = prototypes.dtype
-    tiny = torch.finfo(dtype).tiny
-    by_head = prototypes.transpose(1, 2)  # [K', D, C]
-    if loo is not None:
-        labels, stats = loo
-        sum_norm = torch.linalg.vector_norm(stats.sums, dim=-1).to(dtype)  # [K, C]
-        can_leave = stats.counts >= 2
-        rel_tol = 64 * torch.finfo(dtype).eps
-    for items, cols, x in features.blocks(heads, dtype):
-        norms = torch.linalg.vector_norm(x, dim=-1)  # [k, n]
-        check_finite(norms, features, items)
-        raw = torch.bmm(x, by_head[cols])  # [k, n, C]: <x, mu_c / |mu_c|>
-        cos = raw / norms.clamp_min(tiny).unsqueeze(-1)
-        if loo is not None:
-            own = labels[items]
-            index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
-            s_norm = sum_norm[cols][:, own]  # [k, n]
-            dot = raw.gather(2, index).squeeze(2) * s_norm  # <x_i, S_c>
-            sq = norms.square()
-            left_sq = (s_norm.square() - 2 * dot + sq).clamp_min(0)
-            degenerate = left_sq <= rel_tol * (s_norm + norms).square()
-            left = (dot - sq) / (norms * left_sq.sqrt()).clamp_min(tiny)
-            left = left.masked_fill(degenerate | (norms == 0), 0.0)
-            mixed = torch.where(can_leave[own].unsqueeze(0), left, cos.gather(2, index).squeeze(2))
-            cos.scatter_(2, index, mixed.unsqueeze(2))
-        yield items, cols, cos
+                 scale: float = 1.0) -> Iterator[Block]:
+    """Blocks (items, head positions, scale * cos [k, n, C]) of ``features`` against ``prototypes``
+    [K', C, D] (already restricted to ``heads`` when those are given)."""
+    for items, cols, x in features.blocks(heads, prototypes.dtype):
+        yield items, cols, cosines(x, prototypes[cols], scale)
 
 
-def posteriors(cos: torch.Tensor, tau: float) -> torch.Tensor:
-    """p_k(c|x) = softmax over classes of cos / tau."""
-    return torch.softmax(cos * (1.0 / tau), dim=-1)
+def posteriors(logits: torch.Tensor, inplace: bool = False, bound: float = math.inf, dim: int = -1) -> torch.Tensor:
+    """softmax along ``dim`` (classes). When |logits| <= ``bound`` <= 80 (tau >= 1/80 on cosines)
+    the max is not subtracted: exp cannot overflow or make a row all zero in float32."""
+    if not inplace:
+        logits = logits.clone()
+    if bound > 80:
+        logits.sub_(logits.amax(dim, keepdim=True))
+    logits.exp_()
+    return logits.div_(logits.sum(dim, keepdim=True))
+
+
+def check_scores(scores: torch.Tensor, features: Features) -> np.ndarray:
+    """Scores [N, C] as float64 numpy; a non-finite row means the features held NaN or inf."""
+    bad = ~torch.isfinite(scores).all(1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(f"{features.name} holds NaN or inf values (e.g. in items {rows})")
+    return scores.to(torch.float64).numpy()
 
 
 def warn_single_shot(who: str, what: str, classes: np.ndarray, counts: torch.Tensor) -> None:

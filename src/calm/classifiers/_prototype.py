@@ -3,13 +3,14 @@ time, and the weighted soft vote that CALM and most ablations share."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from calm.classifiers._base import Estimator, check_fingerprint, encode_labels
-from calm.classifiers._cosine import ClassStats, Features, class_stats, iter_cosines, posteriors
+from calm.classifiers._cosine import (Block, ClassStats, Features, check_scores, iter_cosines, posteriors,
+                                     support_pass)
 from calm.features import HeadFeatures
 
 
@@ -50,15 +51,17 @@ class PrototypeClassifier(FeatureClassifier):
     left out of every vote).
     """
 
-    def _fit_prototypes(self, X: Any, y: Any) -> tuple[Features, torch.Tensor, ClassStats]:
-        features, labels = self._start_fit(X, y)
-        stats = class_stats(features, labels, len(self.classes_))
+    def _fit_prototypes(self, features: Features, labels: torch.Tensor, cos: str | None = None,
+                        consume: Callable[[Block], None] | None = None) -> ClassStats:
+        """Prototypes and constant heads from one pass over the support set, handing each block's
+        support cosines (``cos="loo"`` or ``"in-sample"``) to ``consume`` on the way."""
+        stats = support_pass(features, labels, len(self.classes_), cos, consume)
         if bool(stats.constant.all()):
             raise ValueError(f"{type(self).__name__}: every head is constant over the support set; "
                              "these features cannot separate classes")
         self.prototypes_ = stats.prototypes().numpy()
         self.constant_heads_ = stats.constant.numpy()
-        return features, labels, stats
+        return stats
 
     def _prototypes(self, heads: torch.Tensor | None = None) -> torch.Tensor:
         protos = torch.from_numpy(self.prototypes_)
@@ -86,12 +89,12 @@ class SoftVoteClassifier(PrototypeClassifier):
         heads = None if len(used) == self.n_heads_in_ else used
         protos = self._prototypes(heads)
         weights = torch.from_numpy(self.weights_).to(protos.dtype)
-        weights = weights if heads is None else weights[heads]
-        tau = self._vote_tau()
+        weights = (weights if heads is None else weights[heads]).unsqueeze(1)  # [K', 1, C]
+        scale = 1.0 / self._vote_tau()
         scores = torch.zeros(len(features), len(self.classes_), dtype=protos.dtype)
-        for items, cols, cos in iter_cosines(features, protos, heads=heads):
-            scores[items] += torch.einsum("knc,kc->nc", posteriors(cos, tau), weights[cols])
-        return scores.to(torch.float64).numpy()
+        for items, cols, logits in iter_cosines(features, protos, heads=heads, scale=scale):
+            scores[items] += posteriors(logits, inplace=True, bound=scale).mul_(weights[cols]).sum(0)
+        return check_scores(scores, features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Soft-vote scores normalised to sum to 1 over classes."""

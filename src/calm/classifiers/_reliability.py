@@ -1,7 +1,12 @@
 """CALM's reliability and weights: per-item reliability scores, their class means, shrinkage,
-and the per-class weights over heads (with optional top-k). Tensors put heads on the last axis
-where a function works along heads, so the same code serves [C, K] matrices and the tuner's
-per-item [N, K] columns."""
+and the per-class weights over heads (with optional top-k). Functions that work along heads
+take heads on the last axis, so the same code serves [C, K] matrices and the tuner's per-item
+[N, K] rows.
+
+Both weightings are a softmax over heads: margin_clamped's r^(1/tau_w) / sum r^(1/tau_w) equals
+softmax(log r / tau_w) (log 0 = -inf), the other schemes use softmax(r / tau_w). So the logits
+(log r or r, masked to the kept heads) are computed once and each tau_w costs one softmax.
+"""
 
 from __future__ import annotations
 
@@ -20,40 +25,51 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
-def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Per-head, per-item reliability scores [K, n] for item labels ``own`` [n] from posteriors P [K, n, C].
+def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str], class_dim: int) -> dict[str, torch.Tensor]:
+    """Per-item, per-head reliability scores from posteriors P whose axis 1 is items (labels ``own``)
+    and ``class_dim`` classes: P [K, n, C] (class_dim 2) gives [K, n]; P [C, n, K] (class_dim 0) [n, K].
 
     margin_clamped: max(0, p(c) - max_{c' != c} p(c')); margin: unclamped; prob: p(c);
-    brier: 2 p(c) - sum_c' p(c')^2, with c the item's true class.
+    brier: 2 p(c) - sum_c' p(c')^2, with c the item's true class. P is left as it was.
     """
-    index = own.view(1, -1, 1).expand(P.shape[0], -1, 1)
-    p_true = P.gather(2, index).squeeze(2)
-    out: dict[str, torch.Tensor] = {}
-    for scheme in schemes:
-        if scheme in ("margin", "margin_clamped"):
-            if "margin" not in out:
-                other = P.scatter(2, index, float("-inf")).amax(2)
-                out["margin"] = p_true - other
-            if scheme == "margin_clamped":
-                out[scheme] = out["margin"].clamp_min(0.0)
-        elif scheme == "prob":
-            out[scheme] = p_true
-        else:
-            out[scheme] = 2 * p_true - P.square().sum(2)
+    schemes = tuple(schemes)
+    shape = [1, -1, 1]
+    size = list(P.shape)
+    size[class_dim] = 1
+    index = own.view(shape).expand(size)
+    p_true = P.gather(class_dim, index)
+    out: dict[str, torch.Tensor] = {"prob": p_true.squeeze(class_dim)}
+    if "brier" in schemes:
+        out["brier"] = out["prob"] * 2 - torch.linalg.vector_norm(P, dim=class_dim).square()
+    if "margin" in schemes or "margin_clamped" in schemes:
+        other = P.scatter_(class_dim, index, float("-inf")).amax(class_dim)
+        P.scatter_(class_dim, index, p_true)
+        out["margin"] = out["prob"] - other
+        out["margin_clamped"] = out["margin"].clamp_min(0.0)
     return {s: out[s] for s in schemes}
 
 
-def class_score_sums(blocks: Iterable[Block], labels: torch.Tensor, n_classes: int, n_heads: int,
-                     tau: float, schemes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Sums over reliability items of each class of their item scores: scheme -> [C, K] (float64),
-    from cosine blocks (items, heads, cos [k, n, C])."""
-    schemes = tuple(schemes)
-    sums = {scheme: torch.zeros(n_classes, n_heads, dtype=torch.float64) for scheme in schemes}
-    for items, cols, cos in blocks:
-        own = labels[items]
-        for scheme, value in item_scores(posteriors(cos, tau), own, schemes).items():
-            sums[scheme][:, cols].index_add_(0, own, value.T.to(torch.float64))
-    return sums
+class ReliabilitySums:
+    """Accumulates each class's sum of item scores per head, ``sums[scheme]`` [C, K] (float64), over
+    reliability items labelled ``labels``; ``counts`` [C] items per class."""
+
+    def __init__(self, labels: torch.Tensor, n_classes: int, n_heads: int, tau: float, schemes: Iterable[str]):
+        self.labels = labels
+        self.tau = tau
+        self.counts = torch.bincount(labels, minlength=n_classes)
+        self.sums = {scheme: torch.zeros(n_classes, n_heads, dtype=torch.float64) for scheme in schemes}
+
+    def add(self, block: Block) -> None:
+        """Add a block (items, heads, cos [k, n, C]) of cosines (the block's tensor is overwritten)."""
+        items, cols, cos = block
+        P = posteriors(cos.mul_(1.0 / self.tau), inplace=True, bound=1.0 / self.tau)
+        self.add_scores(items, cols, item_scores(P, self.labels[items], tuple(self.sums), class_dim=2))
+
+    def add_scores(self, items: slice, cols: slice, scores: dict[str, torch.Tensor]) -> None:
+        """Add item scores [k, n] of items ``items`` for heads ``cols``."""
+        own = self.labels[items]
+        for scheme, value in scores.items():
+            self.sums[scheme][:, cols].index_add_(0, own, value.T.to(torch.float64))
 
 
 def shrink(r: torch.Tensor, counts: torch.Tensor, alpha: float, active: torch.Tensor,
@@ -69,34 +85,40 @@ def shrink(r: torch.Tensor, counts: torch.Tensor, alpha: float, active: torch.Te
 
 
 def top_k_mask(r: torch.Tensor, top_k: int | None, active: torch.Tensor) -> torch.Tensor:
-    """Boolean [..., K]: the ``top_k`` most reliable active heads along the last axis (ties: lower index)."""
-    mask = active.expand_as(r).clone()
+    """Boolean [..., K]: the ``top_k`` most reliable active heads along the last axis; among equal
+    reliabilities the lower head index wins."""
+    mask = active.expand_as(r)
     if top_k is None or top_k >= int(active.sum()):
-        return mask
-    order = torch.sort(r.masked_fill(~mask, float("-inf")), dim=-1, descending=True, stable=True).indices
-    return torch.zeros_like(mask).scatter_(-1, order[..., :top_k], True)
+        return mask.clone()
+    keyed = r.masked_fill(~mask, float("-inf"))
+    kth = torch.topk(keyed, top_k, dim=-1).values[..., -1:]
+    above = keyed > kth
+    tied = keyed == kth
+    room = top_k - above.sum(-1, keepdim=True)
+    return above | (tied & (tied.cumsum(-1) <= room))
 
 
-def weights_from_reliability(r: torch.Tensor, scheme: str, tau_w: float, mask: torch.Tensor,
-                             active: torch.Tensor) -> torch.Tensor:
-    """Weights over heads (last axis) summing to 1, zero outside ``mask``.
+def weight_logits(r: torch.Tensor, scheme: str, mask: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax over heads (last axis) gives the weights at tau_w = 1: log r for
+    margin_clamped, r for the others; -inf outside ``mask``."""
+    base = torch.log(r.clamp_min(0.0)) if scheme == "margin_clamped" else r.clone()
+    return base.masked_fill_(~mask, float("-inf"))
 
-    margin_clamped: w_k = r_k^(1/tau_w) / sum_k' r_k'^(1/tau_w) (computed as (r/max r)^(1/tau_w) so
-    sharp powers do not underflow); a row with no positive reliability gets uniform weights over the
-    ``active`` heads. Other schemes: softmax over the masked heads of r / tau_w.
-    """
-    if scheme == "margin_clamped":
-        v = r.clamp_min(0.0).masked_fill(~mask, 0.0)
-        top = v.amax(-1, keepdim=True)
-        ratio = v / top.clamp_min(torch.finfo(v.dtype).tiny)
-        w = torch.where(v > 0, torch.exp(torch.log(ratio) * (1.0 / tau_w)), torch.zeros_like(v))
-        w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-        uniform = active.to(v.dtype) / active.sum()
-        return torch.where(top > 0, w, uniform.expand_as(w))
-    return torch.softmax((r * (1.0 / tau_w)).masked_fill(~mask, float("-inf")), dim=-1)
+
+def weights_from_logits(logits: torch.Tensor, tau_w: float, active: torch.Tensor) -> torch.Tensor:
+    """softmax over heads of logits / tau_w; a row with no finite logit (margin_clamped with no
+    positive reliability among its heads) gets uniform weights over the ``active`` heads."""
+    empty = torch.isneginf(logits.amax(-1, keepdim=True))
+    w = torch.softmax(logits * (1.0 / tau_w), dim=-1)
+    uniform = active.to(w.dtype) / active.sum()
+    return torch.where(empty, uniform.expand_as(w), w)
 
 
 def head_weights(r: torch.Tensor, scheme: str, tau_w: float, top_k: int | None,
                  active: torch.Tensor) -> torch.Tensor:
-    """Per-row weights over heads (last axis) from reliabilities, with optional per-row top-k."""
-    return weights_from_reliability(r, scheme, tau_w, top_k_mask(r, top_k, active), active)
+    """Per-row weights over heads (last axis) from reliabilities, with optional per-row top-k.
+
+    margin_clamped: w_k = r_k^(1/tau_w) / sum r^(1/tau_w) over the kept heads (uniform over the
+    active heads if none has positive reliability); others: softmax over the kept heads of r/tau_w.
+    """
+    return weights_from_logits(weight_logits(r, scheme, top_k_mask(r, top_k, active)), tau_w, active)

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from calm.classifiers._cosine import check_positive, iter_cosines
+from calm.classifiers._cosine import check_positive, check_scores, iter_cosines
 from calm.classifiers._prototype import PrototypeClassifier, SoftVoteClassifier, uniform_weights
-from calm.classifiers._reliability import shrink
+from calm.classifiers._reliability import ReliabilitySums, shrink
 from calm.classifiers.calm import CALMClassifier, check_shrinkage
-from calm.classifiers.sav import check_n_heads, check_scoring, rank_heads, select_heads
+from calm.classifiers.sav import check_n_heads, check_scoring, fit_head_ranking
 
 
 class UniformVoteClassifier(SoftVoteClassifier):
@@ -27,7 +27,7 @@ class UniformVoteClassifier(SoftVoteClassifier):
 
     def fit(self, X: Any, y: Any) -> "UniformVoteClassifier":
         check_positive("tau", self.tau)
-        self._fit_prototypes(X, y)
+        self._fit_prototypes(*self._start_fit(X, y))
         heads = np.flatnonzero(~self.constant_heads_)
         self.weights_ = uniform_weights(heads, self.n_heads_in_, len(self.classes_))
         return self
@@ -53,11 +53,7 @@ class TopNSoftVoteClassifier(SoftVoteClassifier):
         n_heads = check_n_heads(self.n_heads)
         scoring = check_scoring(self.scoring)
         check_positive("tau", self.tau)
-        features, labels, stats = self._fit_prototypes(X, y)
-        who = type(self).__name__
-        scores, order = rank_heads(features, labels, stats, self._prototypes(), scoring, self.classes_, who)
-        self.head_scores_ = scores
-        self.heads_ = select_heads(order, self.constant_heads_, n_heads, who)
+        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, scoring, n_heads)
         self.weights_ = uniform_weights(self.heads_, self.n_heads_in_, len(self.classes_))
         return self
 
@@ -84,11 +80,11 @@ class ClassAgnosticCALMClassifier(CALMClassifier):
         return {"tau": check_positive("tau", self.tau), "tau_w": check_positive("tau_w", self.tau_w),
                 "scheme": "margin_clamped", "top_k": None}
 
-    def _set_weights(self, sums: torch.Tensor, counts: torch.Tensor, *, tau_w: float, scheme: str,
-                     top_k: int | None) -> None:
+    def _set_weights(self, sums: ReliabilitySums, *, tau_w: float, scheme: str, top_k: int | None) -> None:
         active = torch.from_numpy(~self.constant_heads_)
-        total = counts.sum().view(1)
-        r = shrink(sums.sum(0, keepdim=True) / total, total, check_shrinkage(self.shrinkage), active)
+        self.reliability_counts_ = sums.counts.numpy()
+        total = sums.counts.sum().view(1)
+        r = shrink(sums.sums[scheme].sum(0, keepdim=True) / total, total, check_shrinkage(self.shrinkage), active)
         weights = torch.softmax((r / tau_w).masked_fill(~active, float("-inf")), dim=-1)
         n_classes = len(self.classes_)
         self.reliability_ = r.expand(n_classes, -1).T.numpy().copy()
@@ -110,7 +106,7 @@ class ConcatCentroidClassifier(PrototypeClassifier):
 
     def fit(self, X: Any, y: Any) -> "ConcatCentroidClassifier":
         check_positive("tau", self.tau)
-        self._fit_prototypes(X, y)
+        self._fit_prototypes(*self._start_fit(X, y))
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -120,7 +116,7 @@ class ConcatCentroidClassifier(PrototypeClassifier):
         scores = torch.zeros(len(features), len(self.classes_), dtype=torch.float64)
         for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
             scores[items] += cos.sum(0, dtype=torch.float64)
-        return (scores / len(heads)).numpy()
+        return check_scores(scores / len(heads), features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """softmax over classes of the mean cosine / tau."""

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from calm.classifiers._base import index_labels
-from calm.classifiers._cosine import Block, ClassStats, Features, check_positive, iter_cosines, warn_single_shot
+from calm.classifiers._cosine import Features, check_positive, iter_cosines, warn_single_shot
 from calm.classifiers._prototype import SoftVoteClassifier
-from calm.classifiers._reliability import check_scheme, class_score_sums, head_weights, shrink
+from calm.classifiers._reliability import ReliabilitySums, check_scheme, head_weights, shrink
 
 RELIABILITY_SOURCES = ("loo", "support", "holdout")
 
@@ -54,11 +54,19 @@ class CALMClassifier(SoftVoteClassifier):
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "CALMClassifier":
         """Fit prototypes on (X, y) and reliability weights on the items chosen by ``reliability``."""
         params = self._hyperparameters()
-        self._check_validation(X_val, y_val)
+        source = self._check_validation(X_val, y_val)
         check_shrinkage(self.shrinkage)
-        features, labels, stats = self._fit_prototypes(X, y)
-        blocks, rel_labels = self._reliability_items(features, labels, stats, X_val, y_val)
-        self._fit_weights(blocks, rel_labels, **params)
+        features, labels = self._start_fit(X, y)
+        if source == "holdout":
+            self._fit_prototypes(features, labels)
+            sums = self._holdout_sums(features, X_val, y_val, params["tau"], params["scheme"])
+        else:
+            if source == "loo":
+                counts = torch.bincount(labels, minlength=len(self.classes_))
+                warn_single_shot(type(self).__name__, "reliability", self.classes_, counts)
+            sums = ReliabilitySums(labels, len(self.classes_), self.n_heads_in_, params["tau"], (params["scheme"],))
+            self._fit_prototypes(features, labels, "loo" if source == "loo" else "in-sample", sums.add)
+        self._set_weights(sums, tau_w=params["tau_w"], scheme=params["scheme"], top_k=params["top_k"])
         return self
 
     def _check_validation(self, X_val: Any, y_val: Any) -> str:
@@ -79,38 +87,27 @@ class CALMClassifier(SoftVoteClassifier):
     def _vote_tau(self) -> float:
         return float(self._hyperparameters()["tau"])
 
-    def _reliability_items(self, features: Features, labels: torch.Tensor, stats: ClassStats, X_val: Any,
-                           y_val: Any) -> tuple[Iterable[Block], torch.Tensor]:
-        protos = self._prototypes()
-        if self.reliability == "holdout":
-            val = Features(X_val, "X_val")
-            if val.shape[1:] != features.shape[1:]:
-                raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
-                                 f"{features.shape[1]} x {features.shape[2]}")
-            val_labels = index_labels(y_val, self.classes_, len(val), "y_val")
-            missing = self.classes_[(torch.bincount(val_labels, minlength=len(self.classes_)) == 0).numpy()]
-            if len(missing):
-                raise ValueError(f"reliability='holdout': no validation items for class(es) {missing.tolist()[:5]}")
-            return iter_cosines(val, protos), val_labels
-        if self.reliability == "loo":
-            warn_single_shot(type(self).__name__, "reliability", self.classes_, stats.counts)
-            return iter_cosines(features, protos, loo=(labels, stats)), labels
-        return iter_cosines(features, protos), labels
+    def _holdout_sums(self, features: Features, X_val: Any, y_val: Any, tau: float, scheme: str) -> ReliabilitySums:
+        """Reliability sums over a labelled validation set scored against the fitted prototypes."""
+        val = Features(X_val, "X_val")
+        if val.shape[1:] != features.shape[1:]:
+            raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
+                             f"{features.shape[1]} x {features.shape[2]}")
+        val_labels = index_labels(y_val, self.classes_, len(val), "y_val")
+        sums = ReliabilitySums(val_labels, len(self.classes_), self.n_heads_in_, tau, (scheme,))
+        missing = self.classes_[(sums.counts == 0).numpy()]
+        if len(missing):
+            raise ValueError(f"reliability='holdout': no validation items for class(es) {missing.tolist()[:5]}")
+        for block in iter_cosines(val, self._prototypes()):
+            sums.add(block)
+        return sums
 
-    def _fit_weights(self, blocks: Iterable[Block], labels: torch.Tensor, *, tau: float,
-                     tau_w: float, scheme: str, top_k: int | None) -> None:
-        """Reliability sums over the reliability items' cosine blocks, then weights."""
-        n_classes = len(self.classes_)
-        sums = class_score_sums(blocks, labels, n_classes, self.n_heads_in_, tau, (scheme,))[scheme]
-        counts = torch.bincount(labels, minlength=n_classes)
-        self.reliability_counts_ = counts.numpy()
-        self._set_weights(sums, counts, tau_w=tau_w, scheme=scheme, top_k=top_k)
-
-    def _set_weights(self, sums: torch.Tensor, counts: torch.Tensor, *, tau_w: float, scheme: str,
-                     top_k: int | None) -> None:
-        """reliability_ and weights_ from per-class score sums [C, K] and item counts [C]."""
+    def _set_weights(self, sums: ReliabilitySums, *, tau_w: float, scheme: str, top_k: int | None) -> None:
+        """reliability_ and weights_ from the reliability items' per-class score sums."""
         active = torch.from_numpy(~self.constant_heads_)
-        r = shrink(sums / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
+        counts = sums.counts
+        self.reliability_counts_ = counts.numpy()
+        r = shrink(sums.sums[scheme] / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
         self.reliability_ = r.T.numpy()
         self.weights_ = head_weights(r, scheme, tau_w, top_k, active).T.numpy()
 

@@ -143,7 +143,7 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
             raise ValueError(f"{path}: array {key!r} has shape {got}, expected {want}")
         if arrays[key].dtype.kind == "f" and not np.isfinite(arrays[key]).all():
             raise ValueError(f"{path}: array {key!r} holds NaN or inf")
-        setattr(clf, key, arrays[key])
+        setattr(clf, key, np.array(arrays[key], order="C"))  # an aligned, writeable copy
     heads = arrays.get("heads_")
     if heads is not None and (heads.size == 0 or heads.min() < 0 or heads.max() >= clf.n_heads_in_):
         raise ValueError(f"{path}: selected heads out of range 0..{clf.n_heads_in_ - 1}")

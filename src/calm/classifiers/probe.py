@@ -49,8 +49,8 @@ class LogisticProbe(FeatureClassifier):
         features, labels = self._start_fit(X, y)
         model = LogisticRegression(C=strength, max_iter=int(self.max_iter))
         model.fit(concatenated_unit_heads(features), labels.numpy())
-        self.coef_ = model.coef_.astype(np.float64)
-        self.intercept_ = model.intercept_.astype(np.float64)
+        self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
+        self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
         return self
 

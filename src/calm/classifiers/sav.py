@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from calm.classifiers._cosine import ClassStats, Features, iter_cosines, warn_single_shot
+from calm.classifiers._cosine import Block, check_scores, iter_cosines, warn_single_shot
 from calm.classifiers._prototype import PrototypeClassifier
 
 SCORINGS = ("loo", "support")
@@ -27,39 +27,44 @@ def check_scoring(scoring: str) -> str:
     return scoring
 
 
-def rank_heads(features: Features, labels: torch.Tensor, stats: ClassStats, prototypes: torch.Tensor,
-               scoring: str, classes: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each head's nearest-centroid accuracy on the support set, and the heads best first.
+def fit_head_ranking(clf: PrototypeClassifier, X: Any, y: Any, scoring: str,
+                     n_heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ``clf``'s prototypes and, in the same pass, score every head's nearest-centroid vote on
+    the support set; returns each head's accuracy [K] and the ``n_heads`` best heads, best first.
 
     ``scoring="loo"`` scores item i against its own class's prototype built without it (one-item
     classes fall back to in-sample, with a warning); ``"support"`` scores in-sample, as published.
-    Ranking: non-constant heads first, then higher accuracy, then a larger mean margin between the
-    true class's cosine and the best other class's, then the lower head index.
+    Ranking: higher accuracy, then a larger mean margin between the true class's cosine and the
+    best other class's, then the lower head index; constant heads are never selected.
     """
+    features, labels = clf._start_fit(X, y)
+    who = type(clf).__name__
     if scoring == "loo":
-        warn_single_shot(who, "head scores", classes, stats.counts)
-    loo = (labels, stats) if scoring == "loo" else None
-    n_heads = features.shape[1]
-    correct = torch.zeros(n_heads, dtype=torch.float64)
-    margin = torch.zeros(n_heads, dtype=torch.float64)
-    for items, cols, cos in iter_cosines(features, prototypes, loo=loo):
+        warn_single_shot(who, "head scores", clf.classes_, torch.bincount(labels, minlength=len(clf.classes_)))
+    total = features.shape[1]
+    correct = torch.zeros(total, dtype=torch.float64)
+    margin = torch.zeros(total, dtype=torch.float64)
+
+    def score(block: Block) -> None:
+        items, cols, cos = block
         own = labels[items]
         index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
         correct[cols] += (cos.argmax(2) == own).sum(1, dtype=torch.float64)
         true = cos.gather(2, index).squeeze(2)
         margin[cols] += (true - cos.scatter(2, index, float("-inf")).amax(2)).sum(1, dtype=torch.float64)
+
+    clf._fit_prototypes(features, labels, "loo" if scoring == "loo" else "in-sample", score)
     accuracy = (correct / len(features)).numpy()
-    heads = np.arange(n_heads)
-    order = np.lexsort((heads, -margin.numpy(), -accuracy, stats.constant.numpy()))
-    return accuracy, order
+    order = np.lexsort((np.arange(total), -margin.numpy(), -accuracy))
+    return accuracy, select_heads(order, clf.constant_heads_, n_heads, who)
 
 
 def select_heads(order: np.ndarray, constant: np.ndarray, n_heads: int, who: str) -> np.ndarray:
     """The first ``n_heads`` of ``order`` that are not constant (fewer, with a warning, if need be)."""
     usable = order[~constant[order]]
     if len(usable) < n_heads:
-        warnings.warn(f"{who}: asked for {n_heads} heads but only {len(usable)} vary over the support set; "
-                      f"using {len(usable)}", UserWarning, stacklevel=3)
+        warnings.warn(f"{who}: asked for {n_heads} heads but only {len(usable)} of the {len(order)} heads vary "
+                      f"over the support set; using {len(usable)}", UserWarning, stacklevel=3)
     return usable[:n_heads]
 
 
@@ -89,11 +94,7 @@ class SAVClassifier(PrototypeClassifier):
         """Fit prototypes, score every head on the support set, keep the best ``n_heads``."""
         n_heads = check_n_heads(self.n_heads)
         scoring = check_scoring(self.scoring)
-        features, labels, stats = self._fit_prototypes(X, y)
-        who = type(self).__name__
-        scores, order = rank_heads(features, labels, stats, self._prototypes(), scoring, self.classes_, who)
-        self.head_scores_ = scores
-        self.heads_ = select_heads(order, self.constant_heads_, n_heads, who)
+        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, scoring, n_heads)
         return self
 
     def _votes(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +107,7 @@ class SAVClassifier(PrototypeClassifier):
         for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
             votes[items] += torch.nn.functional.one_hot(cos.argmax(2), n_classes).sum(0)
             summed[items] += cos.sum(0, dtype=torch.float64)
-        return votes.numpy(), summed.numpy()
+        return votes.numpy(), check_scores(summed, features)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Votes plus a tie-break fraction: votes + (mean cosine over kept heads + 1) / 4."""

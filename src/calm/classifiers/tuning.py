@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from calm.classifiers._base import encode_labels
-from calm.classifiers._cosine import ClassStats, Features, class_stats, iter_cosines, posteriors, warn_single_shot
-from calm.classifiers._reliability import item_scores, shrink, top_k_mask, weights_from_reliability
+from calm.classifiers._cosine import Block, Features, iter_cosines, posteriors, support_pass, warn_single_shot
+from calm.classifiers._reliability import (ReliabilitySums, item_scores, shrink, top_k_mask, weight_logits,
+                                           weights_from_logits)
 from calm.classifiers.calm import CALMClassifier, check_hyperparameters, check_shrinkage
 
 DEFAULT_GRID: dict[str, tuple] = {
@@ -75,13 +76,25 @@ def expand_grid(grid: Mapping[str, Sequence] | None) -> list[dict[str, Any]]:
     return configs
 
 
-def loo_cosines(features: Features, labels: torch.Tensor, stats: ClassStats) -> torch.Tensor:
-    """Leave-one-out cosines of the whole support set against the class prototypes, [K, N, C]."""
-    protos = stats.prototypes()
-    out = torch.empty(protos.shape[0], len(features), protos.shape[1], dtype=protos.dtype)
-    for items, cols, cos in iter_cosines(features, protos, loo=(labels, stats)):
-        out[cols, items] = cos
-    return out
+class CosineStore:
+    """Collects the support set's leave-one-out cosine blocks into one tensor ``cos`` [C, N, K]
+    (classes first, so each class's [N, K] slice feeds one batched matmul)."""
+
+    def __init__(self, features: Features, n_classes: int):
+        n_items, n_heads, _ = features.shape
+        self.cos = torch.empty(n_classes, n_items, n_heads, dtype=features.dtype)
+        self._buffer: torch.Tensor | None = None
+
+    def add(self, block: Block) -> None:
+        items, cols, cos = block
+        self.cos[:, items, cols] = cos.permute(2, 1, 0)
+
+    def posteriors(self, tau: float) -> torch.Tensor:
+        """p_k(c | x_i) for every support item, [C, N, K], in a buffer reused by the next call."""
+        if self._buffer is None:
+            self._buffer = torch.empty_like(self.cos)
+        logits = torch.mul(self.cos, 1.0 / tau, out=self._buffer)
+        return posteriors(logits, inplace=True, bound=1.0 / tau, dim=0)
 
 
 def tune_calm(X: Any, y: Any, grid: Mapping[str, Sequence] | None = None, *, shrinkage: float = 0.0) -> TuningResult:
@@ -93,57 +106,60 @@ def tune_calm(X: Any, y: Any, grid: Mapping[str, Sequence] | None = None, *, shr
         shrinkage: CALM's shrinkage alpha, fixed during the search.
     """
     configs = expand_grid(grid)
+    alpha = check_shrinkage(shrinkage)
     features = Features(X)
     classes, labels = encode_labels(y, len(features))
-    stats = class_stats(features, labels, len(classes))
+    warn_single_shot("tune_calm", "scores", classes, torch.bincount(labels, minlength=len(classes)))
+    store = CosineStore(features, len(classes))
+    stats = support_pass(features, labels, len(classes), "loo", store.add)
     if bool(stats.constant.all()):
         raise ValueError("tune_calm: every head is constant over the support set")
-    warn_single_shot("tune_calm", "scores", classes, stats.counts)
-    cos = loo_cosines(features, labels, stats)
-    return search(cos, labels, stats.counts, ~stats.constant, configs, check_shrinkage(shrinkage))
+    return search(store, labels, stats.counts, ~stats.constant, configs, alpha)
 
 
-def search(cos: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, active: torch.Tensor,
+def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, active: torch.Tensor,
            configs: list[dict[str, Any]], alpha: float) -> TuningResult:
-    """Leave-one-out score of every configuration from the support set's LOO cosines [K, N, C]."""
+    """Leave-one-out score of every configuration from the support set's LOO cosines."""
     n_class = counts[labels]
     scored = n_class >= 2
     if not bool(scored.any()):
         raise ValueError("tuning needs at least one class with two or more support items")
+    left = (n_class - 1).clamp_min(1)
     rows = torch.arange(len(labels))
     accuracy: dict[int, float] = {}
     share: dict[int, float] = {}
     for tau in dict.fromkeys(c["tau"] for c in configs):
-        P = posteriors(cos, tau)
-        p_true = P.gather(2, labels.view(1, -1, 1).expand(P.shape[0], -1, 1)).squeeze(2).T.to(torch.float64)
+        P = store.posteriors(tau)  # [C, N, K]
         members = [i for i, c in enumerate(configs) if c["tau"] == tau]
         schemes = tuple(dict.fromkeys(configs[i]["scheme"] for i in members))
-        per_item = item_scores(P, labels, schemes)
-        weights, own_scores = [], []
+        per_item = item_scores(P, labels, schemes + ("prob",), class_dim=0)  # scheme -> [N, K]
+        p_true = per_item["prob"].to(torch.float64)
+        order, weights, own_scores = [], [], []
         for scheme in schemes:
-            m = per_item[scheme].T.to(torch.float64)  # [N, K]
+            m = per_item[scheme].to(torch.float64)
             sums = torch.zeros(len(counts), m.shape[1], dtype=torch.float64).index_add_(0, labels, m)
-            r = shrink(sums / counts.unsqueeze(1), counts, alpha, active)
-            left = (n_class - 1).clamp_min(1)
-            r_own = shrink((sums[labels] - m) / left.unsqueeze(1), left, alpha, active, mean=r[:, active].mean())
-            masks: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+            raw = sums / counts.unsqueeze(1)
+            r = shrink(raw, counts, alpha, active)
+            r_own = shrink((sums[labels] - m) / left.unsqueeze(1), left, alpha, active, mean=raw[:, active].mean())
+            logits: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
             for i in members:
                 if configs[i]["scheme"] != scheme:
                     continue
                 top_k, tau_w = configs[i]["top_k"], configs[i]["tau_w"]
-                if top_k not in masks:
-                    masks[top_k] = (top_k_mask(r, top_k, active), top_k_mask(r_own, top_k, active))
-                mask, mask_own = masks[top_k]
-                weights.append((i, weights_from_reliability(r, scheme, tau_w, mask, active)))
-                w_own = weights_from_reliability(r_own, scheme, tau_w, mask_own, active)
-                own_scores.append((w_own * p_true).sum(1))
-        stacked = torch.stack([w for _, w in weights]).to(P.dtype)  # [M, C, K]
-        scores = torch.einsum("knc,mck->mnc", P, stacked).to(torch.float64)  # [M, N, C]
+                if top_k not in logits:
+                    logits[top_k] = (weight_logits(r, scheme, top_k_mask(r, top_k, active)),
+                                     weight_logits(r_own, scheme, top_k_mask(r_own, top_k, active)))
+                class_logits, own_logits = logits[top_k]
+                order.append(i)
+                weights.append(weights_from_logits(class_logits, tau_w, active))
+                own_scores.append((weights_from_logits(own_logits, tau_w, active) * p_true).sum(1))
+        stacked = torch.stack(weights, dim=2).to(P.dtype)  # [C, K, M]
+        scores = torch.bmm(P, stacked).permute(2, 1, 0).to(torch.float64)  # [M, N, C]
         own = torch.stack(own_scores)  # [M, N]
         scores[:, rows, labels] = torch.where(scored, own, scores[:, rows, labels])
         correct = (scores.argmax(2) == labels)[:, scored].to(torch.float64).mean(1)
-        true_share = (own / scores.sum(2))[:, scored].mean(1)
-        for j, (i, _) in enumerate(weights):
+        true_share = (scores[:, rows, labels] / scores.sum(2))[:, scored].mean(1)
+        for j, i in enumerate(order):
             accuracy[i], share[i] = float(correct[j]), float(true_share[j])
     table = [{**c, "accuracy": accuracy[i], "true_share": share[i]} for i, c in enumerate(configs)]
     best = max(range(len(configs)), key=lambda i: (accuracy[i], share[i], -i))
@@ -177,16 +193,24 @@ class TunedCALMClassifier(CALMClassifier):
         configs = expand_grid(self.grid)
         source = self._check_validation(X_val, y_val)
         alpha = check_shrinkage(self.shrinkage)
-        features, labels, stats = self._fit_prototypes(X, y)
-        warn_single_shot(type(self).__name__, "scores and reliability", self.classes_, stats.counts)
-        cos = loo_cosines(features, labels, stats)
-        self.tuning_ = search(cos, labels, stats.counts, ~stats.constant, configs, alpha)
-        self.best_params_ = dict(self.tuning_.best_params)
-        if source == "loo":
-            blocks, rel_labels = [(slice(0, len(features)), slice(0, self.n_heads_in_), cos)], labels
+        features, labels = self._start_fit(X, y)
+        n_classes = len(self.classes_)
+        warn_single_shot(type(self).__name__, "scores", self.classes_, torch.bincount(labels, minlength=n_classes))
+        store = CosineStore(features, n_classes)
+        stats = self._fit_prototypes(features, labels, "loo", store.add)
+        self.tuning_ = search(store, labels, stats.counts, ~stats.constant, configs, alpha)
+        best = self.best_params_ = dict(self.tuning_.best_params)
+        if source == "holdout":
+            sums = self._holdout_sums(features, X_val, y_val, best["tau"], best["scheme"])
         else:
-            blocks, rel_labels = self._reliability_items(features, labels, stats, X_val, y_val)
-        self._fit_weights(blocks, rel_labels, **self.best_params_)
+            sums = ReliabilitySums(labels, n_classes, self.n_heads_in_, best["tau"], (best["scheme"],))
+            if source == "loo":
+                scores = item_scores(store.posteriors(best["tau"]), labels, (best["scheme"],), class_dim=0)
+                sums.add_scores(slice(None), slice(None), {s: v.T for s, v in scores.items()})
+            else:
+                for block in iter_cosines(features, self._prototypes()):
+                    sums.add(block)
+        self._set_weights(sums, tau_w=best["tau_w"], scheme=best["scheme"], top_k=best["top_k"])
         return self
 
     def _get_meta(self) -> dict[str, Any]:
