@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -133,3 +134,14 @@ def index_labels(y: Any, classes: np.ndarray, n_items: int, what: str) -> torch.
     if unknown.any():
         raise ValueError(f"{what}: label(s) not among the fitted classes: {sorted(set(labels[unknown].tolist()))[:5]}")
     return torch.from_numpy(position.astype(np.int64))
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A finite positive float, or ValueError naming the parameter."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number

@@ -203,14 +203,3 @@ def warn_single_shot(who: str, what: str, classes: np.ndarray, counts: torch.Ten
         shown = ", ".join(map(str, single[:5].tolist())) + (" ..." if len(single) > 5 else "")
         warnings.warn(f"{who}: {len(single)} class(es) have a single support item ({shown}), so their "
                       f"{what} cannot be left-one-out; using in-sample values for them", UserWarning, stacklevel=3)
-
-
-def check_positive(name: str, value: Any) -> float:
-    """A finite positive float, or ValueError naming the parameter."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return number

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from calm.classifiers._cosine import check_positive, check_scores, iter_cosines
+from calm.classifiers._base import check_positive
+from calm.classifiers._cosine import check_scores, iter_cosines
 from calm.classifiers._prototype import PrototypeClassifier, SoftVoteClassifier, uniform_weights
 from calm.classifiers._reliability import ReliabilitySums, shrink
 from calm.classifiers.calm import CALMClassifier, check_shrinkage

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from calm.classifiers._base import index_labels
-from calm.classifiers._cosine import Features, check_positive, iter_cosines, warn_single_shot
+from calm.classifiers._base import check_positive, index_labels
+from calm.classifiers._cosine import Features, iter_cosines, warn_single_shot
 from calm.classifiers._prototype import SoftVoteClassifier
 from calm.classifiers._reliability import ReliabilitySums, check_scheme, head_weights, shrink
 
@@ -21,8 +21,8 @@ class CALMClassifier(SoftVoteClassifier):
     Every head k gives posteriors p_k(c|x) = softmax_c(cos_{k,c}(x) / tau). Its reliability for
     class c, r_{k,c}, is the mean over reliability items of class c of the ``scheme`` score
     (``margin_clamped``: max(0, p(c) - max_{c'!=c} p(c')); ``margin``; ``prob``: p(c);
-    ``brier``: 2 p(c) - sum p^2). Optional shrinkage toward the mean reliability:
-    r <- r n_c/(n_c+alpha) + mean(r) alpha/(n_c+alpha). Weights per class over heads: for
+    ``brier``: 2 p(c) - sum p^2). Optional shrinkage toward the mean reliability (over all classes
+    and non-constant heads): r <- r n_c/(n_c+alpha) + mean(r) alpha/(n_c+alpha). Weights per class over heads: for
     margin_clamped r^(1/tau_w) normalised (uniform if the class has no positive reliability), for
     the others softmax_k(r / tau_w); ``top_k`` keeps each class's top_k heads. Prediction:
     argmax_c sum_k w_{k,c} p_k(c|x).

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from calm.classifiers._cosine import Features, check_positive, normalise
+from calm.classifiers._base import check_positive
+from calm.classifiers._cosine import Features, normalise
 from calm.classifiers._prototype import FeatureClassifier
 
 
