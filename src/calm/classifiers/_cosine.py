@@ -30,12 +30,30 @@ CONSTANT_TOL = 1e-4
 1 - CONSTANT_TOL (every direction within about 0.8 degrees of the mean): it carries nothing."""
 
 BLOCK_FLOATS = 1 << 21
-"""Features are read in blocks of about this many floats (2 MB in float32): all items (up to
+"""Features are read in blocks of about this many floats (8 MB in float32): all items (up to
 BLOCK_FLOATS / D of them) times as many heads as fit, so each head's matmul is tall and the
-block's elementwise work stays in cache."""
+block's elementwise work stays in the last-level cache."""
 
 Block = tuple[slice, slice, torch.Tensor]
-"""(items, heads, x): item rows, head positions, and x [heads, items, ...] head-major."""
+"""(items, heads, x): item rows, head positions, and x [heads, items, ...] head-major. The tensor
+lives in a buffer that the next block reuses: use it (or copy it) before asking for the next."""
+
+
+class Scratch:
+    """Reusable buffers by name. A loop over blocks takes its working tensors from here, so it
+    allocates once instead of once per block (a fresh multi-megabyte tensor page-faults on every
+    first touch, which costs as much as the arithmetic)."""
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` (contents undefined), reusing the buffer ``name``."""
+        numel = math.prod(shape)
+        flat = self._flat.get((name, dtype))
+        if flat is None or flat.numel() < numel:
+            flat = self._flat[name, dtype] = torch.empty(numel, dtype=dtype)
+        return flat[:numel].view(shape)
 
 
 class Features:
@@ -73,20 +91,33 @@ class Features:
         width = n_heads if heads is None else len(heads)
         rows = n_total if whole else min(n_total, max(1, BLOCK_FLOATS // dim))
         step = max(1, BLOCK_FLOATS // (rows * dim))
+        scratch = Scratch()
         for r0 in range(0, n_total, rows):
             items = slice(r0, min(r0 + rows, n_total))
             for k0 in range(0, width, step):
                 cols = slice(k0, min(k0 + step, width))
-                yield items, cols, self._read(items, cols if heads is None else heads[cols]).to(dtype)
+                yield items, cols, self._read(items, cols if heads is None else heads[cols], dtype, scratch)
 
-    def _read(self, items: slice, heads: slice | torch.Tensor) -> torch.Tensor:
-        """The block [k, n, D], contiguous, in the stored dtype (transposing before casting is the
-        fast path for float16)."""
+    def _read(self, items: slice, heads: slice | torch.Tensor, dtype: torch.dtype, scratch: Scratch) -> torch.Tensor:
+        """The block [k, n, D] as contiguous ``dtype``: transposed in the stored dtype first, then
+        cast (casting and transposing in one copy is many times slower for float16)."""
+        x = scratch.get("x", (_width(heads), items.stop - items.start, self.shape[2]), dtype)
         if isinstance(self.data, torch.Tensor):
-            index = heads if isinstance(heads, slice) else heads.to(self.data.device)
-            return self.data[items, index].transpose(0, 1).contiguous().cpu()
-        part = self.data[items, heads if isinstance(heads, slice) else heads.numpy()]
-        return torch.from_numpy(np.ascontiguousarray(part.transpose(1, 0, 2)))
+            part = self.data[items, heads if isinstance(heads, slice) else heads.to(self.data.device)]
+            part = part.transpose(0, 1) if part.device.type == "cpu" else part.transpose(0, 1).contiguous().cpu()
+            if part.dtype == dtype:
+                return x.copy_(part)
+            staged = scratch.get("stored", tuple(x.shape), part.dtype).copy_(part)
+        else:
+            part = self.data[items, heads if isinstance(heads, slice) else heads.numpy()].transpose(1, 0, 2)
+            stored = torch.from_numpy(np.empty(0, dtype=part.dtype)).dtype
+            staged = x if stored == dtype else scratch.get("stored", tuple(x.shape), stored)
+            np.copyto(staged.numpy(), part)
+        return x if staged is x else x.copy_(staged)
+
+
+def _width(heads: slice | torch.Tensor) -> int:
+    return heads.stop - heads.start if isinstance(heads, slice) else len(heads)
 
 
 @dataclass
@@ -110,23 +141,26 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
 
 def cosines(x: torch.Tensor, prototypes: torch.Tensor, scale: float = 1.0,
             loo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-            norms: torch.Tensor | None = None) -> torch.Tensor:
+            norms: torch.Tensor | None = None, scratch: Scratch | None = None) -> torch.Tensor:
     """scale * cos [k, n, C] of x [k, n, D] with normalised prototypes [k, C, D].
 
     With ``loo=(labels [n], sums [k, C, D], counts [C])`` each item's own-class column is its
     leave-one-out cosine (items of one-item classes keep the in-sample cosine). ``norms`` [k, n]
-    are x's norms if already known.
+    are x's norms if already known; the result lives in ``scratch``'s "cos" buffer if given.
     """
     tiny = torch.finfo(x.dtype).tiny
     norms = torch.linalg.vector_norm(x, dim=-1) if norms is None else norms  # [k, n]
-    raw = torch.bmm(x, prototypes.transpose(1, 2))  # [k, n, C]: <x, mu_c / |mu_c|>
-    inverse = (scale / norms.clamp_min(tiny)).masked_fill_(norms == 0, 0.0)
-    out = raw.mul_(inverse.unsqueeze(-1)) if loo is None else raw * inverse.unsqueeze(-1)
+    shape = (x.shape[0], x.shape[1], prototypes.shape[1])
+    raw = torch.empty(shape, dtype=x.dtype) if scratch is None else scratch.get("cos", shape, x.dtype)
+    torch.bmm(x, prototypes.transpose(1, 2), out=raw)  # [k, n, C]: <x, mu_c / |mu_c|>
     if loo is not None:
         labels, sums, counts = loo
-        index = labels.view(1, -1, 1).expand(out.shape[0], -1, 1)
-        s_norm = torch.linalg.vector_norm(sums, dim=-1).gather(1, labels.view(1, -1).expand(out.shape[0], -1))
+        index = labels.view(1, -1, 1).expand(shape[0], -1, 1)
+        s_norm = torch.linalg.vector_norm(sums, dim=-1).gather(1, labels.view(1, -1).expand(shape[0], -1))
         dot = raw.gather(2, index).squeeze(2) * s_norm  # <x_i, S_c>
+    inverse = (scale / norms.clamp_min(tiny)).masked_fill_(norms == 0, 0.0)
+    out = raw.mul_(inverse.unsqueeze(-1))
+    if loo is not None:
         sq = norms.square()
         left_sq = (s_norm.square() - 2 * dot + sq).clamp_min(0)
         degenerate = left_sq <= 64 * torch.finfo(x.dtype).eps * (s_norm + norms).square()
@@ -147,6 +181,7 @@ def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: 
     counts = torch.bincount(labels, minlength=n_classes)
     sums = torch.empty(n_heads, n_classes, dim, dtype=features.dtype)
     constant = torch.empty(n_heads, dtype=torch.bool)
+    scratch = Scratch()
     for items, cols, x in features.blocks(whole=True):
         block = sums[cols]
         block.zero_().index_add_(1, labels, x)
@@ -156,7 +191,7 @@ def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: 
         constant[cols] = constant_heads(x, norms)
         if cos is not None and consume is not None:
             loo = (labels, block, counts) if cos == "loo" else None
-            consume((items, cols, cosines(x, normalise(block), loo=loo, norms=norms)))
+            consume((items, cols, cosines(x, normalise(block), loo=loo, norms=norms, scratch=scratch)))
     return ClassStats(sums, counts, constant)
 
 
@@ -172,8 +207,9 @@ def iter_cosines(features: Features, prototypes: torch.Tensor, *, heads: torch.T
                  scale: float = 1.0) -> Iterator[Block]:
     """Blocks (items, head positions, scale * cos [k, n, C]) of ``features`` against ``prototypes``
     [K', C, D] (already restricted to ``heads`` when those are given)."""
+    scratch = Scratch()
     for items, cols, x in features.blocks(heads, prototypes.dtype):
-        yield items, cols, cosines(x, prototypes[cols], scale)
+        yield items, cols, cosines(x, prototypes[cols], scale, scratch=scratch)
 
 
 def posteriors(logits: torch.Tensor, inplace: bool = False, bound: float = math.inf, dim: int = -1) -> torch.Tensor:

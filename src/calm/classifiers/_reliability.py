@@ -105,13 +105,16 @@ def weight_logits(r: torch.Tensor, scheme: str, mask: torch.Tensor) -> torch.Ten
     return base.masked_fill_(~mask, float("-inf"))
 
 
-def weights_from_logits(logits: torch.Tensor, tau_w: float, active: torch.Tensor) -> torch.Tensor:
+def weights_from_logits(logits: torch.Tensor, tau_w: float, active: torch.Tensor,
+                        empty: torch.Tensor | None = None) -> torch.Tensor:
     """softmax over heads of logits / tau_w; a row with no finite logit (margin_clamped with no
-    positive reliability among its heads) gets uniform weights over the ``active`` heads."""
-    empty = torch.isneginf(logits.amax(-1, keepdim=True))
+    positive reliability among its heads; ``empty`` [..., 1] if already known) gets uniform
+    weights over the ``active`` heads."""
+    empty = torch.isneginf(logits.amax(-1, keepdim=True)) if empty is None else empty
     w = torch.softmax(logits * (1.0 / tau_w), dim=-1)
-    uniform = active.to(w.dtype) / active.sum()
-    return torch.where(empty, uniform.expand_as(w), w)
+    if not bool(empty.any()):
+        return w
+    return torch.where(empty, (active.to(w.dtype) / active.sum()).expand_as(w), w)
 
 
 def head_weights(r: torch.Tensor, scheme: str, tau_w: float, top_k: int | None,

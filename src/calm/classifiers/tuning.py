@@ -142,18 +142,20 @@ def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, activ
             raw = sums / counts.unsqueeze(1)
             r = shrink(raw, counts, alpha, active)
             r_own = shrink((sums[labels] - m) / left.unsqueeze(1), left, alpha, active, mean=raw[:, active].mean())
-            logits: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+            logits: dict[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             for i in members:
                 if configs[i]["scheme"] != scheme:
                     continue
                 top_k, tau_w = configs[i]["top_k"], configs[i]["tau_w"]
                 if top_k not in logits:
-                    logits[top_k] = (weight_logits(r, scheme, top_k_mask(r, top_k, active)),
-                                     weight_logits(r_own, scheme, top_k_mask(r_own, top_k, active)))
-                class_logits, own_logits = logits[top_k]
+                    own_logits = weight_logits(r_own, scheme, top_k_mask(r_own, top_k, active))
+                    logits[top_k] = (weight_logits(r, scheme, top_k_mask(r, top_k, active)), own_logits,
+                                     torch.isneginf(own_logits.amax(-1, keepdim=True)))
+                class_logits, own_logits, own_empty = logits[top_k]
                 order.append(i)
                 weights.append(weights_from_logits(class_logits, tau_w, active))
-                own_scores.append((weights_from_logits(own_logits, tau_w, active) * p_true).sum(1))
+                w_own = weights_from_logits(own_logits, tau_w, active, own_empty)
+                own_scores.append(torch.linalg.vecdot(w_own, p_true))
         stacked = torch.stack(weights, dim=2).to(P.dtype)  # [C, K, M]
         scores = torch.bmm(P, stacked).permute(2, 1, 0).to(torch.float64)  # [M, N, C]
         own = torch.stack(own_scores)  # [M, N]
