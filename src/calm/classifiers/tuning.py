@@ -12,7 +12,6 @@ effect.) Items of one-item classes cannot be left out; they are not scored.
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -179,7 +178,8 @@ class TunedCALMClassifier(CALMClassifier):
             set's leave-one-out scores; ``reliability`` only sets how the final weights are estimated).
 
     Fitted attributes add ``best_params_`` and ``tuning_`` (a :class:`TuningResult`). With one
-    support item per class nothing can be left out, so CALM's defaults are used, with a warning.
+    support item in every class nothing can be left out: ``fit`` raises ValueError rather than
+    pretend to tune.
     """
 
     _fitted_meta = ("best_params_", "tuning_")
@@ -202,13 +202,7 @@ class TunedCALMClassifier(CALMClassifier):
         warn_single_shot(type(self).__name__, "scores", self.classes_, torch.bincount(labels, minlength=n_classes))
         store = CosineStore(features, n_classes)
         stats = self._fit_prototypes(features, labels, "loo", store.add)
-        if bool((stats.counts >= 2).any()):
-            self.tuning_ = search(store, labels, stats.counts, ~stats.constant, configs, alpha)
-        else:
-            defaults = check_hyperparameters(**{k: v for k, v in CALMClassifier().get_params().items() if k in GRID_KEYS})
-            warnings.warn(f"{type(self).__name__}: one support item per class leaves nothing to tune on; "
-                          f"using CALMClassifier's defaults {defaults}", UserWarning, stacklevel=2)
-            self.tuning_ = TuningResult(defaults, float("nan"), 0, [])
+        self.tuning_ = search(store, labels, stats.counts, ~stats.constant, configs, alpha)
         best = self.best_params_ = dict(self.tuning_.best_params)
         if source == "holdout":
             sums = self._holdout_sums(features, X_val, y_val, best["tau"], best["scheme"])
