@@ -26,9 +26,9 @@ machine) and clips/s comes from the median batch time, warm-up batches excluded:
 Plain: the model's own call on the processor's inputs (``backbone.fast = False``), as
 ``calm.extract`` runs it by default. Fast: ``backbone.fast = True`` (trimmed log-mel and encoder,
 :mod:`calm.backbones.qwen2_audio_fast`) with ``stop_after_last_site``. For Whisper the "fast"
-column runs its encoder on the trimmed frames the same way (:class:`TrimmedWhisper`); Whisper has
-no padding mask, so this is not exact and calm offers no such option: the columns show what
-trimming would change, and ``--demo-accuracy`` what it would do to the demo's spoken-numbers task.
+column is the opt-in fixed encoder window (``backbone.encoder_seconds = 5``, the demo's setting);
+Whisper has no padding mask, so this is not exact: the columns show how much the features change,
+and ``--demo-accuracy`` what it does to the demo's spoken-numbers task.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 
 from calm.backbones.base import Backbone, resolve_dtype
 from calm.backbones.qwen2_audio import Qwen2AudioBackbone
-from calm.backbones.qwen2_audio_fast import compile_layers, encoder_states, kept_frames, mel_lengths
+from calm.backbones.qwen2_audio_fast import compile_layers
 from calm.backbones.whisper import WhisperBackbone
 from calm.data.items import Item
 from calm.heads import HeadCapture, extract
@@ -172,37 +172,18 @@ def write_items(clips: Sequence[np.ndarray], rate: int, root: Path, prefix: str)
     return items
 
 
-class TrimmedWhisper(WhisperBackbone):
-    """Whisper whose encoder sees only the mel frames that carry audio (+ the fast path's margin),
-    as the Qwen2-Audio fast path does. Whisper has no padding mask, so this changes its features:
-    a measurement only (its own model id keeps its features apart in a store)."""
-
-    @classmethod
-    def of(cls, backbone: Backbone) -> "TrimmedWhisper":
-        """The same model and processor, trimmed."""
-        return cls(backbone.model, backbone.processor, model_id=f"{backbone.model_id}+trimmed",
-                   revision=backbone.revision, device=backbone.device, dtype=backbone.dtype)
-
-    def build_inputs(self, audios: Sequence[np.ndarray], prompt: str,
-                     videos: Sequence[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        inputs = super().build_inputs(audios, prompt, videos=videos)
-        inputs["frame_lengths"] = torch.tensor(mel_lengths(audios, self.processor.feature_extractor))
-        return inputs
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> None:
-        frames = kept_frames(int(inputs["frame_lengths"].max()), self.processor.feature_extractor.nb_max_frames)
-        encoder = self.model.get_encoder()
-        hidden = encoder.layer_norm(encoder_states(encoder, inputs["input_features"], frames, None))
-        self.model.get_decoder()(input_ids=inputs["decoder_input_ids"], attention_mask=inputs["attention_mask"],
-                                 encoder_hidden_states=hidden, use_cache=False)
+WHISPER_WINDOW_SECONDS = 5.0
+"""The trimmed Whisper window measured here: the demo's (its clips last at most 5 s)."""
 
 
 def fast_twin(backbone: Backbone) -> Backbone:
-    """The fast path on the same model: Qwen2-Audio with ``fast = True``; Whisper trimmed."""
-    if isinstance(backbone, WhisperBackbone):
-        return TrimmedWhisper.of(backbone)
+    """The fast path on the same model: Qwen2-Audio with ``fast = True``; Whisper with the
+    encoder window of :data:`WHISPER_WINDOW_SECONDS` (``encoder_seconds``, not exact)."""
     twin = copy.copy(backbone)
-    twin.fast = True
+    if isinstance(backbone, WhisperBackbone):
+        twin.encoder_seconds = WHISPER_WINDOW_SECONDS
+    else:
+        twin.fast = True
     return twin
 
 

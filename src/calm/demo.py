@@ -1,8 +1,8 @@
 """``calm demo``: the whole method on real weights and real recordings, offline, on a CPU.
 
-Two tasks built from Debian packages (:mod:`calm.data.demo`): spoken numbers (human speakers as
-queries, many TTS voices and the other human speakers as support candidates) and spoofing
-(bona fide human speech vs TTS). Features come from the offline Whisper base
+Two tasks built from Debian packages (:mod:`calm.data.demo`): spoken numbers (support spoken by
+many espeak-ng voices, queries by the human Asterisk speakers) and spoofing (bona fide human
+speech vs espeak-ng). Features come from the offline Whisper base
 (:mod:`calm.backbones.ct2_whisper`), extracted once into a feature store, so a rerun only
 refits the classifiers. Whisper answers no questions, so the demo has no zero-shot or
 pseudo-label rows: those need a chat LALM such as Qwen2-Audio.
