@@ -185,13 +185,13 @@ def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: 
     for items, cols, x in features.blocks(whole=True):
         block = sums[cols]
         block.zero_().index_add_(1, labels, x)
-        if not bool(torch.isfinite(block).all()):
-            raise ValueError(f"{features.name} holds NaN or inf values (heads {cols.start}..{cols.stop - 1})")
         norms = torch.linalg.vector_norm(x, dim=-1)
         constant[cols] = constant_heads(x, norms)
         if cos is not None and consume is not None:
             loo = (labels, block, counts) if cos == "loo" else None
             consume((items, cols, cosines(x, normalise(block), loo=loo, norms=norms, scratch=scratch)))
+    if not bool(torch.isfinite(sums).all()):  # a NaN or inf anywhere in X reaches its class sum
+        raise ValueError(f"{features.name} holds NaN or inf values")
     return ClassStats(sums, counts, constant)
 
 

@@ -89,7 +89,7 @@ class SoftVoteClassifier(PrototypeClassifier):
         heads = None if len(used) == self.n_heads_in_ else used
         protos = self._prototypes(heads)
         weights = torch.from_numpy(self.weights_).to(protos.dtype)
-        weights = (weights if heads is None else weights[heads]).unsqueeze(1)  # [K', 1, C]
+        weights = (weights if heads is None else weights[heads]).contiguous().unsqueeze(1)  # [K', 1, C]
         scale = 1.0 / self._vote_tau()
         scores = torch.zeros(len(features), len(self.classes_), dtype=protos.dtype)
         for items, cols, logits in iter_cosines(features, protos, heads=heads, scale=scale):

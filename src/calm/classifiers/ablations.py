@@ -88,8 +88,8 @@ class ClassAgnosticCALMClassifier(CALMClassifier):
         r = shrink(sums.sums[scheme].sum(0, keepdim=True) / total, total, check_shrinkage(self.shrinkage), active)
         weights = torch.softmax((r / tau_w).masked_fill(~active, float("-inf")), dim=-1)
         n_classes = len(self.classes_)
-        self.reliability_ = r.expand(n_classes, -1).T.numpy().copy()
-        self.weights_ = weights.expand(n_classes, -1).T.numpy().copy()
+        self.reliability_ = np.ascontiguousarray(r.expand(n_classes, -1).T.numpy())
+        self.weights_ = np.ascontiguousarray(weights.expand(n_classes, -1).T.numpy())
 
 
 class ConcatCentroidClassifier(PrototypeClassifier):

@@ -108,8 +108,8 @@ class CALMClassifier(SoftVoteClassifier):
         counts = sums.counts
         self.reliability_counts_ = counts.numpy()
         r = shrink(sums.sums[scheme] / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
-        self.reliability_ = r.T.numpy()
-        self.weights_ = head_weights(r, scheme, tau_w, top_k, active).T.numpy()
+        self.reliability_ = np.ascontiguousarray(r.T.numpy())  # [K, C], C-ordered for fast broadcasting
+        self.weights_ = np.ascontiguousarray(head_weights(r, scheme, tau_w, top_k, active).T.numpy())
 
     def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
         K, C = self.n_heads_in_, len(self.classes_)

@@ -51,7 +51,8 @@ def fit_head_ranking(clf: PrototypeClassifier, X: Any, y: Any, scoring: str,
         index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
         correct[cols] += (cos.argmax(2) == own).sum(1, dtype=torch.float64)
         true = cos.gather(2, index).squeeze(2)
-        margin[cols] += (true - cos.scatter(2, index, float("-inf")).amax(2)).sum(1, dtype=torch.float64)
+        other = cos.scatter_(2, index, float("-inf")).amax(2)  # the block is ours to overwrite
+        margin[cols] += (true - other).sum(1, dtype=torch.float64)
 
     clf._fit_prototypes(features, labels, "loo" if scoring == "loo" else "in-sample", score)
     accuracy = (correct / len(features)).numpy()
