@@ -14,7 +14,7 @@ import soundfile
 
 from calm.classifiers import load
 from calm.cli import main
-from calm.cli.extract import DEFAULT_PROMPT
+from calm.cli._common import DEFAULT_PROMPT
 from calm.data.loaders import load_dataset
 from calm.predict import fit_classifier, predict_files
 from calm.testing import tiny_backbone

@@ -217,7 +217,7 @@ class _Run:
                 continue
             try:
                 video = content_hash(item.video) if self.uses_video(item) else None
-                self.keys[item.id] = self.store.item_key(item.id, content_hash(_audio_path(item)), video)
+                self.keys[item.id] = self.store.item_key(item.id, content_hash(audio_path(item)), video)
             except AudioLoadError as error:
                 self.fail(item, error)
 
@@ -237,7 +237,7 @@ class _Run:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
         for item in items:
             try:
-                self.seconds[item.id] = duration(_audio_path(item))
+                self.seconds[item.id] = duration(audio_path(item))
             except ValueError as error:
                 self.fail(item, error)
         todo = sorted((item for item in items if item.id in self.seconds),
@@ -259,7 +259,7 @@ class _Run:
         audios, videos, loaded = [], [], []
         for item in batch:
             try:
-                audio = load_audio(_audio_path(item), self.backbone.sample_rate)
+                audio = load_audio(audio_path(item), self.backbone.sample_rate)
                 if self.uses_video(item):
                     videos.append(load_video(item.video, self.backbone.video_frames(self.seconds[item.id])))
                 audios.append(audio)
@@ -279,7 +279,7 @@ class _Run:
             self.rows.update(zip(ids, X.astype(self.dtype)))
 
 
-def _audio_path(item: Item) -> Any:
+def audio_path(item: Item) -> Any:
     """The file whose audio is used: ``item.audio``, else the video container's audio track."""
     path = item.audio if item.audio is not None else item.video
     if path is None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from calm.cli.extract import DEFAULT_PROMPT, _default_device
+from calm.cli._common import DEFAULT_PROMPT, load_model
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.backbones import load_backbone
     from calm.data.loaders import DatasetError, load_dataset
     from calm.evaluate.protocol import evaluate
     from calm.store import StoreError
@@ -20,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"calm evaluate: {error}", file=sys.stderr)
         return 1
     try:
-        backbone = load_backbone(args.model, device=args.device or _default_device(), dtype=args.dtype)
+        backbone = load_model(args)
         report = evaluate(
             backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
             task=args.task, batch_size=args.batch_size, store=args.store, zero_shot=not args.no_zero_shot,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_PROMPT = "What sound is in this audio clip?"
-"""A neutral prompt: it names no classes, so it leaks no labels."""
+from calm.cli._common import DEFAULT_PROMPT, load_model
 
 
 def _run(args: argparse.Namespace) -> int:
     from calm.audio import AudioLoadError
-    from calm.backbones import load_backbone
     from calm.data.loaders import DatasetError, load_dataset
     from calm.evaluate.answers import warn_label_leaks
     from calm.heads import extract, feature_fingerprint
@@ -26,9 +24,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"calm extract: {args.data}: no items", file=sys.stderr)
         return 1
     warn_label_leaks(args.prompt, items)
-    device = args.device or _default_device()
-    backbone = load_backbone(args.model, device=device, dtype=args.dtype)
-    print(f"{backbone.model_id} ({backbone.family}, {device}, {str(backbone.dtype).removeprefix('torch.')}): "
+    backbone = load_model(args)
+    print(f"{backbone.model_id} ({backbone.family}, {backbone.device}, {str(backbone.dtype).removeprefix('torch.')}): "
           f"{len(backbone.head_index())} heads; {len(items)} items from {args.data}", file=sys.stderr)
     try:
         with FeatureStore.open(args.out, feature_fingerprint(backbone, args.prompt), backbone.head_index()) as store:
@@ -50,12 +47,6 @@ def _run(args: argparse.Namespace) -> int:
     for item_id, reason in sorted(features.failed.items()):
         print(f"  failed {item_id}: {reason}")
     return 0
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

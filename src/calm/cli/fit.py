@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from calm.cli.extract import DEFAULT_PROMPT, _default_device
+from calm.cli._common import DEFAULT_PROMPT, load_model
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -23,7 +23,6 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     from calm.audio import AudioLoadError
-    from calm.backbones import load_backbone
     from calm.classifiers import save
     from calm.data.loaders import DatasetError, load_dataset
     from calm.predict import fit_classifier
@@ -35,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"calm fit: {error}", file=sys.stderr)
         return 1
     try:
-        backbone = load_backbone(args.model, device=args.device or _default_device(), dtype=args.dtype)
+        backbone = load_model(args)
         clf = fit_classifier(backbone, items, args.prompt, args.method, batch_size=args.batch_size, store=args.store,
                              on_error=args.on_error, progress=not args.quiet, **dict(args.param))
     except (OSError, StoreError, ValueError, TypeError) as error:

@@ -9,7 +9,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Sequence, TextIO
 
-from calm.cli.extract import _default_device
+from calm.cli._common import load_model
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:
@@ -28,7 +28,6 @@ def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt:
 
 def _run(args: argparse.Namespace) -> int:
     from calm.audio import AudioLoadError
-    from calm.backbones import load_backbone
     from calm.classifiers import load
     from calm.predict import predict_files
 
@@ -38,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"calm predict: {error}", file=sys.stderr)
         return 1
     try:
-        backbone = load_backbone(args.model, device=args.device or _default_device(), dtype=args.dtype)
+        backbone = load_model(args)
         rows = predict_files(backbone, clf, args.files, batch_size=args.batch_size, on_error=args.on_error,
                              progress=not args.quiet)
     except (OSError, ValueError) as error:

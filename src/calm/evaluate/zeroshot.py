@@ -107,10 +107,10 @@ def generate_answers(
 def _load(backbone: Backbone, item: Item) -> tuple[Any, Any]:
     """The item's audio at the backbone's rate, and its video frames where the backbone takes video."""
     from calm.audio import duration, load_audio
-    from calm.heads import _audio_path
+    from calm.heads import audio_path
     from calm.video import load_video
 
-    path = _audio_path(item)
+    path = audio_path(item)
     audio = load_audio(path, backbone.sample_rate)
     if item.video is None or not backbone.supports_video:
         return audio, None
