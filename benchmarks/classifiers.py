@@ -3,6 +3,7 @@ of D=128, 2000 queries) and a 100-configuration tuning grid; print seconds (best
 
     python benchmarks/classifiers.py               # float16 features, as read from a store
     python benchmarks/classifiers.py --dtype float32
+    python benchmarks/classifiers.py --threads 1   # on a machine shared with other jobs
 
 Targets on a 2-core CPU: CALM fit + predict under 1 s, the default tuning grid under 10 s.
 The synthetic features have a few informative heads per class, so accuracies are printed too.
@@ -66,8 +67,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core); 1 on a busy machine")
     parser.add_argument("--skip-tuning", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "

@@ -34,6 +34,7 @@ def fit_head_ranking(clf: PrototypeClassifier, X: Any, y: Any, scoring: str,
 
     ``scoring="loo"`` scores item i against its own class's prototype built without it (one-item
     classes fall back to in-sample, with a warning); ``"support"`` scores in-sample, as published.
+    A vote is correct when the true class's cosine beats every other class's (an exact tie is not).
     Ranking: higher accuracy, then a larger mean margin between the true class's cosine and the
     best other class's, then the lower head index; constant heads are never selected.
     """
@@ -49,9 +50,9 @@ def fit_head_ranking(clf: PrototypeClassifier, X: Any, y: Any, scoring: str,
         items, cols, cos = block
         own = labels[items]
         index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
-        correct[cols] += (cos.argmax(2) == own).sum(1, dtype=torch.float64)
         true = cos.gather(2, index).squeeze(2)
         other = cos.scatter_(2, index, float("-inf")).amax(2)  # the block is ours to overwrite
+        correct[cols] += (true > other).sum(1, dtype=torch.float64)
         margin[cols] += (true - other).sum(1, dtype=torch.float64)
 
     clf._fit_prototypes(features, labels, "loo" if scoring == "loo" else "in-sample", score)
