@@ -35,8 +35,10 @@ BLOCK_FLOATS / D of them) times as many heads as fit, so each head's matmul is t
 block's elementwise work stays in the last-level cache."""
 
 Block = tuple[slice, slice, torch.Tensor]
-"""(items, heads, x): item rows, head positions, and x [heads, items, ...] head-major. The tensor
-lives in a buffer that the next block reuses: use it (or copy it) before asking for the next."""
+"""(items, heads, tensor): item rows, head positions, and a head-major tensor: features x
+[k, n, D], or cosines [k, C, n] (classes before items: the matmul is faster that way round and
+softmax over classes reduces across contiguous rows). The tensor lives in a buffer that the next
+block reuses: use it (or copy it) before asking for the next."""
 
 
 class Scratch:
@@ -142,32 +144,32 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
 def cosines(x: torch.Tensor, prototypes: torch.Tensor, scale: float = 1.0,
             loo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
             norms: torch.Tensor | None = None, scratch: Scratch | None = None) -> torch.Tensor:
-    """scale * cos [k, n, C] of x [k, n, D] with normalised prototypes [k, C, D].
+    """scale * cos [k, C, n] of x [k, n, D] with normalised prototypes [k, C, D].
 
-    With ``loo=(labels [n], sums [k, C, D], counts [C])`` each item's own-class column is its
+    With ``loo=(labels [n], sums [k, C, D], counts [C])`` each item's own-class entry is its
     leave-one-out cosine (items of one-item classes keep the in-sample cosine). ``norms`` [k, n]
     are x's norms if already known; the result lives in ``scratch``'s "cos" buffer if given.
     """
     tiny = torch.finfo(x.dtype).tiny
     norms = torch.linalg.vector_norm(x, dim=-1) if norms is None else norms  # [k, n]
-    shape = (x.shape[0], x.shape[1], prototypes.shape[1])
+    shape = (x.shape[0], prototypes.shape[1], x.shape[1])
     raw = torch.empty(shape, dtype=x.dtype) if scratch is None else scratch.get("cos", shape, x.dtype)
-    torch.bmm(x, prototypes.transpose(1, 2), out=raw)  # [k, n, C]: <x, mu_c / |mu_c|>
+    torch.bmm(prototypes, x.transpose(1, 2), out=raw)  # [k, C, n]: <mu_c / |mu_c|, x>
     if loo is not None:
         labels, sums, counts = loo
-        index = labels.view(1, -1, 1).expand(shape[0], -1, 1)
+        index = labels.view(1, 1, -1).expand(shape[0], 1, -1)
         s_norm = torch.linalg.vector_norm(sums, dim=-1).gather(1, labels.view(1, -1).expand(shape[0], -1))
-        dot = raw.gather(2, index).squeeze(2) * s_norm  # <x_i, S_c>
+        dot = raw.gather(1, index).squeeze(1) * s_norm  # <x_i, S_c>
     inverse = (scale / norms.clamp_min(tiny)).masked_fill_(norms == 0, 0.0)
-    out = raw.mul_(inverse.unsqueeze(-1))
+    out = raw.mul_(inverse.unsqueeze(1))
     if loo is not None:
         sq = norms.square()
         left_sq = (s_norm.square() - 2 * dot + sq).clamp_min(0)
         degenerate = left_sq <= 64 * torch.finfo(x.dtype).eps * (s_norm + norms).square()
         left = scale * (dot - sq) / (norms * left_sq.sqrt()).clamp_min(tiny)
         left = left.masked_fill_(degenerate | (norms == 0), 0.0)
-        mixed = torch.where((counts >= 2)[labels].unsqueeze(0), left, out.gather(2, index).squeeze(2))
-        out.scatter_(2, index, mixed.unsqueeze(2))
+        mixed = torch.where((counts >= 2)[labels].unsqueeze(0), left, out.gather(1, index).squeeze(1))
+        out.scatter_(1, index, mixed.unsqueeze(1))
     return out
 
 
@@ -175,7 +177,7 @@ def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: 
                  consume: Callable[[Block], None] | None = None) -> ClassStats:
     """Read the support set once, head block by head block (each block holds every item): class
     sums, class sizes and constant heads; with ``cos="loo"`` or ``"in-sample"`` also hand each block's
-    cosines [k, N, C] to ``consume``. Raises ValueError if the features hold NaN or inf.
+    cosines [k, C, N] to ``consume``. Raises ValueError if the features hold NaN or inf.
     """
     n_items, n_heads, dim = features.shape
     counts = torch.bincount(labels, minlength=n_classes)
@@ -205,14 +207,14 @@ def constant_heads(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
 
 def iter_cosines(features: Features, prototypes: torch.Tensor, *, heads: torch.Tensor | None = None,
                  scale: float = 1.0) -> Iterator[Block]:
-    """Blocks (items, head positions, scale * cos [k, n, C]) of ``features`` against ``prototypes``
+    """Blocks (items, head positions, scale * cos [k, C, n]) of ``features`` against ``prototypes``
     [K', C, D] (already restricted to ``heads`` when those are given)."""
     scratch = Scratch()
     for items, cols, x in features.blocks(heads, prototypes.dtype):
         yield items, cols, cosines(x, prototypes[cols], scale, scratch=scratch)
 
 
-def posteriors(logits: torch.Tensor, inplace: bool = False, bound: float = math.inf, dim: int = -1) -> torch.Tensor:
+def posteriors(logits: torch.Tensor, dim: int, inplace: bool = False, bound: float = math.inf) -> torch.Tensor:
     """softmax along ``dim`` (classes). When |logits| <= ``bound`` <= 80 (tau >= 1/80 on cosines)
     the max is not subtracted: exp cannot overflow or make a row all zero in float32."""
     if not inplace:

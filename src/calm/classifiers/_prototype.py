@@ -89,12 +89,12 @@ class SoftVoteClassifier(PrototypeClassifier):
         heads = None if len(used) == self.n_heads_in_ else used
         protos = self._prototypes(heads)
         weights = torch.from_numpy(self.weights_).to(protos.dtype)
-        weights = (weights if heads is None else weights[heads]).contiguous().unsqueeze(1)  # [K', 1, C]
+        weights = (weights if heads is None else weights[heads]).contiguous().unsqueeze(2)  # [K', C, 1]
         scale = 1.0 / self._vote_tau()
-        scores = torch.zeros(len(features), len(self.classes_), dtype=protos.dtype)
+        scores = torch.zeros(len(self.classes_), len(features), dtype=protos.dtype)
         for items, cols, logits in iter_cosines(features, protos, heads=heads, scale=scale):
-            scores[items] += posteriors(logits, inplace=True, bound=scale).mul_(weights[cols]).sum(0)
-        return check_scores(scores, features)
+            scores[:, items] += posteriors(logits, 1, inplace=True, bound=scale).mul_(weights[cols]).sum(0)
+        return check_scores(scores.T, features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Soft-vote scores normalised to sum to 1 over classes."""

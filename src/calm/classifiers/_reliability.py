@@ -26,14 +26,14 @@ def check_scheme(scheme: str) -> str:
 
 
 def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str], class_dim: int) -> dict[str, torch.Tensor]:
-    """Per-item, per-head reliability scores from posteriors P whose axis 1 is items (labels ``own``)
-    and ``class_dim`` classes: P [K, n, C] (class_dim 2) gives [K, n]; P [C, n, K] (class_dim 0) [n, K].
+    """Per-head, per-item reliability scores [K, n] from posteriors P whose last axis is items
+    (labels ``own``) and ``class_dim`` classes: P [K, C, n] (class_dim 1) or [C, K, n] (class_dim 0).
 
     margin_clamped: max(0, p(c) - max_{c' != c} p(c')); margin: unclamped; prob: p(c);
     brier: 2 p(c) - sum_c' p(c')^2, with c the item's true class. P is left as it was.
     """
     schemes = tuple(schemes)
-    shape = [1, -1, 1]
+    shape = [1, 1, -1]
     size = list(P.shape)
     size[class_dim] = 1
     index = own.view(shape).expand(size)
@@ -60,10 +60,10 @@ class ReliabilitySums:
         self.sums = {scheme: torch.zeros(n_classes, n_heads, dtype=torch.float64) for scheme in schemes}
 
     def add(self, block: Block) -> None:
-        """Add a block (items, heads, cos [k, n, C]) of cosines (the block's tensor is overwritten)."""
+        """Add a block (items, heads, cos [k, C, n]) of cosines (the block's tensor is overwritten)."""
         items, cols, cos = block
-        P = posteriors(cos.mul_(1.0 / self.tau), inplace=True, bound=1.0 / self.tau)
-        self.add_scores(items, cols, item_scores(P, self.labels[items], tuple(self.sums), class_dim=2))
+        P = posteriors(cos.mul_(1.0 / self.tau), 1, inplace=True, bound=1.0 / self.tau)
+        self.add_scores(items, cols, item_scores(P, self.labels[items], tuple(self.sums), class_dim=1))
 
     def add_scores(self, items: slice, cols: slice, scores: dict[str, torch.Tensor]) -> None:
         """Add item scores [k, n] of items ``items`` for heads ``cols``."""

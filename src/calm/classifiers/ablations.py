@@ -116,7 +116,7 @@ class ConcatCentroidClassifier(PrototypeClassifier):
         heads = torch.from_numpy(np.flatnonzero(~self.constant_heads_))
         scores = torch.zeros(len(features), len(self.classes_), dtype=torch.float64)
         for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
-            scores[items] += cos.sum(0, dtype=torch.float64)
+            scores[items] += cos.sum(0, dtype=torch.float64).T
         return check_scores(scores / len(heads), features)
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -49,9 +49,9 @@ def fit_head_ranking(clf: PrototypeClassifier, X: Any, y: Any, scoring: str,
     def score(block: Block) -> None:
         items, cols, cos = block
         own = labels[items]
-        index = own.view(1, -1, 1).expand(cos.shape[0], -1, 1)
-        true = cos.gather(2, index).squeeze(2)
-        other = cos.scatter_(2, index, float("-inf")).amax(2)  # the block is ours to overwrite
+        index = own.view(1, 1, -1).expand(cos.shape[0], 1, -1)
+        true = cos.gather(1, index).squeeze(1)
+        other = cos.scatter_(1, index, float("-inf")).amax(1)  # the block is ours to overwrite
         correct[cols] += (true > other).sum(1, dtype=torch.float64)
         margin[cols] += (true - other).sum(1, dtype=torch.float64)
 
@@ -107,8 +107,8 @@ class SAVClassifier(PrototypeClassifier):
         votes = torch.zeros(len(features), n_classes, dtype=torch.float64)
         summed = torch.zeros(len(features), n_classes, dtype=torch.float64)
         for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
-            votes[items] += torch.nn.functional.one_hot(cos.argmax(2), n_classes).sum(0)
-            summed[items] += cos.sum(0, dtype=torch.float64)
+            votes[items] += torch.nn.functional.one_hot(cos.argmax(1), n_classes).sum(0)
+            summed[items] += cos.sum(0, dtype=torch.float64).T
         return votes.numpy(), check_scores(summed, features)
 
     def decision_function(self, X: Any) -> np.ndarray:

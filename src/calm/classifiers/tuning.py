@@ -77,24 +77,24 @@ def expand_grid(grid: Mapping[str, Sequence] | None) -> list[dict[str, Any]]:
 
 
 class CosineStore:
-    """Collects the support set's leave-one-out cosine blocks into one tensor ``cos`` [C, N, K]
-    (classes first, so each class's [N, K] slice feeds one batched matmul)."""
+    """Collects the support set's leave-one-out cosine blocks into one tensor ``cos`` [C, K, N]
+    (classes first, so each class's [K, N] slice feeds one batched matmul)."""
 
     def __init__(self, features: Features, n_classes: int):
         n_items, n_heads, _ = features.shape
-        self.cos = torch.empty(n_classes, n_items, n_heads, dtype=features.dtype)
+        self.cos = torch.empty(n_classes, n_heads, n_items, dtype=features.dtype)
         self._buffer: torch.Tensor | None = None
 
     def add(self, block: Block) -> None:
         items, cols, cos = block
-        self.cos[:, items, cols] = cos.permute(2, 1, 0)
+        self.cos[:, cols, items] = cos.transpose(0, 1)
 
     def posteriors(self, tau: float) -> torch.Tensor:
-        """p_k(c | x_i) for every support item, [C, N, K], in a buffer reused by the next call."""
+        """p_k(c | x_i) for every support item, [C, K, N], in a buffer reused by the next call."""
         if self._buffer is None:
             self._buffer = torch.empty_like(self.cos)
         logits = torch.mul(self.cos, 1.0 / tau, out=self._buffer)
-        return posteriors(logits, inplace=True, bound=1.0 / tau, dim=0)
+        return posteriors(logits, 0, inplace=True, bound=1.0 / tau)
 
 
 def tune_calm(X: Any, y: Any, grid: Mapping[str, Sequence] | None = None, *, shrinkage: float = 0.0) -> TuningResult:
@@ -129,14 +129,14 @@ def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, activ
     accuracy: dict[int, float] = {}
     share: dict[int, float] = {}
     for tau in dict.fromkeys(c["tau"] for c in configs):
-        P = store.posteriors(tau)  # [C, N, K]
+        P = store.posteriors(tau)  # [C, K, N]
         members = [i for i, c in enumerate(configs) if c["tau"] == tau]
         schemes = tuple(dict.fromkeys(configs[i]["scheme"] for i in members))
-        per_item = item_scores(P, labels, schemes + ("prob",), class_dim=0)  # scheme -> [N, K]
-        p_true = per_item["prob"].to(torch.float64)
+        per_item = item_scores(P, labels, schemes + ("prob",), class_dim=0)  # scheme -> [K, N]
+        p_true = per_item["prob"].T.to(torch.float64)
         order, weights, own_scores = [], [], []
         for scheme in schemes:
-            m = per_item[scheme].to(torch.float64)
+            m = per_item[scheme].T.to(torch.float64)  # [N, K]
             sums = torch.zeros(len(counts), m.shape[1], dtype=torch.float64).index_add_(0, labels, m)
             raw = sums / counts.unsqueeze(1)
             r = shrink(raw, counts, alpha, active)
@@ -155,8 +155,8 @@ def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, activ
                 weights.append(weights_from_logits(class_logits, tau_w, active))
                 w_own = weights_from_logits(own_logits, tau_w, active, own_empty)
                 own_scores.append(torch.linalg.vecdot(w_own, p_true))
-        stacked = torch.stack(weights, dim=2).to(P.dtype)  # [C, K, M]
-        scores = torch.bmm(P, stacked).permute(2, 1, 0).to(torch.float64)  # [M, N, C]
+        stacked = torch.stack(weights, dim=1).to(P.dtype)  # [C, M, K]
+        scores = torch.bmm(stacked, P).permute(1, 2, 0).to(torch.float64)  # [M, N, C]
         own = torch.stack(own_scores)  # [M, N]
         scores[:, rows, labels] = torch.where(scored, own, scores[:, rows, labels])
         correct = (scores.argmax(2) == labels)[:, scored].to(torch.float64).mean(1)
@@ -210,7 +210,7 @@ class TunedCALMClassifier(CALMClassifier):
             sums = ReliabilitySums(labels, n_classes, self.n_heads_in_, best["tau"], (best["scheme"],))
             if source == "loo":
                 scores = item_scores(store.posteriors(best["tau"]), labels, (best["scheme"],), class_dim=0)
-                sums.add_scores(slice(None), slice(None), {s: v.T for s, v in scores.items()})
+                sums.add_scores(slice(None), slice(None), scores)
             else:
                 for block in iter_cosines(features, self._prototypes()):
                     sums.add(block)
