@@ -338,6 +338,11 @@ def test_float16_memmap_and_torch_inputs(tmp_path) -> None:
     np.testing.assert_allclose(clf.predict_proba(read_only), expected, atol=1e-6)
     np.testing.assert_allclose(clf.predict_proba(torch.from_numpy(np.array(read_only))), expected, atol=1e-6)
     assert clf.predict(read_only).dtype == y.dtype
+    reversed_view = Xq.astype(np.float32)[::-1]  # negative strides: torch cannot view it
+    np.testing.assert_allclose(clf.predict_proba(reversed_view), clf.predict_proba(Xq.astype(np.float32))[::-1],
+                               atol=1e-6)
+    big_endian = Xq.astype(">f4")
+    np.testing.assert_allclose(clf.predict_proba(big_endian), clf.predict_proba(Xq.astype(np.float32)), atol=1e-6)
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

@@ -72,11 +72,12 @@ class Features:
         floating = X.dtype.is_floating_point if isinstance(X, torch.Tensor) else X.dtype.kind == "f"
         if not floating:
             raise ValueError(f"{name} must hold floating-point features, got dtype {X.dtype}")
+        if isinstance(X, np.ndarray):
+            X = _as_tensor(X)
         self.data = X
         self.name = name
         self.shape: tuple[int, int, int] = tuple(int(s) for s in X.shape)  # type: ignore[assignment]
-        wide = X.dtype == torch.float64 if isinstance(X, torch.Tensor) else X.dtype == np.float64
-        self.dtype = torch.float64 if wide else torch.float32
+        self.dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -103,23 +104,25 @@ class Features:
     def _read(self, items: slice, heads: slice | torch.Tensor, dtype: torch.dtype, scratch: Scratch) -> torch.Tensor:
         """The block [k, n, D] as contiguous ``dtype``: transposed in the stored dtype first, then
         cast (casting and transposing in one copy is many times slower for float16)."""
-        x = scratch.get("x", (_width(heads), items.stop - items.start, self.shape[2]), dtype)
-        if isinstance(self.data, torch.Tensor):
-            part = self.data[items, heads if isinstance(heads, slice) else heads.to(self.data.device)]
-            part = part.transpose(0, 1) if part.device.type == "cpu" else part.transpose(0, 1).contiguous().cpu()
-            if part.dtype == dtype:
-                return x.copy_(part)
-            staged = scratch.get("stored", tuple(x.shape), part.dtype).copy_(part)
-        else:
-            part = self.data[items, heads if isinstance(heads, slice) else heads.numpy()].transpose(1, 0, 2)
-            stored = torch.from_numpy(np.empty(0, dtype=part.dtype)).dtype
-            staged = x if stored == dtype else scratch.get("stored", tuple(x.shape), stored)
-            np.copyto(staged.numpy(), part)
-        return x if staged is x else x.copy_(staged)
+        part = self.data[items, heads if isinstance(heads, slice) else heads.to(self.data.device)].transpose(0, 1)
+        if part.device.type != "cpu":
+            part = part.contiguous().cpu()
+        x = scratch.get("x", tuple(part.shape), dtype)
+        if part.dtype == dtype:
+            return x.copy_(part)
+        return x.copy_(scratch.get("stored", tuple(part.shape), part.dtype).copy_(part))
 
 
-def _width(heads: slice | torch.Tensor) -> int:
-    return heads.stop - heads.start if isinstance(heads, slice) else len(heads)
+def _as_tensor(X: np.ndarray) -> torch.Tensor:
+    """A torch view of a numpy array, memory maps included (no copy; features are only read).
+    Layouts torch cannot view (negative strides, other byte orders or float widths) are copied."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        try:
+            return torch.from_numpy(X)
+        except (TypeError, ValueError):
+            wide = X.dtype.itemsize > 4
+            return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64 if wide else np.float32))
 
 
 @dataclass
@@ -185,15 +188,15 @@ def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: 
     constant = torch.empty(n_heads, dtype=torch.bool)
     scratch = Scratch()
     for items, cols, x in features.blocks(whole=True):
+        norms = torch.linalg.vector_norm(x, dim=-1)
+        if not bool(torch.isfinite(norms).all()):
+            raise ValueError(f"{features.name} holds NaN or inf values (in heads {cols.start}..{cols.stop - 1})")
         block = sums[cols]
         block.zero_().index_add_(1, labels, x)
-        norms = torch.linalg.vector_norm(x, dim=-1)
         constant[cols] = constant_heads(x, norms)
         if cos is not None and consume is not None:
             loo = (labels, block, counts) if cos == "loo" else None
             consume((items, cols, cosines(x, normalise(block), loo=loo, norms=norms, scratch=scratch)))
-    if not bool(torch.isfinite(sums).all()):  # a NaN or inf anywhere in X reaches its class sum
-        raise ValueError(f"{features.name} holds NaN or inf values")
     return ClassStats(sums, counts, constant)
 
 

@@ -25,12 +25,14 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
-def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str], class_dim: int) -> dict[str, torch.Tensor]:
+def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str], class_dim: int,
+                keep: bool = True) -> dict[str, torch.Tensor]:
     """Per-head, per-item reliability scores [K, n] from posteriors P whose last axis is items
     (labels ``own``) and ``class_dim`` classes: P [K, C, n] (class_dim 1) or [C, K, n] (class_dim 0).
 
     margin_clamped: max(0, p(c) - max_{c' != c} p(c')); margin: unclamped; prob: p(c);
-    brier: 2 p(c) - sum_c' p(c')^2, with c the item's true class. P is left as it was.
+    brier: 2 p(c) - sum_c' p(c')^2, with c the item's true class. P is left as it was unless
+    ``keep`` is False (then the margins may overwrite it).
     """
     schemes = tuple(schemes)
     shape = [1, 1, -1]
@@ -43,7 +45,8 @@ def item_scores(P: torch.Tensor, own: torch.Tensor, schemes: Iterable[str], clas
         out["brier"] = out["prob"] * 2 - torch.linalg.vector_norm(P, dim=class_dim).square()
     if "margin" in schemes or "margin_clamped" in schemes:
         other = P.scatter_(class_dim, index, float("-inf")).amax(class_dim)
-        P.scatter_(class_dim, index, p_true)
+        if keep:
+            P.scatter_(class_dim, index, p_true)
         out["margin"] = out["prob"] - other
         out["margin_clamped"] = out["margin"].clamp_min(0.0)
     return {s: out[s] for s in schemes}
@@ -63,7 +66,7 @@ class ReliabilitySums:
         """Add a block (items, heads, cos [k, C, n]) of cosines (the block's tensor is overwritten)."""
         items, cols, cos = block
         P = posteriors(cos.mul_(1.0 / self.tau), 1, inplace=True, bound=1.0 / self.tau)
-        self.add_scores(items, cols, item_scores(P, self.labels[items], tuple(self.sums), class_dim=1))
+        self.add_scores(items, cols, item_scores(P, self.labels[items], tuple(self.sums), class_dim=1, keep=False))
 
     def add_scores(self, items: slice, cols: slice, scores: dict[str, torch.Tensor]) -> None:
         """Add item scores [k, n] of items ``items`` for heads ``cols``."""
