@@ -63,6 +63,12 @@ class PrototypeClassifier(FeatureClassifier):
         self.constant_heads_ = stats.constant.numpy()
         return stats
 
+    @staticmethod
+    def _heads(used: np.ndarray) -> torch.Tensor | None:
+        """Indices of the heads marked in ``used`` [K], or None when that is every head (then blocks
+        are read as slices rather than gathered)."""
+        return None if used.all() else torch.from_numpy(np.flatnonzero(used))
+
     def _prototypes(self, heads: torch.Tensor | None = None) -> torch.Tensor:
         protos = torch.from_numpy(self.prototypes_)
         return protos if heads is None else protos[heads]
@@ -85,8 +91,7 @@ class SoftVoteClassifier(PrototypeClassifier):
     def decision_function(self, X: Any) -> np.ndarray:
         """Weighted soft-vote scores [N, C] (only heads with a nonzero weight are computed)."""
         features = self._features(X)
-        used = torch.from_numpy(np.flatnonzero(self.weights_.any(axis=1)))
-        heads = None if len(used) == self.n_heads_in_ else used
+        heads = self._heads(self.weights_.any(axis=1))
         protos = self._prototypes(heads)
         weights = torch.from_numpy(self.weights_).to(protos.dtype)
         weights = (weights if heads is None else weights[heads]).contiguous().unsqueeze(2)  # [K', C, 1]

@@ -113,11 +113,12 @@ class ConcatCentroidClassifier(PrototypeClassifier):
     def decision_function(self, X: Any) -> np.ndarray:
         """Mean cosine over the non-constant heads, [N, C]."""
         features = self._features(X)
-        heads = torch.from_numpy(np.flatnonzero(~self.constant_heads_))
-        scores = torch.zeros(len(features), len(self.classes_), dtype=torch.float64)
-        for items, _, cos in iter_cosines(features, self._prototypes(heads), heads=heads):
-            scores[items] += cos.sum(0, dtype=torch.float64).T
-        return check_scores(scores / len(heads), features)
+        heads = self._heads(~self.constant_heads_)
+        protos = self._prototypes(heads)
+        scores = torch.zeros(len(self.classes_), len(features), dtype=protos.dtype)
+        for items, _, cos in iter_cosines(features, protos, heads=heads):
+            scores[:, items] += cos.sum(0)
+        return check_scores(scores.T / len(protos), features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """softmax over classes of the mean cosine / tau."""
