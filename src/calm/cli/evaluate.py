@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from calm.cli._common import DEFAULT_PROMPT, load_model
+from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, load_model
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,8 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Writes report.json (every number and the configuration), report.md and PNG plots.")
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
-    parser.add_argument("--model", required=True,
-                        help="local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support items per class (default: 1 5)")
     parser.add_argument("--seeds", type=int, default=5, help="support draws per shot count (default: 5)")
@@ -57,12 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")
     parser.add_argument("--out", default="calm-report", help="report folder (default: calm-report)")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot baseline")
     parser.add_argument("--no-pseudo-label", action="store_true", help="leave out the pseudo-label variant")
     parser.add_argument("--samples", type=int, default=5, help="sampled answers per support clip for pseudo-labels")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_backbone_arguments(parser)
     parser.set_defaults(func=_run)

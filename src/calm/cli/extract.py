@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from calm.cli._common import DEFAULT_PROMPT, load_model
+from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, load_model
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -54,18 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract", help="extract per-head features of a dataset into a feature store",
         description="Run the model once per clip and store the per-head attention outputs at the last prompt "
                     "token. Reruns skip stored items; an interrupted run resumes.")
-    parser.add_argument("--model", required=True,
-                        help="local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>")
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path")
     parser.add_argument("--out", required=True, help="feature store root (one subfolder per model and prompt)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"user text after the audio (default: {DEFAULT_PROMPT!r})")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
-                        help="a file that cannot be loaded stops the run (raise) or is listed as failed (record)")
     parser.add_argument("--stop-after-last-site", action="store_true",
                         help="end each forward pass after the last captured layer")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backbone_arguments(parser)
+    add_on_error_argument(parser, "is listed as failed in the store")
     parser.set_defaults(func=_run)

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from calm.cli._common import DEFAULT_PROMPT, load_model
+from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, load_model
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -57,18 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the model and prompt, so `calm predict` uses the same prompt and refuses another model.")
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
-    parser.add_argument("--model", required=True,
-                        help="local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>")
     parser.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
     parser.add_argument("--method", choices=FEATURE_METHODS, default="calm", help="default: calm")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="estimator parameter, repeatable (e.g. --param tau=0.1 --param top_k=50)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
-                        help="a clip that cannot be loaded stops the run (raise) or is left out with a warning (record)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backbone_arguments(parser)
+    add_on_error_argument(parser, "is left out with a warning")
     parser.set_defaults(func=_run)

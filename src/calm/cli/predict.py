@@ -9,7 +9,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Sequence, TextIO
 
-from calm.cli._common import load_model
+from calm.cli._common import add_backbone_arguments, add_on_error_argument, load_model
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:
@@ -61,13 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "label and per-class probabilities. The model must be the one the classifier was fit on.")
     parser.add_argument("files", nargs="+", help="audio or video files")
     parser.add_argument("--classifier", required=True, help="file written by `calm fit`")
-    parser.add_argument("--model", required=True, help="the model the classifier was fit on")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="default: csv")
     parser.add_argument("--out", default=None, help="output file (default: standard output)")
-    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
-                        help="a file that cannot be loaded stops the run (raise) or is a failed row (record)")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backbone_arguments(parser, model_help="the model the classifier was fit on")
+    add_on_error_argument(parser, "is a failed row")
     parser.set_defaults(func=_run)
