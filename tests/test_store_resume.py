@@ -200,3 +200,33 @@ def test_bad_file_with_raise_names_the_file(tmp_path, clips, backbone):
         with pytest.raises(AudioLoadError) as caught:
             extract(backbone, clips[:2] + [item], PROMPT, batch_size=2, store=tmp_path / "store")
         assert str(item.audio) in str(caught.value)
+
+
+def _nan_clip(folder: Path, seconds: float) -> Item:
+    """A WAV whose header is fine (so its duration is known) but whose samples are NaN: it fails
+    only when decoded, which happens in the background loader."""
+    path = folder / "nan.wav"
+    soundfile.write(path, np.full(int(16000 * seconds), np.nan, np.float32), 16000, subtype="FLOAT")
+    return Item("nan", path)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_loader_threads_change_nothing(tmp_path, clips, backbone, threads):
+    items = clips[:7] + [_nan_clip(tmp_path, 0.5)]
+    inline = extract(backbone, items, PROMPT, batch_size=2, on_error="record", loader_threads=0, dtype=np.float32)
+    ahead = extract(backbone, items, PROMPT, batch_size=2, on_error="record", loader_threads=threads, dtype=np.float32)
+    assert ahead.ids == inline.ids == [i.id for i in clips[:7]]
+    assert np.array_equal(ahead.X, inline.X)
+    assert list(ahead.failed) == list(inline.failed) == ["nan"]
+    assert "NaN" in ahead.failed["nan"] and "nan.wav" in ahead.failed["nan"]
+
+
+def test_failure_decoded_ahead_keeps_the_batches_before_it(tmp_path, clips, backbone):
+    """The longest clip fails to decode; the loader reaches it early, but the error surfaces in its
+    turn, after every earlier batch is in the store."""
+    items = clips[:6] + [_nan_clip(tmp_path, 2.0)]
+    with pytest.raises(AudioLoadError, match="nan.wav"):
+        extract(backbone, items, PROMPT, batch_size=2, store=tmp_path / "store", loader_threads=3)
+    assert len(_store(tmp_path / "store", backbone).done_keys()) == 6
+    with pytest.raises(ValueError, match="loader_threads"):
+        extract(backbone, clips[:1], PROMPT, loader_threads=-1)

@@ -8,6 +8,8 @@ copied to the CPU once. The LM head never runs (see :meth:`calm.backbones.Backbo
 ``stop_after_last_site=True`` ends the pass as soon as the last site has been read.
 
 Items are grouped by duration so that a batch pads little; the result keeps the input order.
+While the model runs a batch, background threads decode the next ones in parallel and build their
+inputs (decoding, resampling and the processor's CPU work overlap the forward pass).
 With a store, items already in it are skipped and every finished batch is appended (durable), so
 an interrupted run resumes where it stopped.
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import Counter
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +35,9 @@ from calm.store import FeatureStore
 from calm.video import load_video
 
 ON_ERROR = ("raise", "record")
+
+D = TypeVar("D")
+R = TypeVar("R")
 
 
 def feature_fingerprint(backbone: Backbone, prompt: str) -> dict[str, Any]:
@@ -122,6 +129,7 @@ def extract(
     *,
     stop_after_last_site: bool = False,
     dtype: Any = np.float16,
+    loader_threads: int = 4,
 ) -> HeadFeatures:
     """Head features of ``items`` under ``prompt`` (one forward pass per batch).
 
@@ -138,6 +146,9 @@ def extract(
             silently.
         progress: show a progress bar (clips/s, ETA).
         stop_after_last_site: end each pass right after the last site (skips later layers).
+        loader_threads: threads that decode clips in parallel while the model runs, the next
+            batches' inputs built meanwhile (0: everything inline). Results and failures are the
+            same for every value.
         dtype: dtype of the returned ``X`` without a store (float16 by default; float32 for exact
             comparisons). With a store, ``X`` is read back from it (float16, memory-mapped).
 
@@ -148,6 +159,8 @@ def extract(
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if loader_threads < 0:
+        raise ValueError(f"loader_threads must be at least 0, got {loader_threads}")
     duplicates = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
     if duplicates:
         raise ValueError(f"duplicate item ids: {duplicates[:5]}")
@@ -157,7 +170,7 @@ def extract(
         run = _Run(backbone, prompt, feature_store, on_error, stop_after_last_site, np.dtype(dtype))
         run.hash_items(items)
         pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
-        run.process(pending, batch_size, progress)
+        run.process(pending, batch_size, progress, loader_threads)
         finished = [item.id for item in items if item.id not in run.failed]
         if feature_store is not None:
             X = feature_store.read(item_keys=[run.keys[i] for i in finished]).X
@@ -233,7 +246,7 @@ class _Run:
             self._video_warned = True
         return False
 
-    def process(self, items: Sequence[Item], batch_size: int, progress: bool) -> None:
+    def process(self, items: Sequence[Item], batch_size: int, progress: bool, loader_threads: int) -> None:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
         for item in items:
             try:
@@ -242,41 +255,99 @@ class _Run:
                 self.fail(item, error)
         todo = sorted((item for item in items if item.id in self.seconds),
                       key=lambda item: (self.uses_video(item), self.seconds[item.id]))
+        batches: list[list[Item]] = []
+        start = 0
+        while start < len(todo):
+            group = self.uses_video(todo[start])
+            batches.append([item for item in todo[start:start + batch_size] if self.uses_video(item) == group])
+            start += len(batches[-1])
         bar = _progress_bar(len(todo)) if progress else None
-        with HeadCapture(self.backbone, self.stop) as capture, torch.inference_mode():
-            start = 0
-            while start < len(todo):
-                group = self.uses_video(todo[start])
-                batch = [item for item in todo[start:start + batch_size] if self.uses_video(item) == group]
-                self._batch(batch, capture)
-                start += len(batch)
+        loads = closing(_loaded_batches(batches, self._decode, self._build, loader_threads))
+        with HeadCapture(self.backbone, self.stop) as capture, loads as loaded_batches:
+            for batch, loaded in zip(batches, loaded_batches):
+                self._forward(loaded, capture)
                 if bar is not None:
                     bar.update(len(batch))
         if bar is not None:
             bar.close()
 
-    def _batch(self, batch: Sequence[Item], capture: HeadCapture) -> None:
-        audios, videos, loaded = [], [], []
-        for item in batch:
-            try:
-                audio = load_audio(audio_path(item), self.backbone.sample_rate)
-                if self.uses_video(item):
-                    videos.append(load_video(item.video, self.backbone.video_frames(self.seconds[item.id])))
-                audios.append(audio)
-                loaded.append(item)
-            except ValueError as error:  # AudioLoadError, VideoLoadError
-                self.fail(item, error)
-        if not loaded:
+    def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
+        """The item's audio (and video frames, or None), or the loading error (thread-safe)."""
+        try:
+            audio = load_audio(audio_path(item), self.backbone.sample_rate)
+            video = load_video(item.video, self.backbone.video_frames(self.seconds[item.id])) \
+                if self.uses_video(item) else None
+            return audio, video
+        except ValueError as error:  # AudioLoadError, VideoLoadError
+            return error
+
+    def _build(self, batch: Sequence[Item], decoded: Sequence[tuple[np.ndarray, Any] | ValueError]) -> _LoadedBatch:
+        """Model inputs of the items that decoded; the others with their errors (records nothing)."""
+        loaded = [(item, clip) for item, clip in zip(batch, decoded) if not isinstance(clip, ValueError)]
+        failures = [(item, error) for item, error in zip(batch, decoded) if isinstance(error, ValueError)]
+        videos = [video for _, (_, video) in loaded if video is not None]
+        inputs = self.backbone.build_inputs([audio for _, (audio, _) in loaded], self.prompt,
+                                            videos=videos or None) if loaded else None
+        return _LoadedBatch([item for item, _ in loaded], failures, inputs)
+
+    def _forward(self, loaded: _LoadedBatch, capture: HeadCapture) -> None:
+        """Record the batch's loading failures, then run its pass and keep (or store) its rows."""
+        for item, error in loaded.failures:
+            self.fail(item, error)
+        if not loaded.items:
             return
-        inputs = self.backbone.build_inputs(audios, self.prompt, videos=videos or None)
-        capture.expect(self.backbone.token_mask(inputs))
-        self.backbone.forward(inputs)
-        X = capture.collect().numpy()
-        ids = [item.id for item in loaded]
+        with torch.inference_mode():
+            capture.expect(self.backbone.token_mask(loaded.inputs))
+            self.backbone.forward(loaded.inputs)
+            X = capture.collect().numpy()
+        ids = [item.id for item in loaded.items]
         if self.store is not None:
             self.store.append([self.keys[i] for i in ids], ids, X)
         else:
             self.rows.update(zip(ids, X.astype(self.dtype)))
+
+
+@dataclass
+class _LoadedBatch:
+    """A decoded batch: the items that loaded, those that failed (with the error), model inputs."""
+
+    items: list[Item]
+    failures: list[tuple[Item, ValueError]]
+    inputs: Any
+
+
+BATCHES_AHEAD = 2
+"""Batches decoded and built ahead of the one the model runs (with loader threads)."""
+
+
+def _loaded_batches(
+    batches: Sequence[Sequence[Item]],
+    decode: Callable[[Item], D],
+    build: Callable[[Sequence[Item], list[D]], R],
+    threads: int,
+) -> Iterator[R]:
+    """``build(batch, [decode(item) ...])`` for each batch, in order. With ``threads`` > 0, items
+    are decoded by that many threads in parallel (decoders release the GIL) and inputs built by one
+    more (processors' tokenizers are not safe to call concurrently), up to :data:`BATCHES_AHEAD`
+    batches ahead of the consumer. Closing the generator cancels what has not started."""
+    if threads == 0:
+        for batch in batches:
+            yield build(batch, [decode(item) for item in batch])
+        return
+    decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="calm-decode")
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calm-inputs")
+    pending: deque[Future[R]] = deque()
+    try:
+        for batch in batches:
+            clips = [decoders.submit(decode, item) for item in batch]
+            pending.append(builder.submit(lambda b=batch, c=clips: build(b, [f.result() for f in c])))
+            if len(pending) > BATCHES_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        builder.shutdown(wait=True, cancel_futures=True)
+        decoders.shutdown(wait=True, cancel_futures=True)
 
 
 def audio_path(item: Item) -> Any:
