@@ -6,6 +6,7 @@ paths' features.
     python benchmarks/extract_throughput.py --device cuda --compile  # then also the compiled fast path
     python benchmarks/extract_throughput.py --device cpu           # same proportions: 1/8 width, 4+4 layers
     python benchmarks/extract_throughput.py --device cpu --threads 1 --clock cpu   # on a shared CPU
+    python benchmarks/extract_throughput.py --device cpu --threads 1 --loaders 4  # + background loading
     python benchmarks/extract_throughput.py --model whisper-base [--demo-accuracy]  # is trimming exact?
 
 The Qwen2-Audio model has random weights in the exact Qwen2-Audio-7B shape (text: 32 layers,
@@ -22,6 +23,11 @@ machine) and clips/s comes from the median batch time, warm-up batches excluded:
 * ``e2e``: ``calm.extract`` end to end from WAV files: decoding, input building (the plain
   path's processor computes 30 s of log-mel on the CPU; the fast path only the needed frames, on
   the device), forward, copy.
+
+With ``--loaders N``, then whole ``calm.extract`` runs (several batches, wall clock) over the same
+clips stored as datasets store them, 44.1 kHz stereo FLAC, with decoding and input building
+inline (``loader_threads=0``) and in N background threads: how much of the loading the overlap
+with the model hides.
 
 Plain: the model's own call on the processor's inputs (``backbone.fast = False``), as
 ``calm.extract`` runs it by default. Fast: ``backbone.fast = True`` (trimmed log-mel and encoder,
@@ -43,6 +49,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import soundfile
+import soxr
 import torch
 
 from calm.backbones.base import Backbone, resolve_dtype
@@ -155,6 +162,40 @@ def extract_step(backbone: Backbone, chunks: Sequence[Sequence[Item]], stop: boo
     return step
 
 
+RECORDING_RATE = 44100
+"""The rate of the FLAC files for ``--loaders`` (ESC-50's and many recordings')."""
+
+
+def write_recordings(clips: Sequence[np.ndarray], rate: int, root: Path, prefix: str) -> list[Item]:
+    """The clips as dataset files usually are: 44.1 kHz stereo FLAC (decoded and resampled on load)."""
+    items = []
+    for i, clip in enumerate(clips):
+        path = root / f"{prefix}{i:04d}.flac"
+        wide = soxr.resample(clip, rate, RECORDING_RATE)
+        soundfile.write(path, np.stack([wide, wide], axis=1), RECORDING_RATE)
+        items.append(Item(path.stem, path))
+    return items
+
+
+def loader_rates(backbone: Backbone, fast: Backbone, items: Sequence[Item], batch_size: int, stop: bool,
+                 threads: int = 4) -> dict[str, float]:
+    """Wall-clock clips/s of whole ``calm.extract`` runs over ``items`` (several batches), each path
+    with everything inline (``loader_threads=0``) and with ``threads`` loader threads; runs
+    alternate, best of two each."""
+    best: dict[str, float] = {}
+    for _ in range(2):
+        for name, model, path_stop in (("plain", backbone, False), ("fast", fast, stop)):
+            for loaders in (0, threads):
+                synchronize(backbone.device)
+                start = time.perf_counter()
+                extract(model, items, PROMPT, batch_size=batch_size, stop_after_last_site=path_stop,
+                        loader_threads=loaders)
+                synchronize(backbone.device)
+                key = f"{name} {loaders}"
+                best[key] = max(best.get(key, 0.0), len(items) / (time.perf_counter() - start))
+    return best
+
+
 def min_head_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Smallest cosine between matching head vectors of two [N, K, D] arrays."""
     a, b = a.astype(np.float64), b.astype(np.float64)
@@ -214,6 +255,9 @@ def benchmark(backbone: Backbone, fast: Backbone, seconds: float, args: argparse
             row["plain" + kind], row["fast" + kind] = plain_rate, fast_rate
             row["cos" + kind] = min_head_cosine(X_plain, X_fast)
             row["maxdiff" + kind] = float(np.abs(X_plain - X_fast).max())
+    if args.loaders:
+        recordings = write_recordings(clips, rate, root, f"r{seconds:g}-")
+        row["loaders"] = loader_rates(backbone, fast, recordings, size, stop, args.loaders)
     return row
 
 
@@ -246,6 +290,15 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             line += f" | {row['compiled']:>12.2f} {row['compiled'] / row['plain']:>5.2f}x {row['cos compiled']:>9.6f}"
         print(line)
     print("clips/s from the median batch time; min cos: smallest per-head cosine between the paths' features")
+    if "loaders" in rows[0]:
+        threads = max(int(key.split()[1]) for key in rows[0]["loaders"])
+        print(f"\nwhole calm.extract runs over the clips as 44.1 kHz stereo FLAC (wall clock, best of 2): clips/s "
+              f"with loading inline -> with {threads} loader threads")
+        for row in rows:
+            rates = row["loaders"]
+            print(f"{row['seconds']:>6g} s: " + "; ".join(
+                f"{name} {rates[f'{name} 0']:.2f} -> {rates[f'{name} {threads}']:.2f} "
+                f"({rates[f'{name} {threads}'] / rates[f'{name} 0']:.2f}x)" for name in ("plain", "fast")))
 
 
 def cpu_name() -> str:
@@ -295,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: time batches by the process's CPU time (for a CPU shared with other jobs)")
     parser.add_argument("--no-extract", dest="extract", action="store_false", help="skip the end-to-end timing")
+    parser.add_argument("--loaders", type=int, default=0, metavar="THREADS",
+                        help="then also whole calm.extract runs over FLAC files, loading inline and with THREADS "
+                             "loader threads")
     parser.add_argument("--compile", action="store_true",
                         help="Qwen2-Audio: then also time the fast path with every encoder and decoder layer compiled")
     parser.add_argument("--demo-accuracy", action="store_true",
