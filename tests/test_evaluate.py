@@ -86,6 +86,17 @@ def test_multiclass_report_numbers_and_disjoint_episodes(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_row_order_of_the_features_changes_nothing():
+    """Episodes select rows by id, so features in another order (a store's) give the same report."""
+    features, items = synthetic(["dog", "cat", "bird"] * 8)
+    order = np.random.default_rng(1).permutation(len(items))
+    shuffled = HeadFeatures(features.X[order], features.heads, [features.ids[i] for i in order], features.fingerprint)
+    methods = ["sav", "calm", "centroid", "probe"]
+    a = quiet_evaluate(features, items, shots=(1, 3), seeds=2, methods=methods)
+    b = quiet_evaluate(shuffled, items, shots=(1, 3), seeds=2, methods=methods)
+    assert a.summary_rows() == b.summary_rows()
+
+
 def test_method_params_reach_the_estimator_and_the_report():
     features, items = synthetic(["dog", "cat"] * 6)
     report = quiet_evaluate(features, items, shots=(2,), seeds=1, methods=["calm"], params={"calm": {"tau": 0.5}})

@@ -198,3 +198,18 @@ def test_store_skips_finished_items(clips, tmp_path):
     plain = extract(backbone, clips[:5], PROMPT, batch_size=5)
     np.testing.assert_array_equal(np.asarray(again.X), plain.X)
     assert again.ids == [item.id for item in clips[:5]]
+
+
+def test_store_order_keeps_the_memory_map(clips, tmp_path):
+    """``order="store"`` returns rows as stored (shortest clip first), a view of the memory map;
+    selected back into input order they equal the input-order result."""
+    backbone = tiny_backbone("whisper")
+    items = clips[::-1][:5]  # longest first: the store holds them the other way round
+    stored = extract(backbone, items, PROMPT, batch_size=2, store=tmp_path, order="store")
+    assert isinstance(stored.X, np.memmap)
+    assert stored.ids == [item.id for item in items[::-1]]
+    given = extract(backbone, items, PROMPT, batch_size=2, store=tmp_path)
+    assert given.ids == [item.id for item in items] and not isinstance(given.X, np.memmap)
+    np.testing.assert_array_equal(stored.select(given.ids).X, given.X)
+    with pytest.raises(ValueError, match="order"):
+        extract(backbone, items, PROMPT, order="sorted")

@@ -35,6 +35,7 @@ from calm.store import FeatureStore
 from calm.video import load_video
 
 ON_ERROR = ("raise", "record")
+ORDERS = ("input", "store")
 
 D = TypeVar("D")
 R = TypeVar("R")
@@ -130,6 +131,7 @@ def extract(
     stop_after_last_site: bool = False,
     dtype: Any = np.float16,
     loader_threads: int = 4,
+    order: str = "input",
 ) -> HeadFeatures:
     """Head features of ``items`` under ``prompt`` (one forward pass per batch).
 
@@ -149,16 +151,21 @@ def extract(
         loader_threads: threads that decode clips in parallel while the model runs, the next
             batches' inputs built meanwhile (0: everything inline). Results and failures are the
             same for every value.
+        order: ``"input"``: rows in the order of ``items``; ``"store"`` (with a store): in the
+            order they were stored, so that rows stored together stay memory-mapped instead of
+            being gathered into memory (for large datasets; match rows to items by ``ids``).
         dtype: dtype of the returned ``X`` without a store (float16 by default; float32 for exact
             comparisons). With a store, ``X`` is read back from it (float16, memory-mapped).
 
     Returns:
-        HeadFeatures with the items that succeeded, in input order, and ``failed``: id -> reason.
+        HeadFeatures with the items that succeeded (in the ``order`` asked) and ``failed``: id -> reason.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if loader_threads < 0:
         raise ValueError(f"loader_threads must be at least 0, got {loader_threads}")
     duplicates = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
@@ -173,7 +180,8 @@ def extract(
         run.process(pending, batch_size, progress, loader_threads)
         finished = [item.id for item in items if item.id not in run.failed]
         if feature_store is not None:
-            X = feature_store.read(item_keys=[run.keys[i] for i in finished]).X
+            stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
+            X, finished = stored.X, stored.ids
         elif finished:
             X = np.stack([run.rows[i] for i in finished])
         else:

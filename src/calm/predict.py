@@ -71,7 +71,7 @@ def fit_classifier(
         raise ValueError(f"fit takes one label per item; {len(multi)} item(s) have several, e.g. {multi[0]!r}")
     warn_label_leaks(prompt, labelled)
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error=on_error,
-                       progress=progress)
+                       progress=progress, order="store")
     if features.failed:
         first = next(iter(sorted(features.failed.items())))
         warnings.warn(f"{len(features.failed)} clip(s) could not be loaded and were left out, e.g. {first[0]}: "

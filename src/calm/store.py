@@ -139,13 +139,15 @@ class FeatureStore:
         self._journal(record)
         self._apply(record)
 
-    def read(self, ids: Sequence[str] | None = None, *, item_keys: Sequence[str] | None = None) -> HeadFeatures:
+    def read(self, ids: Sequence[str] | None = None, *, item_keys: Sequence[str] | None = None,
+             in_store_order: bool = False) -> HeadFeatures:
         """Stored features, memory-mapped: every stored item (by ``ids=None``, in store order), or
-        the given ids (their latest rows) or item keys, in the order asked.
+        the given ids (their latest rows) or item keys, in the order asked, or with
+        ``in_store_order`` in the order they were stored.
 
         Failed items are left out of ``X`` and listed in ``failed``; ids or keys neither stored
-        nor failed raise KeyError. Rows asked for in store order stay a view of the memory map;
-        other orders are gathered into memory.
+        nor failed raise KeyError. Rows that come out in store order and were stored together (a
+        contiguous run) stay a view of the memory map; others are gathered into memory.
         """
         if ids is not None and item_keys is not None:
             raise ValueError("read: pass ids or item_keys, not both")
@@ -163,6 +165,8 @@ class FeatureStore:
             missing = []
         if missing:
             raise KeyError(f"{self.path}: no stored features for {len(missing)} item(s), e.g. {missing[:3]}")
+        if in_store_order:
+            wanted = sorted((row, name) for row, name in wanted if row is not None)
         rows = np.array([row for row, _ in wanted if row is not None], dtype=np.int64)
         row_ids = [self._row_ids[r] for r in rows.tolist()]
         return HeadFeatures(self._gather(rows), self.heads, row_ids, self.fingerprint, failed)

@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
             before = len(store.done_keys())
             features = extract(backbone, items, args.prompt, batch_size=args.batch_size, store=store,
                                on_error=args.on_error, progress=not args.quiet,
-                               stop_after_last_site=args.stop_after_last_site)
+                               stop_after_last_site=args.stop_after_last_site, order="store")
             computed = len(store.done_keys()) - before
     except (AudioLoadError, StoreError, ValueError) as error:
         print(f"calm extract: {error}", file=sys.stderr)

@@ -148,7 +148,7 @@ def evaluate(
     task = _check_task(task, labelled)
     warn_label_leaks(prompt, labelled)
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
-                       progress=progress)
+                       progress=progress, order="store")  # episodes select rows by id
     answers = None
     if any(METHODS[m].needs_model for m in chosen):
         with warnings.catch_warnings():
