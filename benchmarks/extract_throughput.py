@@ -178,21 +178,20 @@ def write_recordings(clips: Sequence[np.ndarray], rate: int, root: Path, prefix:
 
 
 def loader_rates(backbone: Backbone, fast: Backbone, items: Sequence[Item], batch_size: int, stop: bool,
-                 threads: int = 4) -> dict[str, float]:
-    """Wall-clock clips/s of whole ``calm.extract`` runs over ``items`` (several batches), each path
-    with everything inline (``loader_threads=0``) and with ``threads`` loader threads; runs
-    alternate, best of two each."""
-    best: dict[str, float] = {}
+                 threads: int) -> dict[str, list[float]]:
+    """Wall-clock clips/s of whole ``calm.extract`` runs over ``items`` (several batches): per path,
+    [everything inline (``loader_threads=0``), ``threads`` loader threads]; runs alternate, best of
+    two each."""
+    best = {"plain": [0.0, 0.0], "fast": [0.0, 0.0]}
     for _ in range(2):
         for name, model, path_stop in (("plain", backbone, False), ("fast", fast, stop)):
-            for loaders in (0, threads):
+            for slot, loaders in enumerate((0, threads)):
                 synchronize(backbone.device)
                 start = time.perf_counter()
                 extract(model, items, PROMPT, batch_size=batch_size, stop_after_last_site=path_stop,
                         loader_threads=loaders)
                 synchronize(backbone.device)
-                key = f"{name} {loaders}"
-                best[key] = max(best.get(key, 0.0), len(items) / (time.perf_counter() - start))
+                best[name][slot] = max(best[name][slot], len(items) / (time.perf_counter() - start))
     return best
 
 
@@ -258,6 +257,7 @@ def benchmark(backbone: Backbone, fast: Backbone, seconds: float, args: argparse
     if args.loaders:
         recordings = write_recordings(clips, rate, root, f"r{seconds:g}-")
         row["loaders"] = loader_rates(backbone, fast, recordings, size, stop, args.loaders)
+        row["loader threads"] = args.loaders
     return row
 
 
@@ -291,14 +291,12 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         print(line)
     print("clips/s from the median batch time; min cos: smallest per-head cosine between the paths' features")
     if "loaders" in rows[0]:
-        threads = max(int(key.split()[1]) for key in rows[0]["loaders"])
         print(f"\nwhole calm.extract runs over the clips as 44.1 kHz stereo FLAC (wall clock, best of 2): clips/s "
-              f"with loading inline -> with {threads} loader threads")
+              f"with loading inline -> with {rows[0]['loader threads']} loader threads")
         for row in rows:
-            rates = row["loaders"]
             print(f"{row['seconds']:>6g} s: " + "; ".join(
-                f"{name} {rates[f'{name} 0']:.2f} -> {rates[f'{name} {threads}']:.2f} "
-                f"({rates[f'{name} {threads}'] / rates[f'{name} 0']:.2f}x)" for name in ("plain", "fast")))
+                f"{name} {inline:.2f} -> {threaded:.2f} ({threaded / inline:.2f}x)"
+                for name, (inline, threaded) in row["loaders"].items()))
 
 
 def cpu_name() -> str:

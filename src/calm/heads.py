@@ -7,7 +7,8 @@ token (found from the attention mask, so left and right padding both work) and k
 copied to the CPU once. The LM head never runs (see :meth:`calm.backbones.Backbone.forward`), and
 ``stop_after_last_site=True`` ends the pass as soon as the last site has been read.
 
-Items are grouped by duration so that a batch pads little; the result keeps the input order.
+Items are grouped by duration so that a batch pads little; the result keeps the input order (or,
+with ``order="store"``, the order of the store's rows).
 While the model runs a batch, background threads decode the next ones in parallel and build their
 inputs (decoding, resampling and the processor's CPU work overlap the forward pass).
 With a store, items already in it are skipped and every finished batch is appended (durable), so
