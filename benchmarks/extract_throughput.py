@@ -12,7 +12,7 @@ paths' features.
 The Qwen2-Audio model has random weights in the exact Qwen2-Audio-7B shape (text: 32 layers,
 hidden 4096, 32 heads, 32 kv heads, MLP 11008, vocab 156032; audio encoder: 32 layers, d_model
 1280, 20 heads, 128 mels), built directly on the device in its dtype, SDPA attention. Its
-tokenizer is calm.testing's byte-level one with the real special tokens, plus the chat template's
+tokenizer is calm.backbones.tiny's byte-level one with the real special tokens, plus the chat template's
 words as single tokens, so prompts have about as many tokens as with the real tokenizer.
 
 Two timings per path; batches of the paths alternate (so both meet the same load on a shared
@@ -58,7 +58,7 @@ from calm.backbones.qwen2_audio_fast import compile_layers
 from calm.backbones.whisper import WhisperBackbone
 from calm.data.items import Item
 from calm.heads import HeadCapture, extract
-from calm.testing import QWEN_SPECIALS, tiny_tokenizer
+from calm.backbones.tiny import QWEN_SPECIALS, tiny_tokenizer
 
 PROMPT = "What is the sound in this recording? Answer in one word."
 
@@ -314,8 +314,8 @@ def demo_accuracy(backbone: Backbone, trimmed: Backbone, batch_size: int) -> Non
     from calm.cache import cache_dir
     from calm.data.demo import prepare
     from calm.data.loaders import load_dataset
-    from calm.demo import DEMO_METHODS, DEMO_TASKS
-    from calm.evaluate.protocol import evaluate_features
+    from calm.demo import DEMO_TASKS
+    from calm.evaluation.protocol import evaluate_features
 
     task = DEMO_TASKS[0]
     items = load_dataset(prepare(task.recipe))
@@ -323,7 +323,7 @@ def demo_accuracy(backbone: Backbone, trimmed: Backbone, batch_size: int) -> Non
     for name, model in (("plain", backbone), ("trimmed", trimmed)):
         features = extract(model, items, task.prompt, batch_size=batch_size, store=cache_dir("features"),
                            progress=True)
-        report = evaluate_features(features, items, shots=task.shots, seeds=5, methods=list(DEMO_METHODS))
+        report = evaluate_features(features, items, shots=task.shots, seeds=5)
         accuracy[name] = {(r["method"], r["shots"]): r["accuracy"] for r in report.summary_rows()}
     print(f"\n{task.recipe}: accuracy (%), mean over 5 seeds")
     print(f"{'method':>12} {'shots':>5} {'plain':>7} {'trimmed':>8}")

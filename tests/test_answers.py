@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from calm.data.items import Item
-from calm.evaluate.answers import class_list_prompt, map_answer, match_answer, normalize, warn_label_leaks
+from calm.evaluation.answers import class_list_prompt, map_answer, match_answer, normalize, warn_label_leaks
 
 ESC = ["dog", "rooster", "glass_breaking", "car_horn", "church_bells", "clock_alarm", "clock_tick", "crickets", "engine"]
 

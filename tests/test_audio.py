@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from calm.audio import AudioLoadError, content_hash, duration, load_audio
+from calm.media import AudioLoadError, content_hash, duration, load_audio
 
 
 def _sine(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:
@@ -69,7 +69,7 @@ def _bad_files(tmp_path):
         "empty": (empty, "empty file"),
         "text": (text, "not a decodable audio file"),
         "corrupt": (corrupt, "not a decodable audio file"),
-        "header_only": (header_only, "no audio samples"),
+        "header_only": (header_only, "truncated: the WAV header declares 32000 data bytes, the file holds 0"),
         "nan": (nan, "NaN"),
         "missing": (tmp_path / "missing.wav", "no such file"),
     }

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from calm.data.loaders import load_dataset
-from calm.evaluate.protocol import evaluate
+from calm.evaluation.protocol import evaluate
 from calm.heads import extract
-from calm.testing import tiny_backbone
+from calm.backbones.tiny import tiny_backbone
 
 av = pytest.importorskip("av")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from calm.backbones import FAMILIES, adapter_class, detect_family, load_backbone
-from calm.backbones.base import discover_sites, find_decoder
-from calm.testing import TINY_FAMILIES, tiny_backbone
+from calm.backbones.sites import discover_sites, find_decoder
+from calm.backbones.tiny import TINY_FAMILIES, tiny_backbone
 
 GENERIC = ["audioflamingo3", "glmasr"]
 

@@ -10,7 +10,7 @@ from test_classifiers import make_data, ref_cosines, ref_item_score, ref_softmax
 
 from calm.classifiers import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier, LogisticProbe, SAVClassifier,
                               TopNSoftVoteClassifier, UniformVoteClassifier, plot_weight_maps, weight_maps)
-from calm.classifiers._cosine import Features
+from calm.classifiers._cosine import FeatureBlocks
 from calm.classifiers.probe import concatenated_unit_heads
 from calm.features import HeadIndex
 
@@ -76,11 +76,11 @@ def test_logistic_probe_equals_scikit_learn() -> None:
     for classes in (2, 3):
         X, y, Xq, _ = make_data(seed=24, classes=classes)
         probe = LogisticProbe(C=0.7).fit(X, y)
-        flat = concatenated_unit_heads(Features(X))  # the probe's design matrix, float32
+        flat = concatenated_unit_heads(FeatureBlocks(X))  # the probe's design matrix, float32
         by_hand = (X / np.linalg.norm(X, axis=-1, keepdims=True)).reshape(len(X), -1)
         np.testing.assert_allclose(flat, by_hand, atol=1e-6)
         reference = linear_model.LogisticRegression(C=0.7, max_iter=1000).fit(flat, y)
-        queries = concatenated_unit_heads(Features(Xq))
+        queries = concatenated_unit_heads(FeatureBlocks(Xq))
         np.testing.assert_allclose(probe.predict_proba(Xq), reference.predict_proba(queries), atol=1e-6)
         np.testing.assert_array_equal(probe.predict(Xq), reference.predict(queries))
 

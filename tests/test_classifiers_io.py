@@ -64,13 +64,13 @@ def test_fit_on_head_features_records_and_checks_the_fingerprint(tmp_path) -> No
     assert clf.fingerprint_ == FINGERPRINT and clf.head_index_ == features(X).heads
     assert clf.predict(features(Xq)).tolist() == clf.predict(Xq).tolist()
     other = dict(FINGERPRINT, model_id="another-model")
-    with pytest.raises(ValueError, match="fingerprint mismatch(.|\n)*tiny-whisper(.|\n)*another-model"):
+    with pytest.raises(ValueError, match="another backbone(.|\n)*tiny-whisper(.|\n)*another-model"):
         clf.predict(features(Xq, other))
     path = save(clf, tmp_path / "clf.safetensors")  # heads and fingerprint recorded at fit
     assert load(path).fingerprint_ == json.loads(json.dumps(FINGERPRINT))
-    with pytest.raises(ValueError, match="fingerprint mismatch(.|\n)*tiny-whisper(.|\n)*another-model"):
+    with pytest.raises(ValueError, match="another backbone(.|\n)*tiny-whisper(.|\n)*another-model"):
         load(path, fingerprint=other)
-    with pytest.raises(ValueError, match="fingerprint mismatch"):
+    with pytest.raises(ValueError, match="another backbone"):
         load(path).predict(features(Xq, other))
     bare = save(CALMClassifier().fit(X, y), tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match="records no feature fingerprint"):
@@ -102,7 +102,7 @@ def test_damaged_and_mismatched_files_raise_clear_errors(tmp_path) -> None:
         save_file(new_arrays or arrays, str(target), metadata={"calm": json.dumps(new_meta)})
         return target
 
-    with pytest.raises(ValueError, match="format version 99; this calm reads version 1"):
+    with pytest.raises(ValueError, match="format version 99; this calm reads version"):
         load(rewrite("v99.safetensors", dict(meta, version=99)))
     with pytest.raises(ValueError, match="unknown classifier 'Pickle'"):
         load(rewrite("est.safetensors", dict(meta, estimator="Pickle")))
@@ -141,7 +141,7 @@ def test_clone_params_and_unfitted_use(make) -> None:
         copy.predict(np.zeros((1, 6, 4)))
     name = sorted(clf.get_params())[0]
     assert copy.set_params(**{name: clf.get_params()[name]}) is copy
-    with pytest.raises(ValueError, match="has no parameter 'nonsense'"):
+    with pytest.raises(ValueError, match="Invalid parameter 'nonsense'"):
         copy.set_params(nonsense=1)
     assert repr(clf).startswith(type(clf).__name__ + "(")
 

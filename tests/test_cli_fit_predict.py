@@ -17,7 +17,7 @@ from calm.cli import main
 from calm.cli._common import DEFAULT_PROMPT
 from calm.data.loaders import load_dataset
 from calm.predict import fit_classifier, predict_files
-from calm.testing import tiny_backbone
+from calm.backbones.tiny import tiny_backbone
 
 TONES = {"low": 250.0, "mid": 1000.0, "high": 3000.0}
 
@@ -102,14 +102,15 @@ def test_bad_file_is_named_or_recorded_never_dropped(clips, saved, tmp_path, cap
     assert [line["path"] for line in lines] == files
     assert lines[1]["label"] is None and "broken.wav" in lines[1]["error"] and lines[1]["probabilities"] == {}
     assert lines[0]["label"] in TONES and lines[2]["label"] in TONES
-    assert "1 of 3 file(s) failed" in captured.err
+    assert "1 of 3 file(s) could not be read" in captured.err
 
 
 def test_other_model_or_prompt_is_refused(clips, saved, capsys):
     assert cli("predict", "--classifier", str(saved), "--model", "tiny:whisper", str(clips[1][0])) == 1
     err = capsys.readouterr().err
-    assert "another backbone or prompt" in err and "model_id: classifier 'tiny:qwen2_audio', now 'tiny:whisper'" in err
-    with pytest.raises(ValueError, match="prompt: classifier 'What sound is in this audio clip.', now 'Other'"):
+    assert "another backbone, options or prompt" in err
+    assert "model_id: expected 'tiny:qwen2_audio', got 'tiny:whisper'" in err
+    with pytest.raises(ValueError, match="prompt: expected 'What sound is in this audio clip.', got 'Other'"):
         predict_files(tiny_backbone("qwen2_audio"), load(saved), clips[1][:1], prompt="Other")
 
 

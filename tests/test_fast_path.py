@@ -10,7 +10,7 @@ import torch
 
 from calm.data.items import Item
 from calm.heads import HeadCapture, extract
-from calm.testing import tiny_backbone
+from calm.backbones.tiny import tiny_backbone
 
 PROMPT = "What sound is this?"
 SECONDS = (0.37, 1.3, 2.01, 0.9, 0.6, 1.75)
@@ -30,27 +30,25 @@ def audios(backbone) -> list[np.ndarray]:
 
 def features(backbone, audios, fast: bool, inputs_fast: bool | None = None) -> torch.Tensor:
     """[B, K, D] from one forward pass; ``inputs_fast`` picks the input builder (default: ``fast``)."""
-    backbone.fast = fast if inputs_fast is None else inputs_fast
-    inputs = backbone.build_inputs(audios, PROMPT)
-    backbone.fast = fast
-    try:
-        with HeadCapture(backbone) as capture, torch.inference_mode():
-            capture.expect(backbone.token_mask(inputs))
-            backbone.forward(inputs)
-            return capture.collect()
-    finally:
-        backbone.fast = False
+    inputs = backbone.with_options(fast=fast if inputs_fast is None else inputs_fast).build_inputs(audios, PROMPT)
+    runner = backbone.with_options(fast=fast)
+    with HeadCapture(runner) as capture, torch.inference_mode():
+        capture.expect(runner.token_mask(inputs))
+        runner.forward(inputs)
+        return capture.collect()
+
+
+def test_fast_is_the_default_and_the_reference_one_option_away(backbone):
+    assert backbone.fast and not backbone.with_options(fast=False).fast
+    assert backbone.fingerprint() == backbone.with_options(fast=False).fingerprint()  # exact: same features
 
 
 def test_fast_inputs_equal_the_processors(backbone, audios):
     fe = backbone.processor.feature_extractor
     longer = np.ones(fe.n_samples + 1234, dtype=np.float32) * 0.01  # past the window: cut, as the processor does
     for clips in (audios, audios[:2], [longer, audios[0]]):
-        backbone.fast = False
-        plain = backbone.build_inputs(clips, PROMPT)
-        backbone.fast = True
+        plain = backbone.with_options(fast=False).build_inputs(clips, PROMPT)
         fast = backbone.build_inputs(clips, PROMPT)
-        backbone.fast = False
         frames = fast["input_features"].shape[-1]
         longest = int(plain["feature_attention_mask"].sum(-1).max())
         full = plain["input_features"].shape[-1]
@@ -63,14 +61,11 @@ def test_fast_inputs_equal_the_processors(backbone, audios):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_fast_features_equal_the_reference(backbone, audios, side):
-    backbone.padding_side = side
-    try:
-        reference = features(backbone, audios, fast=False)
-        assert (features(backbone, audios, fast=True) - reference).abs().max() <= 1e-4
-        # the fast forward also takes the processor's 30 s inputs (trimmed inside)
-        assert (features(backbone, audios, fast=True, inputs_fast=False) - reference).abs().max() <= 1e-4
-    finally:
-        backbone.padding_side = "left"
+    backbone = backbone.with_options(padding_side=side)
+    reference = features(backbone, audios, fast=False)
+    assert (features(backbone, audios, fast=True) - reference).abs().max() <= 1e-4
+    # the fast forward also takes the processor's 30 s inputs (trimmed inside)
+    assert (features(backbone, audios, fast=True, inputs_fast=False) - reference).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -79,31 +74,25 @@ def test_fast_extract_equals_the_reference(backbone, audios, side, tmp_path):
     for i, audio in enumerate(audios):
         soundfile.write(tmp_path / f"clip{i}.wav", audio, backbone.sample_rate)
         items.append(Item(f"clip{i}", tmp_path / f"clip{i}.wav"))
-    backbone.padding_side = side
-    try:
-        reference = extract(backbone, items, PROMPT, batch_size=4, dtype=np.float32)
-        backbone.fast = True
-        fast = extract(backbone, items, PROMPT, batch_size=4, dtype=np.float32, stop_after_last_site=True)
-    finally:
-        backbone.fast, backbone.padding_side = False, "left"
+    backbone = backbone.with_options(padding_side=side)
+    reference = extract(backbone.with_options(fast=False), items, PROMPT, batch_size=4, dtype=np.float32)
+    fast = extract(backbone, items, PROMPT, batch_size=4, dtype=np.float32, stop_after_last_site=True)
     assert fast.ids == reference.ids and not fast.failed
     assert np.abs(fast.X - reference.X).max() <= 1e-4
 
 
 def test_dithering_keeps_the_processors_mel(backbone, audios):
     fe = backbone.processor.feature_extractor
-    fe.dither, backbone.fast = 1e-4, True
+    fe.dither = 1e-4
     try:
+        assert not backbone.fast  # the mel shortcut would not be exact
         inputs = backbone.build_inputs(audios[:2], PROMPT)
     finally:
-        fe.dither, backbone.fast = 0.0, False
+        fe.dither = 0.0
     assert inputs["input_features"].shape[-1] == fe.nb_max_frames
 
 
 def test_generate_uses_the_reference_path(backbone, audios):
-    backbone.fast = True
-    try:
-        answers = backbone.generate(audios[:2], PROMPT, max_new_tokens=2)
-    finally:
-        backbone.fast = False
-    assert len(answers) == 2 and backbone.fast is False
+    reference = backbone.generation_inputs(audios[:2], PROMPT, None)
+    assert reference["input_features"].shape[-1] == backbone.processor.feature_extractor.nb_max_frames
+    assert len(backbone.generate(audios[:2], PROMPT, max_new_tokens=2)) == 2

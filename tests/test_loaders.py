@@ -274,5 +274,5 @@ def test_cli_data_prepare_and_list(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["data", "prepare", "tiny", "--out", str(tmp_path / "t")]) == 0
     csv_path = Path(capsys.readouterr().out.strip())
     assert [i.label for i in load_dataset(csv_path)] == ["dog"]
-    assert main(["data", "prepare", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["data", "prepare", "nope", "--out", str(tmp_path)]) == 1
     assert "unknown recipe 'nope'" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calm.evaluate.metrics import (
+from calm.evaluation.metrics import (
     accuracy, average_precision, balanced_accuracy, classification_summary, confusion_matrix, eer, f1_scores,
     macro_f1, mean_average_precision, mean_interval, multi_hot, per_label_f1, t_quantile_975,
 )

@@ -16,11 +16,11 @@ import pytest
 import soundfile
 import torch
 
-from calm.audio import AudioLoadError
+from calm.media import AudioLoadError
 from calm.data.items import Item
 from calm.heads import extract, feature_fingerprint
 from calm.store import FeatureStore
-from calm.testing import tiny_backbone
+from calm.backbones.tiny import tiny_backbone
 
 PROMPT = "What sound is this?"
 N_CLIPS = 16
@@ -35,18 +35,18 @@ CHILD = textwrap.dedent(
     torch.set_num_threads(1)
     from calm.data.items import Item
     from calm.heads import extract
-    from calm.testing import tiny_backbone
+    from calm.backbones.tiny import tiny_backbone
 
     args = json.loads(sys.argv[1])
     backbone = tiny_backbone("qwen2_audio")
     counts = open(args["counts"], "a")
 
-    def count(module, positional, kwargs):
-        counts.write(f"{kwargs['input_features'].shape[0]}\\n")
+    def count(module, positional):
+        counts.write(f"{positional[0].shape[0]}\\n")
         counts.flush()
         time.sleep(args["pause"])
 
-    backbone.model.register_forward_pre_hook(count, with_kwargs=True)
+    backbone.model.get_input_embeddings().register_forward_pre_hook(count)
     items = [Item(Path(p).stem, Path(p)) for p in args["clips"]]
     extract(backbone, items, args["prompt"], batch_size=1, store=args["store"])
     """
@@ -83,14 +83,14 @@ def one_thread():
 
 
 class PassCounter:
-    """Counts the clips that reach the model's forward pass."""
+    """Counts the clips that reach the model's forward pass (their token embedding, on either path)."""
 
     def __init__(self, backbone) -> None:
         self.clips = 0
-        self._handle = backbone.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self._handle = backbone.model.get_input_embeddings().register_forward_pre_hook(self._count)
 
-    def _count(self, module, positional, kwargs) -> None:
-        self.clips += kwargs["input_features"].shape[0]
+    def _count(self, module, positional) -> None:
+        self.clips += positional[0].shape[0]
 
     def __enter__(self) -> "PassCounter":
         return self

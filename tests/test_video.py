@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calm.video import VideoLoadError, load_video
+from calm.media import MediaLoadError, load_video
 
 av = pytest.importorskip("av")
 
@@ -48,11 +48,11 @@ def test_bad_files_raise_naming_file(tmp_path):
     text.write_text("not a video")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    with pytest.raises(VideoLoadError, match="notes.mp4: not a decodable video"):
+    with pytest.raises(MediaLoadError, match="notes.mp4: not a decodable video"):
         load_video(text, 4)
-    with pytest.raises(VideoLoadError, match="empty.mp4: empty file"):
+    with pytest.raises(MediaLoadError, match="empty.mp4: empty file"):
         load_video(empty, 4)
-    with pytest.raises(VideoLoadError, match="missing.mp4: no such file"):
+    with pytest.raises(MediaLoadError, match="missing.mp4: no such file"):
         load_video(tmp_path / "missing.mp4", 4)
 
 
@@ -61,5 +61,5 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
 
     path = tmp_path / "tone.wav"
     soundfile.write(path, np.zeros(1600, np.float32), 16000)
-    with pytest.raises(VideoLoadError, match="tone.wav: no video stream"):
+    with pytest.raises(MediaLoadError, match="tone.wav: no video stream"):
         load_video(path, 2)

@@ -10,7 +10,7 @@ import soundfile
 
 from calm.data.items import Item
 from calm.heads import extract
-from calm.testing import WINDOW_SECONDS, tiny_backbone
+from calm.backbones.tiny import WINDOW_SECONDS, tiny_backbone
 
 PROMPT = "Someone says a number."
 
@@ -34,7 +34,7 @@ def features(backbone, clips, batch_size: int = 3) -> np.ndarray:
 def test_full_window_equals_reference(clips):
     backbone = tiny_backbone("whisper")
     reference = features(backbone, clips)
-    backbone.encoder_seconds = WINDOW_SECONDS
+    backbone = backbone.with_options(encoder_seconds=WINDOW_SECONDS)
     assert backbone.encoder_frames == backbone.processor.feature_extractor.nb_max_frames
     np.testing.assert_allclose(features(backbone, clips), reference, atol=1e-4)
 
@@ -42,7 +42,7 @@ def test_full_window_equals_reference(clips):
 def test_short_window_changes_features_but_not_across_batches(clips):
     backbone = tiny_backbone("whisper")
     reference = features(backbone, clips)
-    backbone.encoder_seconds = 2.0
+    backbone = backbone.with_options(encoder_seconds=2.0)
     assert backbone.encoder_frames == 200
     trimmed = features(backbone, clips)
     one_by_one = features(backbone, clips, batch_size=1)
@@ -54,5 +54,8 @@ def test_short_window_changes_features_but_not_across_batches(clips):
 def test_window_is_part_of_the_fingerprint():
     backbone = tiny_backbone("whisper")
     assert "encoder_seconds" not in backbone.fingerprint()
-    backbone.encoder_seconds = 2.0
-    assert backbone.fingerprint()["encoder_seconds"] == 2.0
+    assert backbone.with_options(encoder_seconds=2.0).fingerprint()["encoder_seconds"] == 2.0
+    with pytest.raises(AttributeError):
+        backbone.encoder_seconds = 2.0  # options are fixed once loaded
+    with pytest.raises(ValueError, match="Whisper option"):
+        tiny_backbone("qwen2_audio").with_options(encoder_seconds=2.0)

@@ -37,7 +37,6 @@ DEMO_TASKS: tuple[DemoTask, ...] = (
     DemoTask("spoof", prompt="A short recording of speech.", shots=(1, 4, 16)),
 )
 
-DEMO_METHODS: tuple[str, ...] = ("sav", "calm", "calm-tuned", "uniform", "centroid", "topn-soft", "agnostic", "probe")
 
 
 def run_demo(
@@ -45,22 +44,23 @@ def run_demo(
     model: str = "whisper-base",
     seeds: int = 5,
     tasks: Sequence[DemoTask] = DEMO_TASKS,
-    methods: Sequence[str] = DEMO_METHODS,
+    methods: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     encoder_seconds: float | None = 5.0,
 ) -> dict[str, Any]:
     """Prepare the demo data (if missing), extract, evaluate every method over ``seeds`` seeds and
-    write one report per task under ``out_dir``. Returns task name -> EvaluationReport."""
+    write one report per task under ``out_dir`` (``methods``: default every registered method
+    that needs no chat model). Returns task name -> EvaluationReport."""
     from calm.backbones import load_backbone
     from calm.data.demo import RECIPES
     from calm.data.loaders import load_dataset
-    from calm.evaluate.protocol import evaluate
+    from calm.evaluation.protocol import evaluate
 
     out = Path(out_dir)
     backbone = load_backbone(model)
-    if backbone.family == "whisper":
-        backbone.encoder_seconds = encoder_seconds
+    if backbone.family == "whisper" and encoder_seconds is not None:
+        backbone = backbone.with_options(encoder_seconds=encoder_seconds)
     reports: dict[str, Any] = {}
     for task in tasks:
         started = time.perf_counter()
@@ -72,7 +72,7 @@ def run_demo(
             prompt=task.prompt,
             shots=task.shots,
             seeds=seeds,
-            methods=list(methods),
+            methods=None if methods is None else list(methods),
             batch_size=batch_size,
             store=cache_dir("features"),
             zero_shot=False,

@@ -23,23 +23,40 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from calm.audio import AudioLoadError, content_hash, duration, load_audio
 from calm.backbones.base import Backbone, StopForward
 from calm.data.items import Item
+from calm.data.loaders import media_item
 from calm.features import HeadFeatures
+from calm.media import MediaLoadError, content_hash, duration, load_audio, load_video
 from calm.store import FeatureStore
-from calm.video import load_video
 
 ON_ERROR = ("raise", "record")
 ORDERS = ("input", "store")
 
 D = TypeVar("D")
 R = TypeVar("R")
+
+
+def as_items(items: Sequence[Item | str | os.PathLike]) -> list[Item]:
+    """Items as given; a path becomes an unlabelled item whose id is the path."""
+    return [item if isinstance(item, Item) else media_item(str(item), Path(item), None) for item in items]
+
+
+def item_content(items: Sequence[Item]) -> dict[str, str]:
+    """Item id -> SHA-256 of the file whose audio is used, for the items whose file can be read."""
+    content = {}
+    for item in items:
+        try:
+            content[item.id] = content_hash(media_path(item))
+        except MediaLoadError:
+            continue
+    return content
 
 
 def feature_fingerprint(backbone: Backbone, prompt: str) -> dict[str, Any]:
@@ -122,7 +139,7 @@ class HeadCapture:
 
 def extract(
     backbone: Backbone,
-    items: Sequence[Item],
+    items: Sequence[Item | str | os.PathLike],
     prompt: str,
     batch_size: int = 8,
     store: Any = None,
@@ -137,16 +154,20 @@ def extract(
     """Head features of ``items`` under ``prompt`` (one forward pass per batch).
 
     Args:
-        backbone: from :func:`calm.load_backbone` (or :func:`calm.testing.tiny_backbone`).
-        items: clips; ``item.audio`` (or, without it, ``item.video``'s audio track) is loaded at the
-            backbone's rate; ``item.video`` frames go to backbones that take video.
+        backbone: from :func:`calm.load_backbone` (or :func:`calm.backbones.tiny.tiny_backbone`).
+        items: clips (:class:`~calm.data.items.Item`, or file paths: unlabelled, the path as id);
+            ``item.audio`` (or, without it, ``item.video``'s audio track) is loaded at the
+            backbone's rate; ``item.video`` frames go to backbones that take video. Clips shorter
+            than ``backbone.min_seconds`` fail; longer than the model's window are cut (a warning
+            says how many).
         prompt: the user text (rendered with the backbone's chat template).
         batch_size: clips per forward pass.
         store: None, a directory, or an open :class:`calm.store.FeatureStore`: stored items are
             skipped and each finished batch is appended.
         on_error: ``"raise"`` lets a loading error (naming the file) propagate; ``"record"`` lists
             the item in ``failed`` (and in the store) and goes on. Failed items are never dropped
-            silently.
+            silently. An item whose features come out NaN or infinite (corrupt audio) fails the
+            same way; the rest of its batch is kept.
         progress: show a progress bar (clips/s, ETA).
         stop_after_last_site: end each pass right after the last site (skips later layers).
         loader_threads: threads that decode clips in parallel while the model runs, the next
@@ -169,12 +190,15 @@ def extract(
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if loader_threads < 0:
         raise ValueError(f"loader_threads must be at least 0, got {loader_threads}")
+    items = as_items(items)
     duplicates = sorted(i for i, n in Counter(item.id for item in items).items() if n > 1)
     if duplicates:
         raise ValueError(f"duplicate item ids: {duplicates[:5]}")
     fingerprint = feature_fingerprint(backbone, prompt)
     heads = backbone.head_index()
     with _opened(store, fingerprint, heads) as feature_store:
+        if feature_store is not None:
+            feature_store.lock()  # one writer; what is stored is read after taking the lock
         run = _Run(backbone, prompt, feature_store, on_error, stop_after_last_site, np.dtype(dtype))
         run.hash_items(items)
         pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
@@ -239,8 +263,8 @@ class _Run:
                 continue
             try:
                 video = content_hash(item.video) if self.uses_video(item) else None
-                self.keys[item.id] = self.store.item_key(item.id, content_hash(audio_path(item)), video)
-            except AudioLoadError as error:
+                self.keys[item.id] = self.store.item_key(item.id, content_hash(media_path(item)), video)
+            except MediaLoadError as error:
                 self.fail(item, error)
 
     def uses_video(self, item: Item) -> bool:
@@ -257,11 +281,22 @@ class _Run:
 
     def process(self, items: Sequence[Item], batch_size: int, progress: bool, loader_threads: int) -> None:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
+        window, too_long = self.backbone.window_seconds, []
         for item in items:
             try:
-                self.seconds[item.id] = duration(audio_path(item))
+                seconds = self.seconds[item.id] = duration(media_path(item))
+                if seconds < self.backbone.min_seconds:
+                    raise MediaLoadError(media_path(item), f"too short ({1000 * seconds:.0f} ms); {self.backbone.family} "
+                                                           f"backbones need at least {self.backbone.min_seconds:g} s")
             except ValueError as error:
+                self.seconds.pop(item.id, None)
                 self.fail(item, error)
+                continue
+            if window is not None and seconds > window + 1e-3:
+                too_long.append(item.id)
+        if too_long:
+            warnings.warn(f"{len(too_long)} clip(s) are longer than the model's {window:g} s window and were cut to "
+                          f"it (only their first {window:g} s count), e.g. {too_long[0]}", stacklevel=4)
         todo = sorted((item for item in items if item.id in self.seconds),
                       key=lambda item: (self.uses_video(item), self.seconds[item.id]))
         batches: list[list[Item]] = []
@@ -283,11 +318,11 @@ class _Run:
     def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
         """The item's audio (and video frames, or None), or the loading error (thread-safe)."""
         try:
-            audio = load_audio(audio_path(item), self.backbone.sample_rate)
+            audio = load_audio(media_path(item), self.backbone.sample_rate)
             video = load_video(item.video, self.backbone.video_frames(self.seconds[item.id])) \
                 if self.uses_video(item) else None
             return audio, video
-        except ValueError as error:  # AudioLoadError, VideoLoadError
+        except ValueError as error:  # MediaLoadError
             return error
 
     def _build(self, batch: Sequence[Item], decoded: Sequence[tuple[np.ndarray, Any] | ValueError]) -> _LoadedBatch:
@@ -309,7 +344,15 @@ class _Run:
             capture.expect(self.backbone.token_mask(loaded.inputs))
             self.backbone.forward(loaded.inputs)
             X = capture.collect().numpy()
-        ids = [item.id for item in loaded.items]
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(X.astype(np.float16)).reshape(len(X), -1).all(axis=1)
+        for item in [item for item, ok in zip(loaded.items, finite) if not ok]:
+            self.fail(item, MediaLoadError(media_path(item), "its features are not finite (NaN, inf or beyond "
+                                                             "float16): the audio is probably corrupt"))
+        X = X[finite]
+        ids = [item.id for item, ok in zip(loaded.items, finite) if ok]
+        if not ids:
+            return
         if self.store is not None:
             self.store.append([self.keys[i] for i in ids], ids, X)
         else:
@@ -359,12 +402,11 @@ def _loaded_batches(
         decoders.shutdown(wait=True, cancel_futures=True)
 
 
-def audio_path(item: Item) -> Any:
-    """The file whose audio is used: ``item.audio``, else the video container's audio track."""
-    path = item.audio if item.audio is not None else item.video
-    if path is None:
-        raise AudioLoadError(f"<item {item.id}>", "item has neither an audio nor a video file")
-    return path
+def media_path(item: Item) -> Any:
+    """The file whose audio is used (:attr:`Item.media_path`), or a MediaLoadError naming the item."""
+    if item.media_path is None:
+        raise MediaLoadError(f"<item {item.id}>", "item has neither an audio nor a video file")
+    return item.media_path
 
 
 def _progress_bar(total: int) -> Any:

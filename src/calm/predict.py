@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from calm import methods as registry
 from calm.backbones.base import Backbone
 from calm.data.items import Item
 from calm.data.loaders import media_item
-from calm.evaluate.answers import warn_label_leaks
-from calm.evaluate.protocol import FEATURE_METHODS, METHODS
+from calm.evaluation.answers import warn_label_leaks
+from calm.fingerprint import check_fingerprint
 from calm.heads import extract, feature_fingerprint
 
 
@@ -40,7 +41,7 @@ def fit_classifier(
     backbone: Backbone,
     items: Sequence[Item],
     prompt: str,
-    method: str = "calm",
+    method: str = registry.DEFAULT_METHOD,
     *,
     batch_size: int = 8,
     store: Any = None,
@@ -51,8 +52,8 @@ def fit_classifier(
     """Extract features of the labelled ``items`` under ``prompt`` and fit ``method`` on all of them.
 
     Args:
-        method: a feature method of :data:`calm.evaluate.protocol.METHODS` (``calm``, ``sav``,
-            ``calm-tuned``, ``probe`` ...).
+        method: a registered feature method (:mod:`calm.methods`: ``calm``, ``sav``, ``calm-tuned``,
+            ``probe`` ...); default :data:`calm.methods.DEFAULT_METHOD`.
         batch_size, store, on_error, progress: as in :func:`calm.heads.extract` (with
             ``on_error="record"`` unreadable clips are left out, with a warning naming them).
         params: the estimator's parameters (e.g. ``tau=0.1``).
@@ -61,11 +62,16 @@ def fit_classifier(
         The fitted estimator; it carries ``head_index_`` and ``fingerprint_`` (with the prompt),
         so ``calm.classifiers.save(clf, path)`` records them.
     """
-    if method not in FEATURE_METHODS:
-        raise ValueError(f"method must be one of {list(FEATURE_METHODS)}, got {method!r}")
+    if method not in registry.names(feature_only=True):
+        raise ValueError(f"method must be one of {registry.names(feature_only=True)}, got {method!r}")
     labelled = [i for i in items if i.label is not None]
     if not labelled:
-        raise ValueError("no labelled items to fit on")
+        raise ValueError(f"none of the {len(items)} item(s) has a label: a CSV needs a 'label' (or 'class') column "
+                         "with a value per row, a folder one subfolder per class")
+    unlabelled = [i.id for i in items if i.label is None]
+    if unlabelled:
+        warnings.warn(f"{len(unlabelled)} of {len(items)} item(s) have no label and are left out, e.g. "
+                      f"{', '.join(unlabelled[:3])}", stacklevel=2)
     multi = [i.id for i in labelled if isinstance(i.label, tuple)]
     if multi:
         raise ValueError(f"fit takes one label per item; {len(multi)} item(s) have several, e.g. {multi[0]!r}")
@@ -77,7 +83,23 @@ def fit_classifier(
         warnings.warn(f"{len(features.failed)} clip(s) could not be loaded and were left out, e.g. {first[0]}: "
                       f"{first[1]}", stacklevel=2)
     label = {i.id: i.label for i in labelled}
-    return METHODS[method].make(**params).fit(features, [label[i] for i in features.ids])
+    return registry.get(method).make(**params).fit(features, [label[i] for i in features.ids])
+
+
+def load_backbone_for(classifier: Any, model: str | None = None, **options: Any) -> Backbone:
+    """The backbone a saved classifier was fit with: its model and the options recorded in its
+    fingerprint (dtype, Whisper's encoder window, compile). ``model`` (a path or name of the same
+    model) and ``options`` (device, fast ...) override; a backbone that would give other features
+    is refused later, by :func:`predict_files`."""
+    from calm.backbones import BackboneOptions, load_backbone
+
+    recorded = getattr(classifier, "fingerprint_", None) or {}
+    name = model or recorded.get("model_id")
+    if not name:
+        raise ValueError("the classifier records no model (fit on plain arrays?); name one (calm predict --model)")
+    from_file = {"dtype": recorded.get("dtype"), "compile": bool(recorded.get("compile", False)),
+                 "encoder_seconds": recorded.get("encoder_seconds"), "video_max_pixels": recorded.get("video_max_pixels")}
+    return load_backbone(name, BackboneOptions(**{**from_file, **{k: v for k, v in options.items() if v is not None}}))
 
 
 def predict_files(
@@ -102,10 +124,11 @@ def predict_files(
     recorded = getattr(classifier, "fingerprint_", None) or {}
     if prompt is None:
         if "prompt" not in recorded:
-            raise ValueError("the classifier records no prompt (fit on plain arrays?); pass prompt=")
+            raise ValueError("the classifier records no prompt (fit on plain arrays?); pass prompt= "
+                             "(calm predict --prompt)")
         prompt = recorded["prompt"]
     if recorded:
-        check_same_features(recorded, feature_fingerprint(backbone, prompt))
+        check_fingerprint(recorded, feature_fingerprint(backbone, prompt), "the classifier")
     items = [media_item(str(n), Path(p), None) for n, p in enumerate(paths)]
     features = extract(backbone, items, prompt, batch_size=batch_size, on_error=on_error, progress=progress)
     rows: dict[str, Prediction] = {}
@@ -119,14 +142,3 @@ def predict_files(
     for item_id, reason in features.failed.items():
         rows[item_id] = Prediction(str(paths[int(item_id)]), None, {}, reason)
     return [rows[item.id] for item in items]
-
-
-def check_same_features(recorded: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise ValueError naming every field (model, revision, dtype, prompt, sites ...) in which the
-    classifier's recorded feature fingerprint and the current backbone + prompt differ."""
-    keys = sorted(set(recorded) | set(current))
-    differ = [k for k in keys if recorded.get(k) != current.get(k)]
-    if differ:
-        lines = [f"  {k}: classifier {recorded.get(k)!r}, now {current.get(k)!r}" for k in differ]
-        raise ValueError("the classifier was fit on features from another backbone or prompt; refit it, or use the "
-                         "same model, dtype and prompt:\n" + "\n".join(lines))

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from calm.features import HeadFeatures, HeadIndex
+from calm.fingerprint import canonical_json
 
 try:
     import fcntl
@@ -64,13 +66,17 @@ class FeatureStore:
     def open(cls, root: str | os.PathLike, key: dict[str, Any], heads: HeadIndex) -> "FeatureStore":
         """The store for ``key`` under ``root``, created if new; refuses a directory made for
         another key or head index."""
-        canonical = _canonical(key)
+        try:
+            canonical = canonical_json(key)
+        except TypeError as error:
+            raise TypeError(f"FeatureStore key: {error}") from None
         path = Path(root) / hashlib.sha256(canonical.encode()).hexdigest()[:16]
         meta = {"format": FORMAT, "key": json.loads(canonical), "heads": heads.to_dict()}
         key_file = path / _KEY_FILE
         if not key_file.exists():
-            path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(key_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            with _writing(path):
+                path.mkdir(parents=True, exist_ok=True)
+                _write_atomic(key_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         try:
             stored = json.loads(key_file.read_text())
         except (OSError, ValueError) as error:
@@ -105,7 +111,9 @@ class FeatureStore:
         return len(self._id_row)
 
     def append(self, item_keys: Sequence[str], ids: Sequence[str], X: np.ndarray) -> None:
-        """Store one batch of features ``X`` [B, K, D] (cast to float16); durable on return."""
+        """Store one batch of features ``X`` [B, K, D] (cast to float16); durable on return.
+
+        Rows whose item key is already stored (by this or another process) are not stored again."""
         X = np.asarray(X)
         if X.ndim != 3 or X.shape[0] != len(ids) or len(item_keys) != len(ids):
             raise ValueError(
@@ -122,19 +130,26 @@ class FeatureStore:
         if bad.any():
             named = [ids[i] for i in np.flatnonzero(bad)[:3]]
             raise ValueError(f"append: non-finite features (NaN, inf or beyond float16 range) for {named}")
+        self.lock()
+        new = [i for i, key in enumerate(item_keys) if key not in self._key_row]
+        if len(new) < len(ids):
+            rows, item_keys, ids = rows[new], [item_keys[i] for i in new], [ids[i] for i in new]
         if len(ids) == 0:
             return
-        self._begin_write()
         dim = X.shape[2]
-        _pwrite_all(self._data_fd, rows.tobytes(), self._rows * len(self.heads) * dim * 2)
-        os.fsync(self._data_fd)
+        with _writing(self.path / _DATA_FILE):
+            _pwrite_all(self._data_fd, rows.tobytes(), self._rows * len(self.heads) * dim * 2)
+            os.fsync(self._data_fd)
         record = {"start": self._rows, "n": len(ids), "d": dim, "keys": list(item_keys), "ids": list(ids)}
         self._journal(record)
         self._apply(record)
 
     def record_failure(self, item_key: str, item_id: str, reason: str) -> None:
-        """Record that an item could not be processed; durable on return."""
-        self._begin_write()
+        """Record that an item could not be processed; durable on return. The same failure as the
+        item's latest record is not written again (reruns retry failed items)."""
+        self.lock()
+        if self._failed_keys.get(item_key) == (item_id, str(reason)):
+            return
         record = {"failed": item_key, "id": item_id, "reason": str(reason)}
         self._journal(record)
         self._apply(record)
@@ -263,10 +278,14 @@ class FeatureStore:
             self._failed_keys.pop(key, None)
         self._rows += int(record["n"])
 
-    def _begin_write(self) -> None:
+    def lock(self) -> None:
+        """Become the store's one writer (idempotent): take the write lock, then re-read what is
+        stored, since another process may have written since this one opened it. A writer that
+        holds the lock raises StoreError at once."""
         if self._journal_fd is not None:
             return
-        self._lock_fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        with _writing(self.path):
+            self._lock_fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -274,26 +293,32 @@ class FeatureStore:
                 self.close()
                 raise StoreError(f"{self.path}: another process is writing to this store") from None
         self._load(repair=True)  # under the lock: another writer may have appended since open
-        self._data_fd = os.open(self.path / _DATA_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
-        self._journal_fd = os.open(self.path / _JOURNAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with _writing(self.path):
+            self._data_fd = os.open(self.path / _DATA_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._journal_fd = os.open(self.path / _JOURNAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         _fsync_dir(self.path)
 
     def _journal(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         size = os.fstat(self._journal_fd).st_size
         try:
-            _write_all(self._journal_fd, line)
-            os.fsync(self._journal_fd)
+            with _writing(self.path / _JOURNAL_FILE):
+                _write_all(self._journal_fd, line)
+                os.fsync(self._journal_fd)
         except BaseException:
             os.ftruncate(self._journal_fd, size)  # never leave half a line for the next record
             raise
 
 
-def _canonical(key: dict[str, Any]) -> str:
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing (read-only folder, full disk ...) into a StoreError naming ``path``."""
     try:
-        return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"FeatureStore key must be plain JSON (str, numbers, lists, dicts): {error}") from error
+        yield
+    except StoreError:
+        raise
+    except OSError as error:
+        raise StoreError(f"{path}: cannot write the feature store ({error.strerror or error})") from error
 
 
 def _write_all(fd: int, payload: bytes) -> None:

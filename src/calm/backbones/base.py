@@ -1,22 +1,16 @@
-"""The backbone adapter: one model family's inputs, chat template, sample rate and *sites*.
-
-A site is the input of a decoder attention block's output projection (``self_attn.o_proj`` in
-Qwen-style decoders, ``self_attn.out_proj`` / ``encoder_attn.out_proj`` in Whisper's decoder).
-Sites are found by walking the model's modules, never by hard-coded paths: the decoder is the
-module that owns the input token embedding, and inside it every attention block with a linear
-output projection is a site, its layer number read from the module path.
+"""The backbone adapter: one model family's inputs, chat template, sample rate and sites.
 
 Family adapters subclass :class:`Backbone` and override :meth:`Backbone.build_inputs` (and, where
 the model's call differs, :meth:`Backbone.forward`). :meth:`Backbone.forward` is the reference
-path; a faster one (e.g. trimming padded mel frames) is meant to be another adapter option that
-must reproduce it.
+path; a faster one (e.g. trimming padded mel frames) is an option (``BackboneOptions.fast``) that
+must reproduce it. Options are fixed at loading (:class:`~calm.backbones.options.BackboneOptions`);
+sites are found by walking the model (:mod:`calm.backbones.sites`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -24,121 +18,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from calm.backbones.options import BackboneOptions
+from calm.backbones.sites import Site, discover_sites
 from calm.features import HeadIndex
 
-SITE_KINDS: dict[str, str] = {
-    "self_attn": "self_attn",
-    "self_attention": "self_attn",
-    "encoder_attn": "cross_attn",
-    "cross_attn": "cross_attn",
-    "crossattention": "cross_attn",
-}
-"""Attention block names (last path component) -> site kind."""
+__all__ = ["Backbone", "BackboneOptions", "Site", "StopForward", "local_revision", "resolve_dtype"]
 
-PROJECTION_NAMES: tuple[str, ...] = ("o_proj", "out_proj", "dense", "o")
-"""Names of an attention block's output projection, in order of preference."""
+MIN_SECONDS = 0.1
+"""Clips shorter than this carry too little to classify (and break the audio encoders' pooling)."""
 
 
 class StopForward(Exception):
     """Raised inside a hook to end a forward pass early (before the LM head, or after the last site)."""
 
 
-@dataclass(frozen=True, eq=False)
-class Site:
-    """The input of one attention block's output projection.
-
-    Attributes:
-        name: module path of the attention block, e.g. ``"model.language_model.layers.3.self_attn"``.
-        kind: ``"self_attn"`` or ``"cross_attn"``.
-        layer: decoder layer number, read from the module path.
-        proj: the output projection module (its input is what is captured).
-        num_heads: H; the projection's input splits into H heads of ``head_dim``.
-        head_dim: D.
-    """
-
-    name: str
-    kind: str
-    layer: int
-    proj: nn.Module
-    num_heads: int
-    head_dim: int
-
-
-def find_module_path(root: nn.Module, target: nn.Module) -> str:
-    """The dotted path of ``target`` inside ``root``; ValueError if it is not there."""
-    for name, module in root.named_modules():
-        if module is target:
-            return name
-    raise ValueError(f"{type(target).__name__} is not a submodule of {type(root).__name__}")
-
-
-def find_decoder(model: nn.Module) -> tuple[str, nn.Module]:
-    """The text decoder: the smallest module that owns the input token embedding.
-
-    Audio and vision towers have attention blocks too; anchoring on the token embedding keeps
-    only the language model's (or Whisper's decoder's) blocks.
-    """
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embeddings = get_embeddings() if get_embeddings is not None else None
-    if embeddings is None:
-        raise ValueError(f"{type(model).__name__} has no input token embedding; cannot find its decoder")
-    path = find_module_path(model, embeddings)
-    parent = path.rsplit(".", 1)[0] if "." in path else ""
-    return parent, model.get_submodule(parent)
-
-
-def _layer_number(path: str) -> int:
-    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
-    if not numbers:
-        raise ValueError(f"attention block {path!r} has no layer number in its module path")
-    return int(numbers[-1])
-
-
-def _heads_of(block: nn.Module, proj: nn.Module, path: str) -> tuple[int, int]:
-    width = int(proj.in_features)
-    head_dim = getattr(block, "head_dim", None)
-    num_heads = None
-    for attr in ("num_heads", "num_attention_heads", "n_heads"):
-        if isinstance(getattr(block, attr, None), int):
-            num_heads = getattr(block, attr)
-            break
-    if num_heads is None and getattr(block, "config", None) is not None:
-        num_heads = getattr(block.config, "num_attention_heads", None)
-    if isinstance(head_dim, int) and head_dim > 0 and width % head_dim == 0:
-        num_heads = width // head_dim
-    elif isinstance(num_heads, int) and num_heads > 0 and width % num_heads == 0:
-        head_dim = width // num_heads
-    else:
-        raise ValueError(f"{path}: cannot tell the number of heads of a {width}-wide output projection")
-    return int(num_heads), int(head_dim)
-
-
-def discover_sites(model: nn.Module, kinds: Sequence[str] = ("self_attn", "cross_attn")) -> list[Site]:
-    """Every decoder attention block of ``model`` with a linear output projection, in layer order
-    (within a layer: self-attention before cross-attention)."""
-    prefix, decoder = find_decoder(model)
-    sites = []
-    for name, block in decoder.named_modules():
-        kind = SITE_KINDS.get(name.rsplit(".", 1)[-1])
-        if kind is None or kind not in kinds:
-            continue
-        proj = next(
-            (getattr(block, p) for p in PROJECTION_NAMES if hasattr(getattr(block, p, None), "in_features")),
-            None,
-        )
-        if proj is None:
-            continue
-        path = f"{prefix}.{name}" if prefix else name
-        num_heads, head_dim = _heads_of(block, proj, path)
-        sites.append(Site(path, kind, _layer_number(name), proj, num_heads, head_dim))
-    if not sites:
-        raise ValueError(f"no decoder attention blocks with an output projection found in {type(model).__name__}")
-    order = {kind: i for i, kind in enumerate(kinds)}
-    sites.sort(key=lambda s: (s.layer, order[s.kind]))
-    dims = {s.head_dim for s in sites}
-    if len(dims) > 1:
-        raise ValueError(f"sites of {type(model).__name__} have different head sizes {sorted(dims)}")
-    return sites
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda when a GPU is visible, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
@@ -178,9 +76,9 @@ class Backbone:
         model: the torch module (for Qwen2.5-Omni: the thinker).
         processor: the transformers processor (tokenizer + feature extractor ...).
         sample_rate: audio rate the feature extractor expects.
+        options: how it runs (:class:`~calm.backbones.options.BackboneOptions`), fixed at loading.
         device, dtype: where and in which precision the model runs.
         sites: the capture points, in the order of the K heads.
-        padding_side: ``"left"`` or ``"right"``, for batched token sequences.
     """
 
     family: ClassVar[str] = "generic"
@@ -189,7 +87,13 @@ class Backbone:
     model_class: ClassVar[str | None] = None
     """transformers class to load; None: the checkpoint's own ``config.architectures[0]``."""
     supports_video: ClassVar[bool] = False
+    answers_questions: ClassVar[bool] = True
+    """A chat model that answers questions (zero-shot, pseudo-labels); Whisper does not."""
     site_kinds: ClassVar[tuple[str, ...]] = ("self_attn",)
+    min_seconds: ClassVar[float] = MIN_SECONDS
+    """The shortest clip accepted (shorter ones fail with a clear error)."""
+    has_encoder_window: ClassVar[bool] = False
+    """Whether the option ``encoder_seconds`` applies (Whisper)."""
 
     def __init__(
         self,
@@ -198,42 +102,96 @@ class Backbone:
         *,
         model_id: str,
         revision: str | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        options: BackboneOptions | None = None,
         sample_rate: int | None = None,
     ) -> None:
-        self.model = model.eval()
+        """Wrap a loaded model: it is moved to the options' device and dtype (when they are given),
+        and its layers compiled if asked."""
+        options = options or BackboneOptions()
+        if options.encoder_seconds is not None and not self.has_encoder_window:
+            raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
+        if options.video_max_pixels is not None and not self.supports_video:
+            raise ValueError(f"video_max_pixels applies to video backbones; {self.family} backbones take no video")
+        parameter = next(model.parameters())
+        device = resolve_device(options.device) if options.device is not None else parameter.device
+        dtype = resolve_dtype(options.dtype, device) if options.dtype is not None else parameter.dtype
+        self.model = model.to(device, dtype).eval()
         self.processor = processor
         self.model_id = model_id
         self.revision = revision
-        self.device = torch.device(device)
-        self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
+        self._options = options
+        self._device, self._dtype = torch.device(device), dtype
         rate = sample_rate or getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
         if not rate:
             raise ValueError(f"{model_id}: cannot tell the audio sample rate from its processor")
         self.sample_rate = int(rate)
-        self.padding_side = "left"
         self.sites = discover_sites(self.model, self.site_kinds)
+        if options.compile:
+            compile_layers(self.model)
+
+    @property
+    def options(self) -> BackboneOptions:
+        return self._options
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def padding_side(self) -> str:
+        return self._options.padding_side
+
+    @property
+    def fast(self) -> bool:
+        """Whether the family's exact fast path is in use (False where the family has none)."""
+        return False
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The longest audio the model sees (longer clips are cut), if it has such a window."""
+        fe = getattr(self.processor, "feature_extractor", None)
+        samples = getattr(fe, "n_samples", None)
+        return float(samples) / self.sample_rate if samples else None
+
+    def with_options(self, **changes: Any) -> "Backbone":
+        """A backbone on the same weights with some options changed (``fast``, ``encoder_seconds``,
+        ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new
+        :func:`calm.load_backbone`."""
+        options = self._options.replace(**changes)
+        if options.encoder_seconds is not None and not self.has_encoder_window:
+            raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
+        moved = [n for n in ("device", "dtype", "compile") if getattr(options, n) != getattr(self._options, n)]
+        if moved:
+            raise ValueError(f"changing {', '.join(moved)} needs a new calm.load_backbone(...)")
+        twin = copy.copy(self)
+        twin._options = options
+        return twin
 
     @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | Path,
         config: Any,
-        device: str | torch.device = "cpu",
-        dtype: Any = None,
+        options: BackboneOptions | None = None,
         model_id: str | None = None,
     ) -> "Backbone":
         """Load weights and processor from a local directory (or a hub id, for users with a network);
         ``model_id`` names it in fingerprints (default: ``name_or_path``)."""
         import transformers
 
-        torch_dtype = resolve_dtype(dtype, device)
+        options = options or BackboneOptions()
+        device = resolve_device(options.device)
+        options = options.replace(device=str(device))
+        torch_dtype = resolve_dtype(options.dtype, device)
         model = cls.load_model(transformers, str(name_or_path), config, torch_dtype)
         processor = cls.load_processor(transformers, str(name_or_path))
         revision = local_revision(name_or_path) or getattr(config, "_commit_hash", None)
-        return cls(model.to(device), processor, model_id=model_id or str(name_or_path), revision=revision,
-                   device=device, dtype=torch_dtype)
+        return cls(model, processor, model_id=model_id or str(name_or_path), revision=revision,
+                   options=options.replace(dtype=str(torch_dtype).removeprefix("torch.")))
 
     @classmethod
     def load_model(cls, transformers: Any, name_or_path: str, config: Any, dtype: torch.dtype) -> nn.Module:
@@ -262,12 +220,14 @@ class Backbone:
         return HeadIndex.from_tuples((s.kind, s.layer, h) for s in self.sites for h in range(s.num_heads))
 
     def fingerprint(self) -> dict[str, Any]:
-        """What about the model determines a feature."""
+        """What about the model determines a feature: model, revision, dtype, family and the
+        options that change features (:meth:`BackboneOptions.fingerprint`)."""
         return {
             "model_id": self.model_id,
             "revision": self.revision,
             "dtype": str(self.dtype).removeprefix("torch."),
             "family": self.family,
+            **self._options.fingerprint(),
         }
 
     def site_names(self) -> list[str]:
@@ -290,16 +250,18 @@ class Backbone:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None
+        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
+        padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Model inputs for a batch (tensors on the backbone's device, floats in its dtype);
-        ``"attention_mask"`` is the mask of the token sequence the sites see."""
+        ``"attention_mask"`` is the mask of the token sequence the sites see. ``padding_side``
+        overrides the option (generation needs left padding)."""
         if videos is not None and not self.supports_video:
             raise ValueError(f"{self.family} backbones take no video")
         text = self.render_prompt(prompt, with_video=videos is not None)
         kwargs: dict[str, Any] = {
             # padding for the token sequences only: audio keeps the feature extractor's own padding
-            "text_kwargs": {"padding": True, "padding_side": self.padding_side},
+            "text_kwargs": {"padding": True, "padding_side": padding_side or self.padding_side},
             "audio_kwargs": {"sampling_rate": self.sample_rate},
         }
         if videos is not None:
@@ -358,12 +320,7 @@ class Backbone:
     ) -> list[list[str]]:
         """Answers for each clip: greedy (``do_sample=False``) or sampled decoding; returns, per clip,
         ``num_return_sequences`` decoded strings (new tokens only, special tokens stripped)."""
-        side = self.padding_side
-        self.padding_side = "left"  # batched generation appends after the last column
-        try:
-            inputs = self.build_inputs(audios, prompt, videos=videos)
-        finally:
-            self.padding_side = side
+        inputs = self.generation_inputs(audios, prompt, videos)
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                    "num_return_sequences": num_return_sequences}
         if do_sample:
@@ -378,6 +335,11 @@ class Backbone:
         n = num_return_sequences
         return [texts[i * n:(i + 1) * n] for i in range(len(audios))]
 
+    def generation_inputs(self, audios: Sequence[np.ndarray], prompt: str,
+                          videos: Sequence[np.ndarray] | None) -> dict[str, torch.Tensor]:
+        """Inputs for :meth:`run_generate`: left-padded (batched generation appends after the last column)."""
+        return self.build_inputs(audios, prompt, videos=videos, padding_side="left")
+
     def run_generate(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         """Token ids from the model's ``generate`` (prompt included)."""
         pad = self.tokenizer.pad_token_id
@@ -390,3 +352,12 @@ class Backbone:
 
 def _stop(module: nn.Module, args: Any) -> None:
     raise StopForward
+
+
+def compile_layers(model: nn.Module, **options: Any) -> None:
+    """``torch.compile`` every layer of every layer stack (a ``ModuleList`` named ``layers``) in
+    place; ``options`` go to :meth:`torch.nn.Module.compile`. Numerics change slightly."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers":
+            for layer in module:
+                layer.compile(**options)

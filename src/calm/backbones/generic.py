@@ -4,7 +4,7 @@ model (:func:`calm.backbones.base.discover_sites`), the model class is the check
 (``config.architectures[0]``), and inputs come from its processor called as
 ``processor(text=..., audio=...)`` on the chat-templated prompt.
 
-Proved by tests on tiny models of further families (see :data:`calm.testing.TINY_FAMILIES`).
+Proved by tests on tiny models of further families (see :data:`calm.backbones.tiny.TINY_FAMILIES`).
 """
 
 from __future__ import annotations

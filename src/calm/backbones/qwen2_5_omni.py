@@ -107,8 +107,18 @@ class Qwen2_5OmniBackbone(Backbone):
     """Frames per second sampled from a video (the rate Qwen2.5-Omni was trained with)."""
     max_video_frames = 64
     min_pixels = 128 * 28 * 28
-    max_pixels = 768 * 28 * 28
+    default_max_pixels = 768 * 28 * 28
     """Per-frame pixel budget of the Qwen2.5-Omni processor's video settings."""
+
+    @property
+    def max_pixels(self) -> int:
+        """Per-frame pixel budget: the option ``video_max_pixels`` or the processor's default."""
+        return self.options.video_max_pixels or self.default_max_pixels
+
+    @property
+    def frame_min_pixels(self) -> int:
+        """The processor's minimum, or a quarter of a smaller budget (``video_max_pixels``)."""
+        return min(self.min_pixels, self.max_pixels // 4)
 
     def __init__(self, model: nn.Module, processor: OmniParts, **kwargs: Any) -> None:
         super().__init__(model, processor, **kwargs)
@@ -156,7 +166,7 @@ class Qwen2_5OmniBackbone(Backbone):
                 raise ValueError(f"video frames must be [T, H, W, 3], got shape {frames.shape}")
             if frames.shape[0] % tp:
                 frames = np.concatenate([frames, np.repeat(frames[-1:], tp - frames.shape[0] % tp, axis=0)])
-            h, w = fit_size(frames.shape[1], frames.shape[2], p * m, self.min_pixels, self.max_pixels)
+            h, w = fit_size(frames.shape[1], frames.shape[2], p * m, self.frame_min_pixels, self.max_pixels)
             resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
             pixels = ((resized.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)  # T, C, H, W
             gt, gh, gw = frames.shape[0] // tp, h // p, w // p
@@ -167,7 +177,8 @@ class Qwen2_5OmniBackbone(Backbone):
         return torch.from_numpy(np.concatenate(all_patches)), torch.tensor(grids), counts
 
     def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None
+        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
+        padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
         if videos is not None and len(videos) != len(audios):
             raise ValueError(f"{len(videos)} videos for {len(audios)} audio clips")
@@ -184,7 +195,8 @@ class Qwen2_5OmniBackbone(Backbone):
             texts = [text.replace(VIDEO_TOKEN, VIDEO_TOKEN * n) for text, n in zip(texts, counts)]
             seconds = torch.full((len(videos),), self.temporal_patch_size / self.video_fps)
             batch.update(pixel_values_videos=pixels, video_grid_thw=grids, video_second_per_grid=seconds)
-        tokens = self.tokenizer(texts, padding=True, padding_side=self.padding_side, return_tensors="pt")
+        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side or self.padding_side,
+                                return_tensors="pt")
         batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return self.to_device(batch)
 

@@ -1,5 +1,5 @@
-"""The fast extraction path for Qwen2-Audio: the audio encoder runs only on the mel frames that
-carry audio.
+"""The pieces of Qwen2-Audio's fast extraction path (used by :class:`~calm.backbones.qwen2_audio.Qwen2AudioBackbone`):
+the audio encoder runs only on the mel frames that carry audio.
 
 The reference path (``Qwen2AudioForConditionalGeneration`` called with the processor's inputs)
 pads every clip to 30 s of log-mel frames (3000), computes the STFT over all of it on the CPU, and
@@ -42,16 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from calm.backbones.base import StopForward, find_decoder
-
-if TYPE_CHECKING:
-    from calm.backbones.qwen2_audio import Qwen2AudioBackbone
+from calm.backbones.audio_encoder import encoder_states
+from calm.backbones.sites import find_decoder
 
 TRIM_MARGIN = 4
 """Mel frames kept past the longest clip: the convolutions' reach and the log-mel maximum need 2
@@ -115,89 +113,6 @@ def kept_frames(longest: int, max_frames: int) -> int:
     return min(max_frames, longest + TRIM_MARGIN)
 
 
-def log_mel(
-    audios: Sequence[np.ndarray], feature_extractor: Any, frames: int, device: torch.device
-) -> torch.Tensor:
-    """[B, mels, frames] float32: the first ``frames`` frames of the Whisper feature extractor's
-    30 s log-mel spectrogram, computed in torch on ``device`` (equal to the processor's; see the
-    module docstring). Needs ``frames`` >= each clip's mel length + 2 and no dither."""
-    fe = feature_extractor
-    hop, n_fft, limit = int(fe.hop_length), int(fe.n_fft), int(fe.n_samples)
-    samples = min(limit, frames * hop + n_fft)
-    wave = torch.zeros(len(audios), samples, dtype=torch.float32, pin_memory=device.type == "cuda")
-    for row, audio in zip(wave, audios):
-        clip = torch.from_numpy(np.asarray(audio, dtype=np.float32)[:samples])
-        row[: len(clip)] = clip
-    wave = wave.to(device, non_blocking=True)
-    window = torch.hann_window(n_fft, device=device)
-    stft = torch.stft(wave, n_fft, hop, window=window, return_complex=True)
-    power = (stft[..., :frames].abs() ** 2).contiguous()
-    mel_filters = torch.as_tensor(fe.mel_filters, dtype=torch.float32, device=device)
-    spec = (mel_filters.T @ power).clamp(min=1e-10).log10()
-    spec = torch.maximum(spec, spec.amax(dim=(1, 2), keepdim=True) - 8.0)
-    return (spec + 4.0) / 4.0
-
-
-def build_fast_inputs(backbone: "Qwen2AudioBackbone", audios: Sequence[np.ndarray], prompt: str) -> dict[str, Any]:
-    """Inputs for :func:`fast_forward`: the token sequence the processor would build (one
-    ``<|AUDIO|>`` per audio token) and only the mel frames the encoder needs, computed on the
-    backbone's device (the feature extractor must not dither)."""
-    fe = backbone.processor.feature_extractor
-    parts = backbone.audio_parts
-    lengths = mel_lengths(audios, fe)
-    frames = kept_frames(max(lengths), parts.max_frames)
-    features = log_mel(audios, fe, frames, backbone.device).to(backbone.dtype)
-    length_tensor = torch.tensor(lengths)
-    tokens = parts.output_lengths(length_tensor)[1].tolist()
-    text = backbone.render_prompt(prompt)
-    placeholder = backbone.processor.audio_token
-    if text.count(placeholder) != 1:
-        raise ValueError(f"the rendered prompt has {text.count(placeholder)} {placeholder} tokens; expected 1")
-    texts = [text.replace(placeholder, placeholder * n) for n in tokens]
-    batch = backbone.tokenizer(texts, return_tensors="pt", padding=True, padding_side=backbone.padding_side)
-    mask = (torch.arange(frames)[None, :] < length_tensor[:, None]).long()
-    out = backbone.to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                              "feature_attention_mask": mask})
-    out["input_features"] = features
-    return out
-
-
-# ---- running -------------------------------------------------------------------------------------
-def encoder_mask(tower: nn.Module, valid: torch.Tensor, like: torch.Tensor) -> Any:
-    """The encoder's bidirectional attention mask hiding padded positions (keys), in the form its
-    attention implementation takes (as the model builds it)."""
-    try:
-        from transformers.masking_utils import create_bidirectional_mask
-    except ImportError:  # transformers before the masking utilities: the additive 4D mask
-        blocked = ~valid.bool()[:, None, None, :]
-        return torch.zeros(blocked.shape, dtype=like.dtype, device=like.device).masked_fill(
-            blocked, torch.finfo(like.dtype).min)
-    return create_bidirectional_mask(config=tower.config, inputs_embeds=like, attention_mask=valid.long())
-
-
-def encoder_states(
-    tower: nn.Module, features: torch.Tensor, frames: int, position_lengths: torch.Tensor | None
-) -> torch.Tensor:
-    """[B, positions, d]: a Whisper-style encoder trunk (convolutions, position embeddings sliced
-    to match, layers) run on the first ``frames`` mel frames. With ``position_lengths``, only the
-    longest clip's positions are kept and later keys of shorter clips are masked; None: all
-    positions, no mask (as in Whisper itself). Pooling and the final norm are the caller's."""
-    weight = tower.conv1.weight
-    x = features[..., :frames].to(weight.device, weight.dtype)
-    x = nn.functional.gelu(tower.conv1(x))
-    x = nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
-    mask = None
-    if position_lengths is not None:
-        x = x[:, : int(position_lengths.max())]
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < position_lengths.to(x.device)[:, None]
-        mask = encoder_mask(tower, valid, x)
-    hidden = x + tower.embed_positions.weight[: x.shape[1]]
-    for layer in tower.layers:
-        out = layer(hidden, mask)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
-
-
 def encode_audio(parts: AudioParts, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
     """[total audio tokens, hidden]: the projected audio features of every clip, clip after clip,
     from the encoder run on the first ``kept_frames`` mel frames only."""
@@ -210,30 +125,3 @@ def encode_audio(parts: AudioParts, features: torch.Tensor, frame_lengths: torch
     hidden = parts.projector(tower.layer_norm(hidden))
     keep = torch.arange(hidden.shape[1])[None, :] < tokens[:, None]
     return hidden[keep.to(hidden.device)]
-
-
-def fast_forward(backbone: "Qwen2AudioBackbone", inputs: dict[str, torch.Tensor]) -> None:
-    """One forward pass for feature capture on the fast path (inputs from
-    :func:`build_fast_inputs` or the processor); sites' hooks fire as on the reference path."""
-    parts = backbone.audio_parts
-    ids = inputs["input_ids"]
-    embeds = parts.decoder.get_input_embeddings()(ids)
-    audio = encode_audio(parts, inputs["input_features"], inputs["feature_attention_mask"].sum(-1))
-    placeholders = ids == parts.audio_token_id
-    if int(placeholders.sum()) != audio.shape[0]:
-        raise ValueError(f"{int(placeholders.sum())} audio tokens in the prompt but {audio.shape[0]} audio features")
-    embeds = embeds.masked_scatter(placeholders[..., None], audio.to(embeds.dtype))
-    mask = inputs["attention_mask"]
-    try:
-        parts.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=backbone.positions(mask),
-                      use_cache=False)
-    except StopForward:
-        pass
-
-
-def compile_layers(parts: AudioParts, **options: Any) -> None:
-    """Opt-in (GPU): ``torch.compile`` every encoder and decoder layer in place (``options`` go to
-    :meth:`torch.nn.Module.compile`). Numerics change slightly; judge by per-head cosine."""
-    decoder_layers = next(m for m in parts.decoder.children() if isinstance(m, nn.ModuleList))
-    for layer in list(parts.tower.layers) + list(decoder_layers):
-        layer.compile(**options)

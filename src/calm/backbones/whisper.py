@@ -9,7 +9,7 @@ is ``<|startofprev|> {prompt}`` followed by the start tokens ``<|startoftranscri
 prefix is just the start tokens. Every clip gets the same prefix, so the token sequences never
 need padding; the encoder sees 30 s of (padded or cut) log-mel frames, as Whisper was trained.
 
-``encoder_seconds`` (off by default) trades exactness for speed: clips are cut to that many
+``BackboneOptions.encoder_seconds`` (off by default) trades exactness for speed: clips are cut to that many
 seconds and the encoder runs on only that window of log-mel frames (position embeddings sliced to
 match). Whisper's encoder has no padding mask, so unlike Qwen2-Audio's fast path this *changes*
 the features (the padded frames it drops are attended to in the reference path); it is part of
@@ -17,7 +17,8 @@ the fingerprint, so such features never mix with reference ones. For short clips
 cuts the encoder's work several times over (see ``docs/benchmarks.md``).
 
 With a fixed prefix, the first layer's self-attention heads see only prompt tokens and are
-constant across clips: classifiers must tolerate them (see DESIGN.md §1.2).
+constant across clips: classifiers must tolerate them (see docs/method.md). Whisper answers no
+questions, so methods that need a chat model's answers are skipped on it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from transformers import GenerationMixin
 
+from calm.backbones.audio_encoder import encoder_states, log_mel
 from calm.backbones.base import Backbone
-from calm.backbones.qwen2_audio_fast import encoder_states, log_mel
 
 MULTILINGUAL_VOCAB = 51865
 """Whisper's multilingual checkpoints have at least this many tokens; English-only ones have fewer."""
@@ -40,10 +41,19 @@ class WhisperBackbone(Backbone):
     model_types = ("whisper",)
     model_class = "WhisperForConditionalGeneration"
     site_kinds = ("self_attn", "cross_attn")
+    answers_questions = False
+    has_encoder_window = True
     language = "en"
     task = "transcribe"
-    encoder_seconds: float | None = None
-    """None: the reference 30 s encoder window. A number: the trimmed window (see the module docstring)."""
+
+    @property
+    def encoder_seconds(self) -> float | None:
+        """None: the reference 30 s encoder window. A number: the trimmed window (see the module docstring)."""
+        return self.options.encoder_seconds
+
+    @property
+    def window_seconds(self) -> float | None:
+        return self.encoder_seconds if self.encoder_seconds is not None else super().window_seconds
 
     @property
     def multilingual(self) -> bool:
@@ -62,7 +72,8 @@ class WhisperBackbone(Backbone):
         previous = [self._token_id("<|startofprev|>")] + tokenizer.encode(" " + prompt.strip(), add_special_tokens=False)
         limit = int(self.model.config.max_target_positions) // 2
         if len(previous) > limit:
-            raise ValueError(f"prompt is {len(previous)} tokens; Whisper takes at most {limit} as previous context")
+            raise ValueError(f"the prompt is {len(previous)} tokens; Whisper takes at most {limit} as previous "
+                             "context: give a shorter one (--prompt)")
         return previous + start
 
     def _token_id(self, token: str) -> int:
@@ -70,12 +81,6 @@ class WhisperBackbone(Backbone):
         if token_id is None or token_id == self.tokenizer.unk_token_id:
             raise ValueError(f"{self.model_id}: the tokenizer has no {token} token")
         return int(token_id)
-
-    def fingerprint(self) -> dict[str, Any]:
-        fingerprint = super().fingerprint()
-        if self.encoder_seconds is not None:
-            fingerprint["encoder_seconds"] = float(self.encoder_seconds)
-        return fingerprint
 
     @property
     def encoder_frames(self) -> int | None:
@@ -91,8 +96,10 @@ class WhisperBackbone(Backbone):
         return self.tokenizer.decode(self.decoder_prefix(prompt))
 
     def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None
+        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
+        padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Every clip gets the same decoder prefix, so ``padding_side`` has nothing to pad."""
         if videos is not None:
             raise ValueError("whisper backbones take no video")
         fe = self.processor.feature_extractor

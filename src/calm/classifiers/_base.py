@@ -1,59 +1,54 @@
-"""Estimator manners shared by every classifier: parameters read from ``__init__``'s signature
-(``get_params`` / ``set_params``, so ``sklearn.base.clone`` works without scikit-learn at
-runtime), label encoding, the fitted check and ``predict`` from ``decision_function``."""
+"""Estimator manners shared by every classifier: scikit-learn's own base classes (parameters from
+``__init__``'s signature, ``clone``, ``score``, tags), a fit that leaves nothing half-fitted,
+label encoding, the fitted check and ``predict`` from ``decision_function``."""
 
 from __future__ import annotations
 
-import inspect
-import json
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+
+__all__ = ["Estimator", "NotFittedError"]
 
 
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a classifier is used before ``fit`` (same bases as scikit-learn's)."""
-
-
-class Estimator:
+class Estimator(ClassifierMixin, BaseEstimator):
     """Base of all calm classifiers: ``__init__`` only stores its arguments under their names.
 
-    Subclasses list their fitted arrays and JSON-able fitted attributes for :mod:`calm.classifiers.io`
-    in ``_state_shapes`` (name -> expected shape) and ``_fitted_meta``.
+    A real scikit-learn classifier (``score`` is accuracy; ``cross_val_score``, ``GridSearchCV``
+    and ``Pipeline`` work) whose input is [N, K, D] head features, not a 2-D matrix. A ``fit``
+    that raises leaves the estimator unfitted (no fitted attribute of a failed fit survives).
+
+    Subclasses list their fitted arrays for :mod:`calm.classifiers.io` in ``_state_shapes`` (name
+    -> expected shape), their JSON-able fitted attributes in ``_fitted_meta``, and check their
+    parameters in ``_validate_params`` (called by ``fit`` and when a file is loaded).
     """
 
     _fitted_meta: tuple[str, ...] = ()
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        names = []
-        for name, p in inspect.signature(cls.__init__).parameters.items():
-            if name == "self":
-                continue
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise TypeError(f"{cls.__name__}.__init__ must list its parameters explicitly, not *{name}")
-            names.append(name)
-        return sorted(names)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None:
+            cls.fit = _forgetting_on_error(fit)
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters, by name (``deep`` is accepted for scikit-learn; nothing nests)."""
-        return {name: getattr(self, name) for name in self._param_names()}
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
 
-    def set_params(self, **params: Any) -> "Estimator":
-        """Set constructor parameters by name; an unknown name raises ValueError listing the valid ones."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {valid}")
-            setattr(self, name, value)
-        return self
+    def _forget_fit(self) -> None:
+        """Drop every fitted attribute (public names ending in ``_``)."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)
 
-    def __repr__(self) -> str:
-        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
-        shown = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, defaults.get(k))]
-        return f"{type(self).__name__}({', '.join(shown)})"
+    def _validate_params(self) -> None:
+        """Raise ValueError naming a parameter whose value is invalid (subclasses check theirs)."""
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
@@ -80,11 +75,18 @@ class Estimator:
         return self.classes_[np.argmax(scores, axis=1)]
 
 
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b) and type(a) is type(b)
-    except (TypeError, ValueError):
-        return False
+def _forgetting_on_error(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit`` that, when it raises, leaves the estimator without fitted attributes."""
+
+    @functools.wraps(fit)
+    def wrapper(self: Estimator, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self._forget_fit()
+            raise
+
+    return wrapper
 
 
 def to_numpy(a: Any) -> np.ndarray:
@@ -106,21 +108,6 @@ def encode_labels(y: Any, n_items: int) -> tuple[np.ndarray, torch.Tensor]:
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes to classify, got {len(classes)}: {classes.tolist()}")
     return classes, torch.from_numpy(index.reshape(-1).astype(np.int64))
-
-
-def check_fingerprint(expected: Any, got: Any, what: str) -> None:
-    """Raise ValueError naming both fingerprints when features come from another backbone or prompt.
-
-    Both are compared in their JSON form, so a tuple and a list with the same items are equal.
-    """
-    if canonical(expected) != canonical(got):
-        raise ValueError(f"{what}: feature fingerprint mismatch (features from another backbone or prompt?)\n"
-                         f"  expected: {expected}\n  got:      {got}")
-
-
-def canonical(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists; unknown types become strings)."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def index_labels(y: Any, classes: np.ndarray, n_items: int, what: str) -> torch.Tensor:

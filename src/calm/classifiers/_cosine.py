@@ -7,7 +7,7 @@ class uses the prototype built without it, in closed form from the raw class sum
 
     <q_i, S_c - q_i> / (|q_i| |S_c - q_i|),   |S_c - q_i|^2 = |S_c|^2 - 2 <q_i, S_c> + |q_i|^2
 
-where <q_i, S_c> comes from the same batched matmul as every other cosine. Features (float16
+where <q_i, S_c> comes from the same batched matmul as every other cosine. FeatureBlocks (float16
 memory maps and torch tensors alike) are read in blocks of a few heads by many items, so memory
 stays small, each head's matmul is tall, and no Python loop runs per head; arithmetic is float32,
 or float64 when the features are float64. A zero vector has cosine 0 with everything.
@@ -30,7 +30,7 @@ CONSTANT_TOL = 1e-4
 1 - CONSTANT_TOL (every direction within about 0.8 degrees of the mean): it carries nothing."""
 
 BLOCK_FLOATS = 1 << 21
-"""Features are read in blocks of about this many floats (8 MB in float32): all items (up to
+"""FeatureBlocks are read in blocks of about this many floats (8 MB in float32): all items (up to
 BLOCK_FLOATS / D of them) times as many heads as fit, so each head's matmul is tall and the
 block's elementwise work stays in the last-level cache."""
 
@@ -58,7 +58,7 @@ class Scratch:
         return flat[:numel].view(shape)
 
 
-class Features:
+class FeatureBlocks:
     """A read-only view of [N, K, D] head features (numpy, memmap, torch or HeadFeatures), read in blocks."""
 
     def __init__(self, X: Any, name: str = "X"):
@@ -176,7 +176,7 @@ def cosines(x: torch.Tensor, prototypes: torch.Tensor, scale: float = 1.0,
     return out
 
 
-def support_pass(features: Features, labels: torch.Tensor, n_classes: int, cos: str | None = None,
+def support_pass(features: FeatureBlocks, labels: torch.Tensor, n_classes: int, cos: str | None = None,
                  consume: Callable[[Block], None] | None = None) -> ClassStats:
     """Read the support set once, head block by head block (each block holds every item): class
     sums, class sizes and constant heads; with ``cos="loo"`` or ``"in-sample"`` also hand each block's
@@ -208,7 +208,7 @@ def constant_heads(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return (length >= 1.0 - CONSTANT_TOL) | (norms == 0).all(1)
 
 
-def iter_cosines(features: Features, prototypes: torch.Tensor, *, heads: torch.Tensor | None = None,
+def iter_cosines(features: FeatureBlocks, prototypes: torch.Tensor, *, heads: torch.Tensor | None = None,
                  scale: float = 1.0) -> Iterator[Block]:
     """Blocks (items, head positions, scale * cos [k, C, n]) of ``features`` against ``prototypes``
     [K', C, D] (already restricted to ``heads`` when those are given)."""
@@ -228,7 +228,7 @@ def posteriors(logits: torch.Tensor, dim: int, inplace: bool = False, bound: flo
     return logits.div_(logits.sum(dim, keepdim=True))
 
 
-def check_scores(scores: torch.Tensor, features: Features) -> np.ndarray:
+def check_scores(scores: torch.Tensor, features: FeatureBlocks) -> np.ndarray:
     """Scores [N, C] as float64 numpy; a non-finite row means the features held NaN or inf."""
     bad = ~torch.isfinite(scores).all(1)
     if bool(bad.any()):

@@ -8,10 +8,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from calm.classifiers._base import Estimator, check_fingerprint, encode_labels
-from calm.classifiers._cosine import (Block, ClassStats, Features, check_scores, iter_cosines, posteriors,
-                                     support_pass)
+from calm.classifiers._base import Estimator, encode_labels
+from calm.classifiers._cosine import (
+    Block,
+    ClassStats,
+    FeatureBlocks,
+    check_scores,
+    iter_cosines,
+    posteriors,
+    support_pass,
+)
 from calm.features import HeadFeatures
+from calm.fingerprint import check_fingerprint
 
 
 class FeatureClassifier(Estimator):
@@ -22,18 +30,18 @@ class FeatureClassifier(Estimator):
     otherwise; predicting on HeadFeatures with another fingerprint raises ValueError).
     """
 
-    def _start_fit(self, X: Any, y: Any) -> tuple[Features, torch.Tensor]:
-        features = Features(X)
+    def _start_fit(self, X: Any, y: Any) -> tuple[FeatureBlocks, torch.Tensor]:
+        features = FeatureBlocks(X)
         self.classes_, labels = encode_labels(y, len(features))
         self.n_heads_in_, self.head_dim_in_ = features.shape[1], features.shape[2]
         self.fingerprint_ = dict(X.fingerprint) if isinstance(X, HeadFeatures) else None
         self.head_index_ = X.heads if isinstance(X, HeadFeatures) else None
         return features, labels
 
-    def _features(self, X: Any) -> Features:
-        """Features to predict on, checked against what the classifier was fit on."""
+    def _features(self, X: Any) -> FeatureBlocks:
+        """FeatureBlocks to predict on, checked against what the classifier was fit on."""
         self._check_fitted()
-        features = Features(X)
+        features = FeatureBlocks(X)
         expected = (self.n_heads_in_, self.head_dim_in_)
         if features.shape[1:] != expected:
             raise ValueError(f"{type(self).__name__} was fit on features of {expected[0]} heads x {expected[1]} dims, "
@@ -51,7 +59,7 @@ class PrototypeClassifier(FeatureClassifier):
     left out of every vote).
     """
 
-    def _fit_prototypes(self, features: Features, labels: torch.Tensor, cos: str | None = None,
+    def _fit_prototypes(self, features: FeatureBlocks, labels: torch.Tensor, cos: str | None = None,
                         consume: Callable[[Block], None] | None = None) -> ClassStats:
         """Prototypes and constant heads from one pass over the support set, handing each block's
         support cosines (``cos="loo"`` or ``"in-sample"``) to ``consume`` on the way."""

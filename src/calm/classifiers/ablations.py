@@ -1,4 +1,4 @@
-"""Ablations beside SAV and CALM (DESIGN §1.2): uniform soft vote, concatenated-cosine nearest
+"""Ablations beside SAV and CALM (docs/method.md): uniform soft vote, concatenated-cosine nearest
 centroid, top-n soft vote over SAV's heads, and class-agnostic reliability weighting."""
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ import torch
 
 from calm.classifiers._base import check_positive
 from calm.classifiers._cosine import check_scores, iter_cosines
-from calm.classifiers._prototype import PrototypeClassifier, SoftVoteClassifier, uniform_weights
+from calm.classifiers._prototype import (
+    PrototypeClassifier,
+    SoftVoteClassifier,
+    uniform_weights,
+)
 from calm.classifiers._reliability import ReliabilitySums, shrink
-from calm.classifiers.calm import CALMClassifier, check_shrinkage
+from calm.classifiers.reliability_vote import (
+    ReliabilityVote,
+    check_shrinkage,
+    check_source,
+)
 from calm.classifiers.sav import check_n_heads, check_scoring, fit_head_ranking
 
 
@@ -26,8 +34,11 @@ class UniformVoteClassifier(SoftVoteClassifier):
     def __init__(self, tau: float = 0.07):
         self.tau = tau
 
-    def fit(self, X: Any, y: Any) -> "UniformVoteClassifier":
+    def _validate_params(self) -> None:
         check_positive("tau", self.tau)
+
+    def fit(self, X: Any, y: Any) -> "UniformVoteClassifier":
+        self._validate_params()
         self._fit_prototypes(*self._start_fit(X, y))
         heads = np.flatnonzero(~self.constant_heads_)
         self.weights_ = uniform_weights(heads, self.n_heads_in_, len(self.classes_))
@@ -50,11 +61,14 @@ class TopNSoftVoteClassifier(SoftVoteClassifier):
         self.tau = tau
         self.scoring = scoring
 
-    def fit(self, X: Any, y: Any) -> "TopNSoftVoteClassifier":
-        n_heads = check_n_heads(self.n_heads)
-        scoring = check_scoring(self.scoring)
+    def _validate_params(self) -> None:
+        check_n_heads(self.n_heads)
+        check_scoring(self.scoring)
         check_positive("tau", self.tau)
-        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, scoring, n_heads)
+
+    def fit(self, X: Any, y: Any) -> "TopNSoftVoteClassifier":
+        self._validate_params()
+        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, self.scoring, self.n_heads)
         self.weights_ = uniform_weights(self.heads_, self.n_heads_in_, len(self.classes_))
         return self
 
@@ -62,7 +76,7 @@ class TopNSoftVoteClassifier(SoftVoteClassifier):
         return {**super()._state_shapes(), "head_scores_": (self.n_heads_in_,), "heads_": (None,)}
 
 
-class ClassAgnosticCALMClassifier(CALMClassifier):
+class ClassAgnosticCALMClassifier(ReliabilityVote):
     """CALM with one reliability per head: r_k = mean clamped margin over all reliability items
     (every class together), w = softmax_k(r / tau_w), the same weights for every class.
 
@@ -76,6 +90,11 @@ class ClassAgnosticCALMClassifier(CALMClassifier):
         self.tau_w = tau_w
         self.shrinkage = shrinkage
         self.reliability = reliability
+
+    def _validate_params(self) -> None:
+        self._hyperparameters()
+        check_shrinkage(self.shrinkage)
+        check_source(self.reliability)
 
     def _hyperparameters(self) -> dict[str, Any]:
         return {"tau": check_positive("tau", self.tau), "tau_w": check_positive("tau_w", self.tau_w),
@@ -105,8 +124,11 @@ class ConcatCentroidClassifier(PrototypeClassifier):
     def __init__(self, tau: float = 0.07):
         self.tau = tau
 
-    def fit(self, X: Any, y: Any) -> "ConcatCentroidClassifier":
+    def _validate_params(self) -> None:
         check_positive("tau", self.tau)
+
+    def fit(self, X: Any, y: Any) -> "ConcatCentroidClassifier":
+        self._validate_params()
         self._fit_prototypes(*self._start_fit(X, y))
         return self
 

@@ -1,14 +1,16 @@
 """Save and load fitted classifiers as safetensors (arrays) + JSON metadata; never pickle.
 
 The metadata records the file format and version, the estimator class and its parameters, the
-classes, the head index and the fingerprint of the backbone and prompt that produced the
-features. Loading checks all of it: an unreadable file, another format or version, an unknown
-estimator, arrays of the wrong shape, or a fingerprint that differs from the one asked for
-raise ValueError saying which.
+classes, the head index, the fingerprint of the backbone and prompt that produced the features,
+and a SHA-256 checksum of the arrays. Loading checks all of it: an unreadable file, another
+format or version, an unknown estimator, invalid parameters, a head index of the wrong length,
+arrays of the wrong shape or whose checksum differs (an edited file), or a fingerprint that
+differs from the one asked for raise ValueError naming the file and saying which.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,27 +21,15 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from calm.classifiers._base import Estimator, check_fingerprint
-from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier,
-                                        TopNSoftVoteClassifier, UniformVoteClassifier)
-from calm.classifiers.calm import CALMClassifier
-from calm.classifiers.probe import LogisticProbe
-from calm.classifiers.sav import SAVClassifier
-from calm.classifiers.tuning import TunedCALMClassifier
+from calm.classifiers._base import Estimator
 from calm.features import HeadIndex
+from calm.fingerprint import as_json, check_fingerprint
+from calm.methods import estimator_classes
 
 FORMAT = "calm-classifier"
-VERSION = 1
-ESTIMATORS: dict[str, type[Estimator]] = {cls.__name__: cls for cls in (
-    SAVClassifier, CALMClassifier, TunedCALMClassifier, UniformVoteClassifier, TopNSoftVoteClassifier,
-    ClassAgnosticCALMClassifier, ConcatCentroidClassifier, LogisticProbe)}
-
-
-def _json_round_trip(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{what} must be JSON-serialisable: {error}") from None
+VERSION = 2
+"""Version 2 added the arrays' checksum; version 1 files (without it) still load."""
+READABLE_VERSIONS = (1, 2)
 
 
 def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None,
@@ -53,8 +43,9 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
             one recorded at fit, if any); :func:`load` can then refuse features from elsewhere.
     """
     name = type(clf).__name__
-    if ESTIMATORS.get(name) is not type(clf):
-        raise ValueError(f"cannot save a {name}; known classifiers: {sorted(ESTIMATORS)}")
+    known = estimator_classes()
+    if known.get(name) is not type(clf):
+        raise ValueError(f"cannot save a {name}: not the estimator of a registered method ({sorted(known)})")
     clf._check_fitted()
     heads = heads if heads is not None else getattr(clf, "head_index_", None)
     fingerprint = fingerprint if fingerprint is not None else getattr(clf, "fingerprint_", None)
@@ -63,12 +54,13 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
     arrays = {key: np.ascontiguousarray(getattr(clf, key)) for key in clf._state_shapes()}
     meta = {
         "format": FORMAT, "version": VERSION, "estimator": name,
-        "params": _json_round_trip(clf.get_params(), f"{name}'s parameters"),
+        "params": as_json(clf.get_params(), f"{name}'s parameters"),
         "classes": clf.classes_.tolist(), "classes_dtype": clf.classes_.dtype.str,
         "n_heads": int(clf.n_heads_in_), "head_dim": int(clf.head_dim_in_),
         "heads": None if heads is None else heads.to_dict(),
-        "fingerprint": None if fingerprint is None else _json_round_trip(dict(fingerprint), "the fingerprint"),
-        "fitted": _json_round_trip(clf._get_meta(), f"{name}'s fitted metadata"),
+        "fingerprint": None if fingerprint is None else as_json(dict(fingerprint), "the fingerprint"),
+        "fitted": as_json(clf._get_meta(), f"{name}'s fitted metadata"),
+        "sha256": _checksum(arrays),
     }
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -108,18 +100,20 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
         raise ValueError(f"{path}: damaged calm metadata: {error}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if version != VERSION:
-        raise ValueError(f"{path}: classifier file format version {version}; this calm reads version {VERSION}")
-    cls = ESTIMATORS.get(name)
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: classifier file format version {version}; this calm reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    known = estimator_classes()
+    cls = known.get(name)
     if cls is None:
-        raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(ESTIMATORS)}")
+        raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(known)}")
     if estimator is not None and cls is not estimator:
         raise ValueError(f"{path}: holds a {name}, not a {estimator.__name__}")
     clf = _restore(cls, meta, arrays, path)
     if fingerprint is not None:
         if clf.fingerprint_ is None:
             raise ValueError(f"{path}: the file records no feature fingerprint to check against {dict(fingerprint)}")
-        check_fingerprint(clf.fingerprint_, _json_round_trip(dict(fingerprint), "the fingerprint"), str(path))
+        check_fingerprint(clf.fingerprint_, fingerprint, str(path))
     return clf
 
 
@@ -131,8 +125,11 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
         clf.head_index_ = None if meta["heads"] is None else HeadIndex.from_dict(meta["heads"])
         clf.fingerprint_ = meta["fingerprint"]
         clf._set_meta(meta["fitted"])
+        clf._validate_params()
     except (TypeError, KeyError, ValueError) as error:
-        raise ValueError(f"{path}: damaged calm metadata for {cls.__name__}: {error!r}") from None
+        raise ValueError(f"{path}: damaged calm metadata for {cls.__name__}: {error}") from None
+    if clf.head_index_ is not None and len(clf.head_index_) != clf.n_heads_in_:
+        raise ValueError(f"{path}: the head index names {len(clf.head_index_)} heads, the arrays have {clf.n_heads_in_}")
     expected = clf._state_shapes()
     if set(arrays) != set(expected):
         raise ValueError(f"{path}: arrays {sorted(arrays)} do not match a {cls.__name__} ({sorted(expected)})")
@@ -144,7 +141,19 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
         if arrays[key].dtype.kind == "f" and not np.isfinite(arrays[key]).all():
             raise ValueError(f"{path}: array {key!r} holds NaN or inf")
         setattr(clf, key, np.array(arrays[key], order="C"))  # an aligned, writeable copy
+    if meta["version"] >= 2 and meta.get("sha256") != _checksum(arrays):
+        raise ValueError(f"{path}: the arrays do not match the checksum in the metadata (edited or damaged file)")
     heads = arrays.get("heads_")
     if heads is not None and (heads.size == 0 or heads.min() < 0 or heads.max() >= clf.n_heads_in_):
         raise ValueError(f"{path}: selected heads out of range 0..{clf.n_heads_in_ - 1}")
     return clf
+
+
+def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -1,5 +1,5 @@
 """The logistic probe baseline: scikit-learn's LogisticRegression on all heads concatenated, each
-head L2-normalised. scikit-learn (the ``probe`` extra) is needed to fit, not to predict or load."""
+head L2-normalised."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from calm.classifiers._base import check_positive
-from calm.classifiers._cosine import Features, normalise
+from calm.classifiers._cosine import FeatureBlocks, normalise
 from calm.classifiers._prototype import FeatureClassifier
 
 
-def concatenated_unit_heads(features: Features) -> np.ndarray:
+def concatenated_unit_heads(features: FeatureBlocks) -> np.ndarray:
     """[N, K*D] float32: every head's vector L2-normalised, heads side by side."""
     n, k, d = features.shape
     out = np.empty((n, k * d), dtype=np.float32)
@@ -41,12 +41,16 @@ class LogisticProbe(FeatureClassifier):
         self.C = C
         self.max_iter = max_iter
 
+    def _validate_params(self) -> None:
+        check_positive("C", self.C)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+
     def fit(self, X: Any, y: Any) -> "LogisticProbe":
-        try:
-            from sklearn.linear_model import LogisticRegression
-        except ImportError:
-            raise ImportError("LogisticProbe needs scikit-learn: pip install 'calm-audio[probe]'") from None
-        strength = check_positive("C", self.C)
+        from sklearn.linear_model import LogisticRegression
+
+        self._validate_params()
+        strength = float(self.C)
         features, labels = self._start_fit(X, y)
         model = LogisticRegression(C=strength, max_iter=int(self.max_iter))
         model.fit(concatenated_unit_heads(features), labels.numpy())

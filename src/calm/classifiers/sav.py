@@ -92,11 +92,14 @@ class SAVClassifier(PrototypeClassifier):
         self.n_heads = n_heads
         self.scoring = scoring
 
+    def _validate_params(self) -> None:
+        check_n_heads(self.n_heads)
+        check_scoring(self.scoring)
+
     def fit(self, X: Any, y: Any) -> "SAVClassifier":
         """Fit prototypes, score every head on the support set, keep the best ``n_heads``."""
-        n_heads = check_n_heads(self.n_heads)
-        scoring = check_scoring(self.scoring)
-        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, scoring, n_heads)
+        self._validate_params()
+        self.head_scores_, self.heads_ = fit_head_ranking(self, X, y, self.scoring, int(self.n_heads))
         return self
 
     def _votes(self, X: Any) -> tuple[np.ndarray, np.ndarray]:

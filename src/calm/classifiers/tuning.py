@@ -18,10 +18,29 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from calm.classifiers._base import encode_labels
-from calm.classifiers._cosine import Block, Features, iter_cosines, posteriors, support_pass, warn_single_shot
-from calm.classifiers._reliability import (ReliabilitySums, item_scores, shrink, top_k_mask, weight_logits,
-                                           weights_from_logits)
-from calm.classifiers.calm import CALMClassifier, check_hyperparameters, check_shrinkage
+from calm.classifiers._cosine import (
+    Block,
+    FeatureBlocks,
+    iter_cosines,
+    posteriors,
+    support_pass,
+    warn_single_shot,
+)
+from calm.classifiers._reliability import (
+    ReliabilitySums,
+    item_scores,
+    shrink,
+    top_k_mask,
+    weight_logits,
+    weights_from_logits,
+)
+from calm.classifiers.reliability_vote import (
+    CALMClassifier,
+    ReliabilityVote,
+    check_hyperparameters,
+    check_shrinkage,
+    check_source,
+)
 
 DEFAULT_GRID: dict[str, tuple] = {
     "tau": (0.03, 0.05, 0.07, 0.1, 0.2),
@@ -76,11 +95,11 @@ def expand_grid(grid: Mapping[str, Sequence] | None) -> list[dict[str, Any]]:
     return configs
 
 
-class CosineStore:
+class CosineBuffer:
     """Collects the support set's leave-one-out cosine blocks into one tensor ``cos`` [C, K, N]
     (classes first, so each class's [K, N] slice feeds one batched matmul)."""
 
-    def __init__(self, features: Features, n_classes: int):
+    def __init__(self, features: FeatureBlocks, n_classes: int):
         n_items, n_heads, _ = features.shape
         self.cos = torch.empty(n_classes, n_heads, n_items, dtype=features.dtype)
         self._buffer: torch.Tensor | None = None
@@ -107,17 +126,17 @@ def tune_calm(X: Any, y: Any, grid: Mapping[str, Sequence] | None = None, *, shr
     """
     configs = expand_grid(grid)
     alpha = check_shrinkage(shrinkage)
-    features = Features(X)
+    features = FeatureBlocks(X)
     classes, labels = encode_labels(y, len(features))
     warn_single_shot("tune_calm", "scores", classes, torch.bincount(labels, minlength=len(classes)))
-    store = CosineStore(features, len(classes))
+    store = CosineBuffer(features, len(classes))
     stats = support_pass(features, labels, len(classes), "loo", store.add)
     if bool(stats.constant.all()):
         raise ValueError("tune_calm: every head is constant over the support set")
     return search(store, labels, stats.counts, ~stats.constant, configs, alpha)
 
 
-def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, active: torch.Tensor,
+def search(store: CosineBuffer, labels: torch.Tensor, counts: torch.Tensor, active: torch.Tensor,
            configs: list[dict[str, Any]], alpha: float) -> TuningResult:
     """Leave-one-out score of every configuration from the support set's LOO cosines."""
     n_class = counts[labels]
@@ -168,7 +187,7 @@ def search(store: CosineStore, labels: torch.Tensor, counts: torch.Tensor, activ
     return TuningResult(dict(configs[best]), accuracy[best], int(scored.sum()), table)
 
 
-class TunedCALMClassifier(CALMClassifier):
+class TunedCALMClassifier(ReliabilityVote):
     """CALM whose tau, tau_w, top_k and scheme are chosen inside ``fit`` by :func:`tune_calm` on the
     support set (never on queries), then fit as :class:`CALMClassifier` with them.
 
@@ -189,18 +208,24 @@ class TunedCALMClassifier(CALMClassifier):
         self.shrinkage = shrinkage
         self.reliability = reliability
 
+    def _validate_params(self) -> None:
+        expand_grid(self.grid)
+        check_shrinkage(self.shrinkage)
+        check_source(self.reliability)
+
     def _hyperparameters(self) -> dict[str, Any]:
         return dict(self.best_params_)
 
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "TunedCALMClassifier":
         """Tune on the support set by leave-one-out, then fit CALM with the best configuration."""
+        self._validate_params()
         configs = expand_grid(self.grid)
         source = self._check_validation(X_val, y_val)
         alpha = check_shrinkage(self.shrinkage)
         features, labels = self._start_fit(X, y)
         n_classes = len(self.classes_)
         warn_single_shot(type(self).__name__, "scores", self.classes_, torch.bincount(labels, minlength=n_classes))
-        store = CosineStore(features, n_classes)
+        store = CosineBuffer(features, n_classes)
         stats = self._fit_prototypes(features, labels, "loo", store.add)
         self.tuning_ = search(store, labels, stats.counts, ~stats.constant, configs, alpha)
         best = self.best_params_ = dict(self.tuning_.best_params)

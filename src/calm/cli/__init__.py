@@ -1,19 +1,38 @@
-"""The ``calm`` command: a thin layer over the library. Each subcommand lives in its own module
-with ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
-parsed arguments and returning an exit status."""
+"""The calm command: a thin layer over the library.
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
+sets ``func`` to a callable taking the parsed arguments and returning an exit status. Errors have
+one path, :func:`main`: a problem with an input, a file or an argument is one line on stderr
+naming it, and exit status 1 (``CALM_DEBUG=1`` shows the traceback instead). Python warnings
+become plain sentences on stderr, each once, unless ``--quiet``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "demo")
 
+ERRORS = (ValueError, OSError, RuntimeError, ImportError, KeyError, TypeError)
+"""What a subcommand's bad input raises (MediaLoadError, DatasetError and StoreError among them)."""
+
+DESCRIPTION = ("Few-shot audio classifiers from the attention heads of audio-language models (SAV, CALM). "
+               "Extract head features, fit a classifier on a few labelled clips per class, label new clips, "
+               "or evaluate every method over several support draws.")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calm", description=__doc__.split("\n")[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    from calm import __version__
+
+    parser = argparse.ArgumentParser(prog="calm", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"calm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"calm.cli.{name}").register(subparsers)
     return parser
@@ -21,7 +40,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    with plain_warnings(f"calm {args.command}", quiet=getattr(args, "quiet", False)):
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print(f"calm {args.command}: interrupted; finished items are kept", file=sys.stderr)
+            return 130
+        except ERRORS as error:
+            if os.environ.get("CALM_DEBUG"):
+                raise
+            print(f"calm {args.command}: {one_line(error)}", file=sys.stderr)
+            hint = _hint(args, error)
+            if hint:
+                print(f"calm {args.command}: {hint}", file=sys.stderr)
+            return 1
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (its lines joined with '; ')."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _hint(args: argparse.Namespace, error: BaseException) -> str | None:
+    from calm.media import MediaLoadError
+
+    if isinstance(error, MediaLoadError) and getattr(args, "on_error", None) == "raise":
+        return "use --on-error record to list unreadable files as failed and go on (finished items are kept)"
+    return None
+
+
+@contextmanager
+def plain_warnings(prefix: str, quiet: bool) -> Iterator[None]:
+    """Show each distinct warning once as ``<prefix>: warning: <message>`` (nothing if ``quiet``)."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if quiet or text in seen:
+            return
+        seen.add(text)
+        print(f"{prefix}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

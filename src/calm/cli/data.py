@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,32 +28,32 @@ def _list(args: argparse.Namespace) -> int:
         return 1
     for name in sorted(recipes):
         doc = (recipes[name].__doc__ or "").strip().splitlines()
-        print(f"{name}\t{doc[0] if doc else ''}")
+        print(f"{name}\t{plain(doc[0]) if doc else ''}")
     return 0
+
+
+def plain(text: str) -> str:
+    """Docstring markup as plain text: ``code`` and :role:`target` become code and target."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 def _prepare(args: argparse.Namespace) -> int:
     recipes = _recipes() or {}
     if args.recipe not in recipes:
-        print(f"calm data prepare: unknown recipe {args.recipe!r}; known: {sorted(recipes)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")
     print(recipes[args.recipe](Path(args.out)))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from calm.data.episodes import protocol_of
-    from calm.data.loaders import LAYOUTS, DatasetError, detect_layout, load_dataset
+    from calm.data.loaders import LAYOUTS, detect_layout, load_dataset
 
-    try:
-        prefix = args.dataset.partition(":")[0]
-        layout = prefix if prefix in LAYOUTS else detect_layout(args.dataset)[0]
-        items = load_dataset(args.dataset)
-        protocol = protocol_of(items)
-    except (DatasetError, ValueError) as error:
-        print(f"calm data info: {error}", file=sys.stderr)
-        return 1
-    labels = Counter(name for i in items for name in (i.label if isinstance(i.label, tuple) else (i.label,)))
+    prefix = args.dataset.partition(":")[0]
+    layout = prefix if prefix in LAYOUTS else detect_layout(args.dataset)[0]
+    items = load_dataset(args.dataset)
+    protocol = protocol_of(items)
+    labels = Counter(name for i in items for name in (i.labels or (None,)))
     folds = Counter(str(i.fold) for i in items if i.fold is not None)
     print(f"layout: {layout}\nitems: {len(items)}\nprotocol: {protocol}")
     print(f"classes: {len([c for c in labels if c is not None])}" + (f" (+{labels[None]} unlabelled)" if None in labels else ""))

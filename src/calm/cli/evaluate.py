@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, load_model
+from calm.cli._common import (
+    DEFAULT_PROMPT,
+    add_backbone_arguments,
+    check_writable_folder,
+    load_model,
+)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.data.loaders import DatasetError, load_dataset
-    from calm.evaluate.protocol import evaluate
-    from calm.store import StoreError
+    from calm.data.loaders import load_dataset
+    from calm.evaluation.protocol import evaluate
 
-    try:
-        items = load_dataset(args.data)
-    except DatasetError as error:
-        print(f"calm evaluate: {error}", file=sys.stderr)
-        return 1
-    try:
-        backbone = load_model(args)
-        report = evaluate(
-            backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
-            task=args.task, batch_size=args.batch_size, store=args.store, zero_shot=not args.no_zero_shot,
-            pseudo_label=not args.no_pseudo_label, progress=not args.quiet, query_fold=args.query_fold,
-            samples=args.samples, max_new_tokens=args.max_new_tokens,
-        )
-    except (OSError, StoreError, ValueError) as error:
-        print(f"calm evaluate: {error}", file=sys.stderr)
-        return 1
+    check_writable_folder(args.out, "the report")
+    items = load_dataset(args.data)
+    backbone = load_model(args)
+    report = evaluate(
+        backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
+        task=args.task, batch_size=args.batch_size, store=args.store, zero_shot=not args.no_zero_shot,
+        pseudo_label=not args.no_pseudo_label, progress=not args.quiet, query_fold=args.query_fold,
+        samples=args.samples, max_new_tokens=args.max_new_tokens,
+    )
     paths = report.write(args.out)
     print(report.markdown())
     print(f"report: {paths['json']} (and {', '.join(p.name for k, p in paths.items() if k != 'json')})")
@@ -36,8 +32,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calm.evaluate.protocol import METHODS
+    from calm import methods
 
+    names = methods.names()
     parser = subparsers.add_parser(
         "evaluate", help="few-shot evaluation of every method on a dataset -> report.json, report.md, plots",
         description="Extract features once, then fit every method on K-shot support sets drawn per seed and "
@@ -48,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support items per class (default: 1 5)")
     parser.add_argument("--seeds", type=int, default=5, help="support draws per shot count (default: 5)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
-                        help=f"methods (default: all): {', '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="+", choices=names, default=None, metavar="METHOD",
+                        help=f"methods (default: all that need no chat model): {', '.join(names)}")
     parser.add_argument("--task", choices=("multiclass", "spoof", "multilabel"), default=None,
                         help="default: detected from the labels")
     parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")

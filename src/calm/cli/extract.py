@@ -5,41 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, load_model
+from calm.cli._common import (
+    DEFAULT_PROMPT,
+    add_backbone_arguments,
+    add_on_error_argument,
+    check_writable_folder,
+    load_model,
+)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.audio import AudioLoadError
-    from calm.data.loaders import DatasetError, load_dataset
-    from calm.evaluate.answers import warn_label_leaks
+    from calm.data.loaders import load_dataset
+    from calm.evaluation.answers import warn_label_leaks
     from calm.heads import extract, feature_fingerprint
-    from calm.store import FeatureStore, StoreError
+    from calm.store import FeatureStore
 
-    try:
-        items = load_dataset(args.data)
-    except DatasetError as error:
-        print(f"calm extract: {error}", file=sys.stderr)
-        return 1
-    if not items:
-        print(f"calm extract: {args.data}: no items", file=sys.stderr)
-        return 1
+    check_writable_folder(args.out, "the feature store")
+    items = load_dataset(args.data)
     warn_label_leaks(args.prompt, items)
     backbone = load_model(args)
     print(f"{backbone.model_id} ({backbone.family}, {backbone.device}, {str(backbone.dtype).removeprefix('torch.')}): "
           f"{len(backbone.head_index())} heads; {len(items)} items from {args.data}", file=sys.stderr)
-    try:
-        with FeatureStore.open(args.out, feature_fingerprint(backbone, args.prompt), backbone.head_index()) as store:
-            before = len(store.done_keys())
-            features = extract(backbone, items, args.prompt, batch_size=args.batch_size, store=store,
-                               on_error=args.on_error, progress=not args.quiet,
-                               stop_after_last_site=args.stop_after_last_site, order="store")
-            computed = len(store.done_keys()) - before
-    except (AudioLoadError, StoreError, ValueError) as error:
-        print(f"calm extract: {error}", file=sys.stderr)
-        if args.on_error == "raise" and isinstance(error, AudioLoadError):
-            print("calm extract: finished items are kept; rerun with --on-error record to list bad files and "
-                  "go on", file=sys.stderr)
-        return 1
+    with FeatureStore.open(args.out, feature_fingerprint(backbone, args.prompt), backbone.head_index()) as store:
+        before = len(store.done_keys())
+        features = extract(backbone, items, args.prompt, batch_size=args.batch_size, store=store,
+                           on_error=args.on_error, progress=not args.quiet,
+                           stop_after_last_site=args.stop_after_last_site, order="store")
+        computed = len(store.done_keys()) - before
     done = len(features)
     print(f"store: {store.path}")
     print(f"done: {done} (computed {computed}, already stored {done - computed}); "

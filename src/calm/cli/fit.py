@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, load_model
+from calm.cli._common import (
+    DEFAULT_PROMPT,
+    add_backbone_arguments,
+    add_on_error_argument,
+    check_writable_file,
+    load_model,
+)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -22,43 +27,33 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.audio import AudioLoadError
     from calm.classifiers import save
-    from calm.data.loaders import DatasetError, load_dataset
+    from calm.data.loaders import load_dataset
     from calm.predict import fit_classifier
-    from calm.store import StoreError
 
-    try:
-        items = load_dataset(args.data)
-    except DatasetError as error:
-        print(f"calm fit: {error}", file=sys.stderr)
-        return 1
-    try:
-        backbone = load_model(args)
-        clf = fit_classifier(backbone, items, args.prompt, args.method, batch_size=args.batch_size, store=args.store,
-                             on_error=args.on_error, progress=not args.quiet, **dict(args.param))
-    except (OSError, StoreError, ValueError, TypeError) as error:
-        print(f"calm fit: {error}", file=sys.stderr)
-        if args.on_error == "raise" and isinstance(error, AudioLoadError):
-            print("calm fit: use --on-error record to leave unreadable clips out and go on", file=sys.stderr)
-        return 1
-    path = save(clf, args.out)
+    out = check_writable_file(args.out, "the classifier file")
+    items = load_dataset(args.data)
+    backbone = load_model(args)
+    clf = fit_classifier(backbone, items, args.prompt, args.method, batch_size=args.batch_size, store=args.store,
+                         on_error=args.on_error, progress=not args.quiet, **dict(args.param))
+    path = save(clf, out)
     print(f"{path}: {type(clf).__name__} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
           f"{', ...' if len(clf.classes_) > 8 else ''}); prompt {args.prompt!r}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calm.evaluate.protocol import FEATURE_METHODS
+    from calm import methods
 
     parser = subparsers.add_parser(
         "fit", help="fit a classifier on labelled clips and save it",
         description="Extract features of every labelled clip and fit one method on all of them. The file records "
-                    "the model and prompt, so `calm predict` uses the same prompt and refuses another model.")
+                    "the model, its options and the prompt, so calm predict uses them and refuses another model.")
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
     parser.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
-    parser.add_argument("--method", choices=FEATURE_METHODS, default="calm", help="default: calm")
+    parser.add_argument("--method", choices=methods.names(feature_only=True), default=methods.DEFAULT_METHOD,
+                        help=f"default: {methods.DEFAULT_METHOD}")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="estimator parameter, repeatable (e.g. --param tau=0.1 --param top_k=50)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")

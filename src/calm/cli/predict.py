@@ -9,7 +9,11 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Sequence, TextIO
 
-from calm.cli._common import add_backbone_arguments, add_on_error_argument, load_model
+from calm.cli._common import (
+    add_backbone_arguments,
+    add_on_error_argument,
+    check_writable_file,
+)
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:
@@ -27,42 +31,37 @@ def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.audio import AudioLoadError
     from calm.classifiers import load
-    from calm.predict import predict_files
+    from calm.predict import load_backbone_for, predict_files
 
-    try:
-        clf = load(args.classifier)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"calm predict: {error}", file=sys.stderr)
-        return 1
-    try:
-        backbone = load_model(args)
-        rows = predict_files(backbone, clf, args.files, batch_size=args.batch_size, on_error=args.on_error,
-                             progress=not args.quiet)
-    except (OSError, ValueError) as error:
-        print(f"calm predict: {error}", file=sys.stderr)
-        if args.on_error == "raise" and isinstance(error, AudioLoadError):
-            print("calm predict: use --on-error record to list bad files as failed rows and go on", file=sys.stderr)
-        return 1
-    with open(args.out, "w", newline="") if args.out else nullcontext(sys.stdout) as handle:
+    out = check_writable_file(args.out, "the predictions file") if args.out else None
+    clf = load(args.classifier)
+    backbone = load_backbone_for(clf, args.model, device=args.device, dtype=args.dtype, fast=args.fast,
+                                 compile=args.compile or None, encoder_seconds=args.encoder_seconds)
+    rows = predict_files(backbone, clf, args.files, prompt=args.prompt, batch_size=args.batch_size,
+                         on_error=args.on_error, progress=not args.quiet)
+    with open(out, "w", newline="") if out else nullcontext(sys.stdout) as handle:
         write_rows(rows, [str(c) for c in clf.classes_], handle, args.format)
-    failed = [row for row in rows if row.error is not None]
+    failed = sum(row.error is not None for row in rows)
     if failed:
-        print(f"calm predict: {len(failed)} of {len(rows)} file(s) failed, e.g. {failed[0].path}: {failed[0].error}",
+        print(f"calm predict: {failed} of {len(rows)} file(s) could not be read (see their rows' error)",
               file=sys.stderr)
-    return 0
+    return 1 if failed == len(rows) else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="label audio or video files with a saved classifier",
-        description="Extract features of each file under the classifier's own prompt and print (or write) its "
-                    "label and per-class probabilities. The model must be the one the classifier was fit on.")
+        description="Extract features of each file with the classifier's own model, options and prompt, and print "
+                    "(or write) its label and per-class probabilities. Exit status 1 when no file could be read.")
     parser.add_argument("files", nargs="+", help="audio or video files")
-    parser.add_argument("--classifier", required=True, help="file written by `calm fit`")
+    parser.add_argument("--classifier", required=True, help="file written by calm fit")
+    parser.add_argument("--prompt", default=None,
+                        help="feature prompt, only for a classifier that records none (default: the classifier's)")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="default: csv")
     parser.add_argument("--out", default=None, help="output file (default: standard output)")
-    add_backbone_arguments(parser, model_help="the model the classifier was fit on")
-    add_on_error_argument(parser, "is a failed row")
+    add_backbone_arguments(parser, model_required=False,
+                           model_help="the model (default: the one the classifier records; if given, it must "
+                                      "give the same features)")
+    add_on_error_argument(parser, "is a row with an error")
     parser.set_defaults(func=_run)

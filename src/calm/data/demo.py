@@ -1,15 +1,5 @@
-"""Demo datasets made offline from Debian packages: human recordings and espeak-ng speech.
-
-Sources:
-
-* **Human**: ``asterisk-core-sounds-{en,es,fr,it,ru}-wav`` (CC BY-SA 3.0), the prompt sets of
-  the Asterisk PBX read by professional voice talents: Allison Smith (``en_US`` and ``es_MX``),
-  June Wallack (``fr_CA``), Carlo (``it_IT``) and IvrvoiceRU (``ru_RU``): four speakers, five
-  languages. 8 kHz, 16-bit mono; digits 0-20, letters and a few hundred phrases each. Taken from
-  ``/usr/share/asterisk/sounds`` when installed, else fetched with ``apt-get download`` and
-  unpacked with ``dpkg -x`` into the calm cache (no root needed).
-* **TTS**: ``espeak-ng`` (formant synthesis), regional voices of the same languages, ~60 voice
-  variants (``-v lang+variant``), random speed and pitch.
+"""Demo datasets made offline from Debian packages: human recordings and espeak-ng speech
+(:mod:`calm.data.sources`), built by the recipes of ``calm data prepare``.
 
 Every clip is written as 16-bit mono WAV at 8 kHz, peak-normalised to -6 dBFS: TTS is resampled
 from 22.05 kHz so both kinds share the telephone bandwidth and level (otherwise bandwidth or
@@ -26,59 +16,28 @@ import json
 import os
 import random
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from calm.cache import cache_dir
-
-__all__ = ["RECIPES", "asterisk_sounds", "prepare", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
-
-SAMPLE_RATE = 8000
-MAX_SECONDS = 5.0
-PEAK = 10 ** (-6 / 20)
-SEED = 0
-
-
-@dataclass(frozen=True)
-class Language:
-    """One language: its Asterisk voice folder and speaker, and espeak-ng's voices for it."""
-
-    code: str
-    folder: str
-    speaker: str
-    espeak: tuple[str, ...]
-
-
-LANGUAGES: tuple[Language, ...] = (
-    Language("en", "en_US_f_Allison", "Allison", ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us-nyc")),
-    Language("es", "es_MX_f_Allison", "Allison", ("es", "es-419")),
-    Language("fr", "fr_CA_f_June", "June", ("fr-fr", "fr-be", "fr-ch")),
-    Language("it", "it_IT_m_Carlo", "Carlo", ("it",)),
-    Language("ru", "ru_RU_f_IvrvoiceRU", "IvrvoiceRU", ("ru", "ru-lv")),
+from calm.cache import build_atomically, cache_dir, is_built
+from calm.data.sources import (
+    LANGUAGES,
+    MAX_SECONDS,
+    SEED,
+    VARIANTS,
+    Clip,
+    DemoDataError,
+    Language,
+    asterisk_sounds,
+    espeak_ng,
+    tts_clip,
+    write_clip,
 )
 
-# espeak-ng 1.51 voice variants (voices/!v) that keep speech intelligible; whispering, robotic
-# and joke variants are left out.
-VARIANTS: tuple[str, ...] = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "Gene", "Gene2", "Hugo", "Lee", "Marco", "Mario",
-    "Michael", "Mike", "adam", "anika", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb",
-    "david", "ed", "edward", "edward2", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3",
-    "john", "linda", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro",
-    "quincy", "rob", "robert", "sandro", "shelby", "steph", "travis", "victor", "zac",
-)
-SPEED = (130, 210)  # words per minute (espeak-ng -s; default 175)
-PITCH = (25, 75)  # espeak-ng -p, 0-99 (default 50)
+__all__ = ["RECIPES", "prepare", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
 
 # Short telephone-prompt phrases, the kind the Asterisk speakers read, for the TTS side of `spoof`.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -136,145 +95,18 @@ _NOT_SPEECH = re.compile(r"(^|/)(silence/.*|beep|beeperr|ascending-2tone|descend
                          r"confbridge-begin-glorious-[abc])\.wav$")
 
 
-class DemoDataError(RuntimeError):
-    """A demo dataset cannot be built (a missing tool or package); the message says what to install."""
-
-
-# ---------------------------------------------------------------------------- sources
-
-
-def asterisk_sounds() -> Path:
-    """The folder holding the five Asterisk voice folders (``en_US_f_Allison`` ...).
-
-    The system copy when all five are installed, else the packages are fetched with ``apt-get
-    download`` and unpacked with ``dpkg -x`` into ``<cache>/asterisk`` once.
-    """
-    system = Path("/usr/share/asterisk/sounds")
-    if all((system / lang.folder / "digits").is_dir() for lang in LANGUAGES):
-        return system
-    root = cache_dir("asterisk")
-    sounds = root / "usr" / "share" / "asterisk" / "sounds"
-    if all((sounds / lang.folder / "digits").is_dir() for lang in LANGUAGES):
-        return sounds
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            raise DemoDataError(
-                f"the demo data needs the Debian packages asterisk-core-sounds-{{en,es,fr,it,ru}}-wav and {tool!r} "
-                f"is not available: install them, or run on Debian/Ubuntu"
-            )
-    packages = [f"asterisk-core-sounds-{lang.code}-wav" for lang in LANGUAGES]
-    with tempfile.TemporaryDirectory(dir=root) as work:
-        result = subprocess.run(["apt-get", "download", *packages], cwd=work, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise DemoDataError(
-                f"apt-get download {' '.join(packages)} failed (run 'apt-get update' first if the package lists "
-                f"are missing): {result.stderr.strip()[-500:]}"
-            )
-        unpacked = Path(work) / "unpacked"
-        for deb in sorted(Path(work).glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
-        shutil.rmtree(root / "usr", ignore_errors=True)
-        (unpacked / "usr").rename(root / "usr")
-    return sounds
-
-
-def _espeak_ng() -> str:
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise DemoDataError("the demo data needs espeak-ng: apt-get install espeak-ng (scripts/setup.sh does it)")
-    return path
-
-
-# ---------------------------------------------------------------------------- clips
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One planned clip: a human recording to copy, or a text for espeak-ng to say."""
-
-    id: str
-    label: str
-    split: str
-    language: str
-    speaker: str
-    content: str  # the Asterisk file (e.g. "digits/7") or the text spoken by espeak-ng
-    human: Path | None = None
-    voice: str = ""  # espeak-ng voice, "lang+variant"
-    speed: int = 175
-    pitch: int = 50
-
-    @property
-    def source(self) -> str:
-        return "asterisk" if self.human is not None else "espeak-ng"
-
-    @property
-    def path(self) -> str:
-        return f"audio/{self.id}.wav"
-
-
-def _tts_clip(rng: random.Random, id: str, label: str, split: str, lang: Language, text: str,
-              variants: tuple[str, ...] = VARIANTS) -> Clip:
-    voice = f"{rng.choice(lang.espeak)}+{rng.choice(variants)}"
-    return Clip(id, label, split, lang.code, f"espeak-ng:{voice}", text, voice=voice,
-                speed=rng.randint(*SPEED), pitch=rng.randint(*PITCH))
-
-
-def _render(clip: Clip, espeak: str) -> np.ndarray:
-    """The clip's samples at 8 kHz, peak-normalised."""
-    import soundfile as sf
-    import soxr
-
-    if clip.human is not None:
-        audio, rate = sf.read(clip.human, dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
-    else:
-        speed = clip.speed
-        with tempfile.TemporaryDirectory() as work:
-            wav = Path(work) / "tts.wav"
-            while True:
-                subprocess.run(
-                    [espeak, "-v", clip.voice, "-s", str(speed), "-p", str(clip.pitch), "-w", str(wav), clip.content],
-                    check=True, capture_output=True,
-                )
-                audio, rate = sf.read(wav, dtype="float32")
-                if len(audio) <= MAX_SECONDS * rate or speed >= 400:
-                    break
-                speed = int(speed * len(audio) / (0.95 * MAX_SECONDS * rate)) + 1  # a long text is said faster
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE)
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    if peak == 0.0:
-        raise DemoDataError(f"clip {clip.id} ({clip.source}: {clip.content!r}) is silent")
-    return (audio * (PEAK / peak)).astype(np.float32)
-
-
-def _write(clip: Clip, root: Path, espeak: str) -> float:
-    """Write one clip under ``root``; returns its duration in seconds."""
-    import soundfile as sf
-
-    audio = _render(clip, espeak)
-    sf.write(root / clip.path, audio, SAMPLE_RATE, subtype="PCM_16")
-    return len(audio) / SAMPLE_RATE
-
 
 _COLUMNS = ("id", "path", "label", "split", "source", "speaker", "language", "content")
 _STAMP = "recipe.json"
 
 
-def _is_complete(out_dir: Path, stamp: dict) -> bool:
-    stamp_file = out_dir / _STAMP
-    return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp and (out_dir / "metadata.csv").is_file()
-
-
-def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool) -> Path:
-    """Write the planned clips and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build.
-
-    The dataset is built in a temporary sibling folder and renamed into place, so ``out_dir``
-    is either complete or absent; an older or partial build of the same recipe is replaced.
-    """
+def build_dataset(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool) -> Path:
+    """Write the planned clips and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build
+    (built in a temporary sibling folder and renamed into place: ``out_dir`` is complete or absent;
+    an older or partial build of the same recipe is replaced). Returns the metadata CSV."""
     out_dir = Path(out_dir)
     stamp = {"recipe": name, "version": version}
-    if _is_complete(out_dir, stamp):
+    if is_built(out_dir, _STAMP, stamp):
         if verbose:
             print(f"{name}: reusing {out_dir}")
         return out_dir / "metadata.csv"
@@ -283,14 +115,14 @@ def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Pat
         if not (previous.is_file() and json.loads(previous.read_text()).get("recipe") == name):
             raise DemoDataError(f"{out_dir}: exists and is not a {name!r} demo dataset; choose an empty folder")
     start = time.perf_counter()
-    espeak = _espeak_ng()
+    espeak = espeak_ng()
     clips = plan()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    durations: list[float] = []
+
+    def write(staging: Path) -> None:
         (staging / "audio").mkdir()
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            durations = list(pool.map(lambda clip: _write(clip, staging, espeak), clips))
+            durations.extend(pool.map(lambda clip: write_clip(clip, staging, espeak), clips))
         too_long = [c.id for c, d in zip(clips, durations) if d > MAX_SECONDS]
         if too_long:
             raise DemoDataError(f"{name}: clips longer than {MAX_SECONDS:g} s: {too_long[:5]}")
@@ -300,14 +132,8 @@ def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Pat
             for clip in clips:
                 writer.writerow([clip.id, clip.path, clip.label, clip.split, clip.source, clip.speaker,
                                  clip.language, clip.content])
-        (staging / _STAMP).write_text(json.dumps(stamp))
-        staging.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    metadata = out_dir / "metadata.csv"
+
+    metadata = build_atomically(out_dir, _STAMP, stamp, write) / "metadata.csv"
     if verbose:
         print(f"{name}: wrote {len(clips)} clips ({sum(durations):.0f} s of audio) to {out_dir} "
               f"in {time.perf_counter() - start:.1f} s")
@@ -348,7 +174,7 @@ def spoken_numbers_clips() -> list[Clip]:
             clips.append(Clip(f"human-{lang.code}-{n:02d}", label, "query", lang.code, lang.speaker, f"digits/{n}",
                               human=sounds / lang.folder / "digits" / f"{n}.wav"))
             for k in range(TTS_PER_NUMBER_AND_LANGUAGE):
-                clips.append(_tts_clip(rng, f"tts-{lang.code}-{n:02d}-{k}", label, "support", lang, str(n)))
+                clips.append(tts_clip(rng, f"tts-{lang.code}-{n:02d}-{k}", label, "support", lang, str(n)))
     return clips
 
 
@@ -364,7 +190,7 @@ def prepare_spoken_numbers(out_dir: Path, verbose: bool = True) -> Path:
     Few-shot classifiers fit on TTS speech and are scored on human speech. Labels are ``"0"`` ...
     ``"10"``. Returns the path of ``metadata.csv``.
     """
-    return _build("spoken-numbers", 1, spoken_numbers_clips, out_dir, verbose)
+    return build_dataset("spoken-numbers", 1, spoken_numbers_clips, out_dir, verbose)
 
 
 SPOOF_PER_LANGUAGE_AND_SPLIT = 20
@@ -413,7 +239,7 @@ def spoof_clips() -> list[Clip]:
                               human=path))
         for i in range(2 * n):
             split = "support" if i < n else "query"
-            clips.append(_tts_clip(rng, f"spoof-{lang.code}-{i:02d}", "spoof", split, lang, _spoof_text(rng, lang),
+            clips.append(tts_clip(rng, f"spoof-{lang.code}-{i:02d}", "spoof", split, lang, _spoof_text(rng, lang),
                                    split_variants[split]))
     return clips
 
@@ -428,7 +254,7 @@ def prepare_spoof(out_dir: Path, verbose: bool = True) -> Path:
     disjoint from those of the support split (unseen attacks). Score with EER on the query split.
     Returns the path of ``metadata.csv``.
     """
-    return _build("spoof", 1, spoof_clips, out_dir, verbose)
+    return build_dataset("spoof", 1, spoof_clips, out_dir, verbose)
 
 
 RECIPES: dict[str, Callable[..., Path]] = {

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -56,10 +56,6 @@ class Episode:
         yield self.query
 
 
-def _labels(item: Item) -> tuple[str, ...]:
-    return item.label if isinstance(item.label, tuple) else (item.label,)  # type: ignore[return-value]
-
-
 def _rng(seed: int, name: str) -> np.random.Generator:
     """A generator for (seed, class name), stable across runs and Python processes."""
     return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
@@ -79,7 +75,7 @@ def sample_support(
     multilabel = any(isinstance(i.label, tuple) for i in pool)
     by_class: dict[str, list[Item]] = defaultdict(list)
     for item in pool:
-        for label in _labels(item):
+        for label in item.labels:
             by_class[label].append(item)
     wanted = sorted(by_class) if classes is None else list(classes)
     for name in wanted:
@@ -102,7 +98,7 @@ def _greedy_multilabel(by_class: dict[str, list[Item]], wanted: list[str], shots
             item = candidates[j]
             if item.id not in chosen:
                 chosen[item.id] = item
-                count.update(_labels(item))
+                count.update(item.labels)
     return list(chosen.values())
 
 
@@ -129,12 +125,15 @@ def episodes(
     *,
     classes: Sequence[str] | None = None,
     query_fold: str | None = None,
+    content: Mapping[str, str] | None = None,
 ) -> Iterator[Episode]:
     """One :class:`Episode` per seed (``seeds`` an int n means seeds 0..n-1).
 
     ``query_fold`` holds out that fold as the query for every seed (the ``"folds"`` protocol).
     Unlabelled items are left out. Single-label queries of classes outside the support's are left
-    out with a warning. Support and query are checked to be disjoint.
+    out with a warning. Support and query are checked to be disjoint. ``content`` (item id ->
+    content hash) keeps identical clips on one side: a query item with the same content as a
+    support item is left out, with a warning (otherwise a duplicate would leak its label).
     """
     labelled = [i for i in items if i.label is not None]
     if not labelled:
@@ -157,7 +156,9 @@ def episodes(
         support = sample_support(support_pool, shots, seed, classes)
         taken = {i.id for i in support}
         query = [i for i in query_pool if i.id not in taken]
-        query = _known_classes(query, classes or sorted({c for i in support_pool for c in _labels(i)}))
+        if content is not None:
+            query = _unseen_content(query, support, content)
+        query = _known_classes(query, classes or sorted({c for i in support_pool for c in i.labels}))
         overlap = taken & {i.id for i in query}
         if overlap:
             raise AssertionError(f"support and query share {len(overlap)} item(s), e.g. {sorted(overlap)[:3]}")
@@ -171,4 +172,15 @@ def _known_classes(query: list[Item], classes: Sequence[str]) -> list[Item]:
     if len(kept) < len(query):
         unseen = sorted({str(i.label) for i in query} - known)
         warnings.warn(f"left out {len(query) - len(kept)} query item(s) of classes not in the support: {unseen[:5]}", stacklevel=3)
+    return kept
+
+
+def _unseen_content(query: list[Item], support: list[Item], content: Mapping[str, str]) -> list[Item]:
+    """Queries whose content hash no support item has; warns about the rest."""
+    seen = {content[i.id] for i in support if i.id in content}
+    kept = [i for i in query if content.get(i.id) not in seen]
+    if len(kept) < len(query):
+        dropped = sorted(i.id for i in query if content.get(i.id) in seen)
+        warnings.warn(f"left out {len(dropped)} query item(s) whose audio is identical to a support item's, e.g. "
+                      f"{dropped[:3]}", stacklevel=3)
     return kept

@@ -26,3 +26,20 @@ class Item:
     video: Path | None = None
     fold: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label(s) as a tuple: ``()`` unlabelled, ``(label,)`` single-label, the tuple itself multi-label."""
+        return label_tuple(self.label)
+
+    @property
+    def media_path(self) -> Path | None:
+        """The file whose audio is used: ``audio``, else the video container's audio track."""
+        return self.audio if self.audio is not None else self.video
+
+
+def label_tuple(label: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """A label (None, a class name or a tuple of them) as a tuple of class names."""
+    if label is None:
+        return ()
+    return label if isinstance(label, tuple) else (label,)

@@ -10,7 +10,7 @@
   to ``Item.meta``. An empty label means "unlabelled".
 
 The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet) live in
-:mod:`calm.data.recipes`, one module each, and use the helpers below. Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
+:mod:`calm.data.layouts`, one module each, and use the helpers below. Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from calm.data.items import Item
-
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov"})
-MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
+from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
 
 # Folder names that mark a split level in the folder layout.
 SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "validation", "dev", "eval"})
@@ -34,11 +31,11 @@ SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "v
 LAYOUTS: dict[str, str] = {
     "folder": "calm.data.loaders:load_folder",
     "csv": "calm.data.loaders:load_csv",
-    "esc50": "calm.data.recipes.esc50:load_esc50",
-    "urbansound8k": "calm.data.recipes.urbansound8k:load_urbansound8k",
-    "vggsound": "calm.data.recipes.vggsound:load_vggsound",
-    "asvspoof2019_la": "calm.data.recipes.asvspoof:load_asvspoof2019_la",
-    "audioset": "calm.data.recipes.audioset:load_audioset",
+    "esc50": "calm.data.layouts.esc50:load_esc50",
+    "urbansound8k": "calm.data.layouts.urbansound8k:load_urbansound8k",
+    "vggsound": "calm.data.layouts.vggsound:load_vggsound",
+    "asvspoof2019_la": "calm.data.layouts.asvspoof:load_asvspoof2019_la",
+    "audioset": "calm.data.layouts.audioset:load_audioset",
 }
 
 # Marker (relative to a root folder) -> layout, checked in this order by detect_layout.
@@ -61,7 +58,7 @@ def at(path: Path | str, line: int | None = None) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
-# ---------------------------------------------------------------------------- helpers for recipes
+# ---------------------------------------------------------------------------- helpers for layouts
 
 
 def read_rows(path: Path, *, comment: str | None = None, **fmt: Any) -> Iterator[tuple[int, list[str]]]:

@@ -1,10 +1,10 @@
 """Answers the model writes: the zero-shot baseline and the pseudo-labels of the self-supervised variant.
 
 Both ask the model one fixed question that names every class in a fixed order
-(:func:`calm.evaluate.answers.class_list_prompt`), never per-item options:
+(:func:`calm.evaluation.answers.class_list_prompt`), never per-item options:
 
 * zero-shot: one greedy answer per clip, mapped to a class by
-  :func:`calm.evaluate.answers.match_answer`; an answer that maps to no class counts as wrong.
+  :func:`calm.evaluation.answers.match_answer`; an answer that maps to no class counts as wrong.
 * pseudo-labels: ``samples`` sampled answers per clip; the clip's pseudo-label is the class most
   of them name, kept when that class's share of all samples (unmappable ones included) reaches
   ``threshold`` and no other class ties it.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tqdm.auto import tqdm
 
 from calm.data.items import Item
-from calm.evaluate.answers import DEFAULT_TEMPLATE, class_list_prompt, match_answer
+from calm.evaluation.answers import DEFAULT_TEMPLATE, class_list_prompt, match_answer
 
 if TYPE_CHECKING:
     from calm.backbones.base import Backbone
@@ -83,7 +83,7 @@ def generate_answers(
     for item in items:
         try:
             loaded.append((item, *_load(backbone, item)))
-        except ValueError as error:  # AudioLoadError, VideoLoadError
+        except ValueError as error:  # MediaLoadError
             failed[item.id] = str(error)
     bar = tqdm(total=len(loaded), unit="clip", desc="sample" if do_sample else "answer", disable=not progress)
     devices = [backbone.device] if backbone.device.type == "cuda" else []
@@ -106,11 +106,10 @@ def generate_answers(
 
 def _load(backbone: Backbone, item: Item) -> tuple[Any, Any]:
     """The item's audio at the backbone's rate, and its video frames where the backbone takes video."""
-    from calm.audio import duration, load_audio
-    from calm.heads import audio_path
-    from calm.video import load_video
+    from calm.heads import media_path
+    from calm.media import duration, load_audio, load_video
 
-    path = audio_path(item)
+    path = media_path(item)
     audio = load_audio(path, backbone.sample_rate)
     if item.video is None or not backbone.supports_video:
         return audio, None

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from calm.evaluate.metrics import mean_interval
+from calm.evaluation.metrics import mean_interval
 from calm.features import HeadIndex
 
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -26,7 +26,7 @@ METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accura
 
 @dataclass
 class EvaluationReport:
-    """Results of :func:`calm.evaluate.protocol.evaluate` / ``evaluate_features``.
+    """Results of :func:`calm.evaluation.protocol.evaluate` / ``evaluate_features``.
 
     Attributes:
         task: ``multiclass``, ``spoof`` or ``multilabel``.
@@ -138,7 +138,7 @@ class EvaluationReport:
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write report.json, report.md and the PNGs (metric vs shots; where CALM ran, its weight
         heatmap and its confusion matrix at the largest shot count) into ``out_dir``."""
-        from calm.evaluate import plots
+        from calm.evaluation import plots
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""CALM (Mehta et al. 2026, arXiv 2602.07077): class-conditional reliability-weighted soft vote."""
+"""CALM (Mehta et al. 2026, arXiv 2602.07077): class-conditional reliability-weighted soft vote, and
+the fit it shares with its tuned and class-agnostic variants (:class:`ReliabilityVote`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,95 @@ import numpy as np
 import torch
 
 from calm.classifiers._base import check_positive, index_labels
-from calm.classifiers._cosine import Features, iter_cosines, warn_single_shot
+from calm.classifiers._cosine import FeatureBlocks, iter_cosines, warn_single_shot
 from calm.classifiers._prototype import SoftVoteClassifier
-from calm.classifiers._reliability import ReliabilitySums, check_scheme, head_weights, shrink
+from calm.classifiers._reliability import (
+    ReliabilitySums,
+    check_scheme,
+    head_weights,
+    shrink,
+)
 
 RELIABILITY_SOURCES = ("loo", "support", "holdout")
 
 
-class CALMClassifier(SoftVoteClassifier):
+class ReliabilityVote(SoftVoteClassifier):
+    """A soft vote whose head weights come from reliabilities estimated on labelled items.
+
+    Subclasses have the parameters ``shrinkage`` and ``reliability`` and say which tau, tau_w,
+    scheme and top_k a fit uses (``_hyperparameters``); how reliability items are chosen
+    (``reliability``: leave-one-out, in-sample or a holdout set) is shared.
+    """
+
+    shrinkage: float
+    reliability: str
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "ReliabilityVote":
+        """Fit prototypes on (X, y) and reliability weights on the items chosen by ``reliability``."""
+        self._validate_params()
+        params = self._hyperparameters()
+        source = self._check_validation(X_val, y_val)
+        check_shrinkage(self.shrinkage)
+        features, labels = self._start_fit(X, y)
+        if source == "holdout":
+            self._fit_prototypes(features, labels)
+            sums = self._holdout_sums(features, X_val, y_val, params["tau"], params["scheme"])
+        else:
+            if source == "loo":
+                counts = torch.bincount(labels, minlength=len(self.classes_))
+                warn_single_shot(type(self).__name__, "reliability", self.classes_, counts)
+            sums = ReliabilitySums(labels, len(self.classes_), self.n_heads_in_, params["tau"], (params["scheme"],))
+            self._fit_prototypes(features, labels, "loo" if source == "loo" else "in-sample", sums.add)
+        self._set_weights(sums, tau_w=params["tau_w"], scheme=params["scheme"], top_k=params["top_k"])
+        return self
+
+    def _check_validation(self, X_val: Any, y_val: Any) -> str:
+        """The reliability source, checked against whether a validation set was passed."""
+        source = check_source(self.reliability)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("pass both X_val and y_val, or neither")
+        if source != "holdout" and X_val is not None:
+            raise ValueError(f"X_val/y_val are only used with reliability='holdout', not {source!r}")
+        if source == "holdout" and X_val is None:
+            raise ValueError("reliability='holdout' needs fit(X, y, X_val=..., y_val=...)")
+        return source
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _vote_tau(self) -> float:
+        return float(self._hyperparameters()["tau"])
+
+    def _holdout_sums(self, features: FeatureBlocks, X_val: Any, y_val: Any, tau: float, scheme: str) -> ReliabilitySums:
+        """Reliability sums over a labelled validation set scored against the fitted prototypes."""
+        val = FeatureBlocks(X_val, "X_val")
+        if val.shape[1:] != features.shape[1:]:
+            raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
+                             f"{features.shape[1]} x {features.shape[2]}")
+        val_labels = index_labels(y_val, self.classes_, len(val), "y_val")
+        sums = ReliabilitySums(val_labels, len(self.classes_), self.n_heads_in_, tau, (scheme,))
+        missing = self.classes_[(sums.counts == 0).numpy()]
+        if len(missing):
+            raise ValueError(f"reliability='holdout': no validation items for class(es) {missing.tolist()[:5]}")
+        for block in iter_cosines(val, self._prototypes()):
+            sums.add(block)
+        return sums
+
+    def _set_weights(self, sums: ReliabilitySums, *, tau_w: float, scheme: str, top_k: int | None) -> None:
+        """reliability_ and weights_ from the reliability items' per-class score sums."""
+        active = torch.from_numpy(~self.constant_heads_)
+        counts = sums.counts
+        self.reliability_counts_ = counts.numpy()
+        r = shrink(sums.sums[scheme] / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
+        self.reliability_ = np.ascontiguousarray(r.T.numpy())  # [K, C], C-ordered for fast broadcasting
+        self.weights_ = np.ascontiguousarray(head_weights(r, scheme, tau_w, top_k, active).T.numpy())
+
+    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        K, C = self.n_heads_in_, len(self.classes_)
+        return {**super()._state_shapes(), "reliability_": (K, C), "reliability_counts_": (C,)}
+
+
+class CALMClassifier(ReliabilityVote):
     """Class-conditional sparse attention vectors.
 
     Every head k gives posteriors p_k(c|x) = softmax_c(cos_{k,c}(x) / tau). Its reliability for
@@ -51,69 +133,14 @@ class CALMClassifier(SoftVoteClassifier):
         self.shrinkage = shrinkage
         self.reliability = reliability
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "CALMClassifier":
-        """Fit prototypes on (X, y) and reliability weights on the items chosen by ``reliability``."""
-        params = self._hyperparameters()
-        source = self._check_validation(X_val, y_val)
+    def _validate_params(self) -> None:
+        check_hyperparameters(self.tau, self.tau_w, self.scheme, self.top_k)
         check_shrinkage(self.shrinkage)
-        features, labels = self._start_fit(X, y)
-        if source == "holdout":
-            self._fit_prototypes(features, labels)
-            sums = self._holdout_sums(features, X_val, y_val, params["tau"], params["scheme"])
-        else:
-            if source == "loo":
-                counts = torch.bincount(labels, minlength=len(self.classes_))
-                warn_single_shot(type(self).__name__, "reliability", self.classes_, counts)
-            sums = ReliabilitySums(labels, len(self.classes_), self.n_heads_in_, params["tau"], (params["scheme"],))
-            self._fit_prototypes(features, labels, "loo" if source == "loo" else "in-sample", sums.add)
-        self._set_weights(sums, tau_w=params["tau_w"], scheme=params["scheme"], top_k=params["top_k"])
-        return self
-
-    def _check_validation(self, X_val: Any, y_val: Any) -> str:
-        """The reliability source, checked against whether a validation set was passed."""
-        source = check_source(self.reliability)
-        if (X_val is None) != (y_val is None):
-            raise ValueError("pass both X_val and y_val, or neither")
-        if source != "holdout" and X_val is not None:
-            raise ValueError(f"X_val/y_val are only used with reliability='holdout', not {source!r}")
-        if source == "holdout" and X_val is None:
-            raise ValueError("reliability='holdout' needs fit(X, y, X_val=..., y_val=...)")
-        return source
+        check_source(self.reliability)
 
     def _hyperparameters(self) -> dict[str, Any]:
         """The validated tau, tau_w, scheme and top_k this fit uses."""
         return check_hyperparameters(self.tau, self.tau_w, self.scheme, self.top_k)
-
-    def _vote_tau(self) -> float:
-        return float(self._hyperparameters()["tau"])
-
-    def _holdout_sums(self, features: Features, X_val: Any, y_val: Any, tau: float, scheme: str) -> ReliabilitySums:
-        """Reliability sums over a labelled validation set scored against the fitted prototypes."""
-        val = Features(X_val, "X_val")
-        if val.shape[1:] != features.shape[1:]:
-            raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
-                             f"{features.shape[1]} x {features.shape[2]}")
-        val_labels = index_labels(y_val, self.classes_, len(val), "y_val")
-        sums = ReliabilitySums(val_labels, len(self.classes_), self.n_heads_in_, tau, (scheme,))
-        missing = self.classes_[(sums.counts == 0).numpy()]
-        if len(missing):
-            raise ValueError(f"reliability='holdout': no validation items for class(es) {missing.tolist()[:5]}")
-        for block in iter_cosines(val, self._prototypes()):
-            sums.add(block)
-        return sums
-
-    def _set_weights(self, sums: ReliabilitySums, *, tau_w: float, scheme: str, top_k: int | None) -> None:
-        """reliability_ and weights_ from the reliability items' per-class score sums."""
-        active = torch.from_numpy(~self.constant_heads_)
-        counts = sums.counts
-        self.reliability_counts_ = counts.numpy()
-        r = shrink(sums.sums[scheme] / counts.unsqueeze(1), counts, check_shrinkage(self.shrinkage), active)
-        self.reliability_ = np.ascontiguousarray(r.T.numpy())  # [K, C], C-ordered for fast broadcasting
-        self.weights_ = np.ascontiguousarray(head_weights(r, scheme, tau_w, top_k, active).T.numpy())
-
-    def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
-        K, C = self.n_heads_in_, len(self.classes_)
-        return {**super()._state_shapes(), "reliability_": (K, C), "reliability_counts_": (C,)}
 
 
 def check_source(reliability: str) -> str:

@@ -26,7 +26,7 @@ def _figure(width: float, height: float) -> Any:
 def plot_metric_vs_shots(rows: Sequence[dict[str, Any]], metric: str, path: str | os.PathLike,
                          label: str | None = None) -> Path:
     """One line per method: mean ``metric`` (in %) against shots, with 95% interval bars, from
-    :meth:`~calm.evaluate.report.EvaluationReport.summary_rows`."""
+    :meth:`~calm.evaluation.report.EvaluationReport.summary_rows`."""
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows))

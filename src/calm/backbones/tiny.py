@@ -5,6 +5,8 @@ each builds in well under a second on a CPU.
 
     >>> backbone = tiny_backbone("qwen2_audio")
     >>> backbone.head_index()  # 2 layers x 4 heads
+
+``calm.load_backbone("tiny:<family>")`` loads them too (CLI smoke runs).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any, Callable
 
 import torch
 
-from calm.backbones import FAMILIES, adapter_class
 from calm.backbones.base import Backbone
+from calm.backbones.options import BackboneOptions
+from calm.backbones.registry import FAMILIES, adapter_class
 
 WINDOW_SECONDS = 5
 """Audio window of the tiny models (the real ones take 30 s): the same feature extractor and
@@ -65,7 +68,11 @@ def _qwen_text(vocab_size: int, **overrides: Any) -> dict[str, Any]:
 
 
 def _qwen2_audio(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+    )
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
                                eos="<|im_end|>", pad="<|endoftext|>")
@@ -86,7 +93,11 @@ WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|trans
 
 
 def _whisper(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     tokenizer = tiny_tokenizer(WHISPER_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
     processor = WhisperProcessor(feature_extractor=_features(80), tokenizer=tokenizer)
@@ -109,7 +120,10 @@ OMNI_NAMED = {
 
 
 def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
 
     from calm.backbones.qwen2_5_omni import OmniParts
 
@@ -151,7 +165,11 @@ def _qwen_chat_template(audio: str) -> str:
 
 def _audioflamingo3(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     """Audio Flamingo 3: Whisper-style encoder (30 s windows), Qwen2 decoder, ``<sound>`` tokens."""
-    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+    )
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<sound>",), eos="<|im_end|>", pad="<|endoftext|>")
     processor = AudioFlamingo3Processor(_features(128), tokenizer,
@@ -183,7 +201,11 @@ GLM_CHAT_TEMPLATE = (
 
 def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     """GLM-ASR: rotary Whisper-style encoder, Llama decoder, ``<|pad|>`` audio tokens."""
-    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor
+    from transformers import (
+        GlmAsrConfig,
+        GlmAsrForConditionalGeneration,
+        GlmAsrProcessor,
+    )
 
     tokenizer = tiny_tokenizer(GLM_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
     processor = GlmAsrProcessor(_features(128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
@@ -199,11 +221,11 @@ def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     return lambda: GlmAsrForConditionalGeneration(config), processor
 
 
-TINY_ATTRIBUTES: dict[str, dict[str, Any]] = {
+TINY_OPTIONS: dict[str, dict[str, Any]] = {
     # small frames (at most 4x4 patches) keep the vision tower cheap
-    "qwen2_5_omni": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
+    "qwen2_5_omni": {"video_max_pixels": 112 * 112},
 }
-"""Adapter attributes a tiny model changes from the real model's."""
+"""Backbone options a tiny model sets by default (the caller's options win)."""
 
 
 TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]]] = {
@@ -216,7 +238,7 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
 """Family -> builder returning (model constructor, processor)."""
 
 
-def tiny_backbone(family: str, seed: int = 0, **overrides: Any) -> Backbone:
+def tiny_backbone(family: str, seed: int = 0, options: BackboneOptions | None = None, **overrides: Any) -> Backbone:
     """A tiny random backbone of ``family`` (see :data:`TINY_FAMILIES`), deterministic for ``seed``.
 
     ``overrides`` change the decoder's config fields (e.g. ``num_hidden_layers=3``).
@@ -228,8 +250,9 @@ def tiny_backbone(family: str, seed: int = 0, **overrides: Any) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build()
+    defaults = TINY_OPTIONS.get(family, {})
+    options = options or BackboneOptions()
+    chosen = {k: v for k, v in defaults.items() if getattr(options, k) == getattr(BackboneOptions(), k)}
     adapter = adapter_class(family if family in FAMILIES else "generic")
-    backbone = adapter(model, processor, model_id=f"tiny:{family}", revision=f"tiny-seed{seed}")
-    for name, value in TINY_ATTRIBUTES.get(family, {}).items():
-        setattr(backbone, name, value)
-    return backbone
+    return adapter(model, processor, model_id=f"tiny:{family}", revision=f"tiny-seed{seed}",
+                   options=options.replace(**chosen))

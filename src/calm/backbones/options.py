@@ -1,0 +1,68 @@
+"""Backbone options: one frozen object that says how a backbone runs, given to :func:`calm.load_backbone`.
+
+Options are fixed when a backbone is loaded; :meth:`calm.backbones.base.Backbone.with_options`
+gives a new backbone on the same weights for the options that need no reload. Those that change
+features are part of the feature fingerprint (:meth:`BackboneOptions.fingerprint`); the others
+(device, padding side, the exact fast path) give the same features up to floating-point
+summation order, so features and classifiers move freely between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+PADDING_SIDES = ("left", "right")
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """How a backbone runs.
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (None: cuda when a GPU is visible, else cpu).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (short names such as ``"bf16"`` work);
+            None: float32 on a CPU, bfloat16 on a GPU.
+        fast: use the family's exact fast path where it has one (Qwen2-Audio: log-mel and audio
+            encoder on the frames that carry audio); False: the reference path, the model's own call.
+        compile: ``torch.compile`` each encoder and decoder layer (GPU; numerics change slightly).
+        encoder_seconds: Whisper only: run the encoder on this many seconds instead of 30 (faster
+            for short clips, but *changes* the features; None: the reference 30 s window).
+        padding_side: ``"left"`` or ``"right"``, for batched token sequences (same features).
+        video_max_pixels: Qwen2.5-Omni only: per-frame pixel budget for video frames (None: the
+            model's own, 768 x 28 x 28).
+    """
+
+    device: str | None = None
+    dtype: str | None = None
+    fast: bool = True
+    compile: bool = False
+    encoder_seconds: float | None = None
+    padding_side: str = "left"
+    video_max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+        if self.encoder_seconds is not None and not 0 < float(self.encoder_seconds) <= 30:
+            raise ValueError(f"encoder_seconds must be in (0, 30], got {self.encoder_seconds!r}")
+        if self.video_max_pixels is not None and int(self.video_max_pixels) < 28 * 28:
+            raise ValueError(f"video_max_pixels must be at least {28 * 28}, got {self.video_max_pixels!r}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change features, when not at their defaults."""
+        out: dict[str, Any] = {}
+        if self.compile:
+            out["compile"] = True
+        if self.encoder_seconds is not None:
+            out["encoder_seconds"] = float(self.encoder_seconds)
+        if self.video_max_pixels is not None:
+            out["video_max_pixels"] = int(self.video_max_pixels)
+        return out
+
+    def replace(self, **changes: Any) -> "BackboneOptions":
+        """A copy with some options changed (validated)."""
+        unknown = set(changes) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown backbone option(s) {sorted(unknown)}; known: {sorted(asdict(self))}")
+        return replace(self, **changes)

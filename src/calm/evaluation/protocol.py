@@ -1,0 +1,219 @@
+"""The evaluation protocol: every method on the same few-shot episodes, scored per seed.
+
+For each shot count K and seed, :func:`calm.data.episodes.episodes` draws a K-shot support set
+and a query set disjoint from it (official folds or splits where the dataset has them). Every
+method is fitted on the support only (tuned methods tune on the support only, by leave-one-out)
+and scored on the query; :class:`~calm.evaluation.report.EvaluationReport` gives the mean and 95%
+interval over seeds.
+
+Tasks (detected from the labels unless given):
+
+* ``multiclass``: one label per item; accuracy, macro-F1, balanced accuracy.
+* ``spoof``: labels ``bonafide``/``spoof``; also the EER of a continuous score: the classifier's
+  decision value for ``bonafide`` minus that for ``spoof`` (a monotone function of the bonafide
+  probability for the soft-vote classifiers and the probe). Zero-shot text has no score, so no EER.
+* ``multilabel``: tuple labels (AudioSet). Every label gets its own one-vs-rest classifier of the
+  method, fitted on the support (positives: items that carry the label); its decision value
+  scores the queries (mAP) and its prediction decides the label (per-label F1, macro-F1 = their mean).
+
+Methods (the registry, :mod:`calm.methods`): the feature classifiers of :mod:`calm.classifiers`, and two
+that need a chat model's answers (:class:`~calm.evaluation.zeroshot.ModelAnswers`, made by :func:`evaluate`):
+``zero-shot`` (the greedy answer mapped to a class; unmappable answers count as wrong) and
+``pseudo-label`` (CALM fitted on the support items the model itself labelled confidently; the
+support's true labels are used only for the class-balanced draw that all methods share and to
+report the pseudo-labels' accuracy). On a backbone that answers no questions (Whisper) they are
+skipped, with a note.
+
+Identical clips (same content hash) never sit on both sides of an episode: a query that duplicates
+a support clip is left out, with a note.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from calm import methods as registry
+from calm.data.items import Item
+from calm.evaluation.answers import warn_label_leaks
+from calm.evaluation.planning import (
+    check_task,
+    classes_of,
+    duplicate_groups,
+    plan,
+    quiet_plan,
+    resolve_methods,
+)
+from calm.evaluation.provenance import configuration
+from calm.evaluation.report import EvaluationReport
+from calm.evaluation.runner import Runner
+from calm.evaluation.zeroshot import ModelAnswers, answer_prompt, generate_answers
+from calm.features import HeadFeatures
+
+if TYPE_CHECKING:
+    from calm.backbones.base import Backbone
+
+
+def evaluate(
+    backbone: Backbone,
+    items: Sequence[Item],
+    *,
+    prompt: str,
+    shots: Sequence[int] = (1, 5),
+    seeds: int | Iterable[int] = 5,
+    methods: Sequence[str] | None = None,
+    task: str | None = None,
+    batch_size: int = 8,
+    store: Any = None,
+    zero_shot: bool = True,
+    pseudo_label: bool = True,
+    progress: bool = True,
+    query_fold: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    answer_template: str | None = None,
+    samples: int = 5,
+    temperature: float = 1.0,
+    max_new_tokens: int = 16,
+) -> EvaluationReport:
+    """Extract once, then evaluate every method on the same episodes.
+
+    Args:
+        backbone: from :func:`calm.load_backbone`.
+        items: labelled clips (see :func:`calm.load_dataset`).
+        prompt: the feature prompt (it should name no classes; a label leak warns).
+        shots, seeds, methods, task, query_fold, params: as in :func:`evaluate_features`;
+            ``methods`` (default: every feature method) may also name ``zero-shot``/``pseudo-label``.
+        batch_size, store: for :func:`calm.heads.extract` (a store makes reruns skip extraction).
+        zero_shot, pseudo_label: add (True) or leave out (False) the methods that need a chat model;
+            on a backbone that answers no questions they are skipped with a note either way.
+        answer_template: the question both ask (default by task, see :func:`~calm.evaluation.zeroshot.answer_prompt`).
+        samples, temperature: sampled answers per support clip for the pseudo-labels.
+        max_new_tokens: answer length limit.
+
+    Items whose files cannot be loaded are left out and listed in the report's ``failed``.
+    """
+    from calm.heads import extract, item_content  # torch: only where a model runs
+
+    chosen = resolve_methods(methods, zero_shot=zero_shot, pseudo_label=pseudo_label)
+    notes: list[str] = []
+    chat = [m for m in chosen if registry.get(m).needs_chat_model]
+    if chat and not backbone.answers_questions:
+        chosen = [m for m in chosen if m not in chat]
+        notes.append(f"skipped {', '.join(chat)}: they need a chat model's answers, and {backbone.family} "
+                     "backbones answer no questions")
+        if not chosen:
+            raise ValueError(f"nothing to evaluate: {', '.join(chat)} need a chat model (e.g. Qwen2-Audio), "
+                             f"not {backbone.family}")
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]  # drawn twice below
+    labelled = [i for i in items if i.label is not None]
+    task = check_task(task, labelled)
+    warn_label_leaks(prompt, labelled)
+    features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
+                       progress=progress, order="store")  # episodes select rows by id
+    content = item_content([i for i in labelled if i.id not in features.failed])
+    answers = None
+    if any(registry.get(m).needs_chat_model for m in chosen):
+        episodes_plan = quiet_plan(features, labelled, shots, seeds, query_fold, content)
+        answers = _model_answers(backbone, labelled, episodes_plan, chosen, task, answer_template,
+                                 dict(samples=samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, progress=progress))
+    return evaluate_features(features, labelled, shots=shots, seeds=seeds, methods=chosen, task=task,
+                             query_fold=query_fold, progress=progress, answers=answers, params=params,
+                             content=content, notes=notes)
+
+
+def _model_answers(backbone: Backbone, labelled: list[Item], episodes_plan: dict, chosen: list[str], task: str,
+                   template: str | None, options: dict[str, Any]) -> ModelAnswers:
+    """The greedy answers of the queries (zero-shot) and sampled answers of the supports (pseudo-labels)."""
+    samples, temperature = options.pop("samples"), options.pop("temperature")
+    answers = ModelAnswers(answer_prompt(classes_of(labelled), task, template),
+                           params={"template": template, "max_new_tokens": options["max_new_tokens"]})
+    by_id = {i.id: i for i in labelled}
+
+    def unique(side: str) -> list[Item]:
+        return [by_id[i] for i in sorted({item.id for eps in episodes_plan.values() for ep in eps
+                                           for item in getattr(ep, side)})]
+
+    if "zero-shot" in chosen:
+        greedy, failed = generate_answers(backbone, unique("query"), answers.prompt, **options)
+        answers.greedy = {item_id: texts[0] for item_id, texts in greedy.items()}
+        answers.failed.update(failed)
+    if "pseudo-label" in chosen:
+        answers.sampled, failed = generate_answers(backbone, unique("support"), answers.prompt, samples=samples,
+                                                   do_sample=True, temperature=temperature, **options)
+        answers.failed.update(failed)
+        answers.params.update(samples=samples, temperature=temperature)
+    return answers
+
+
+def evaluate_features(
+    features: HeadFeatures,
+    items: Sequence[Item],
+    *,
+    shots: Sequence[int] = (1, 5),
+    seeds: int | Iterable[int] = 5,
+    methods: Sequence[str] | None = None,
+    task: str | None = None,
+    query_fold: str | None = None,
+    progress: bool = False,
+    answers: ModelAnswers | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    content: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+) -> EvaluationReport:
+    """Evaluate methods on precomputed features (no model runs).
+
+    Args:
+        features: head features of the labelled items; items listed in ``features.failed`` are
+            left out and reported.
+        items: the dataset (labels, folds); unlabelled items are ignored.
+        shots: support sizes per class.
+        seeds: number of seeds (0..n-1) or the seeds themselves.
+        methods: registered method names (default: every feature method, see :mod:`calm.methods`).
+        task: ``multiclass``, ``spoof`` or ``multilabel`` (default: detected from the labels).
+        query_fold: hold out this fold as the query for every seed (default: the dataset's split,
+            or folds rotating with the seed; see :mod:`calm.data.episodes`).
+        progress: show a progress bar.
+        answers: the model's answers, needed by ``zero-shot`` and ``pseudo-label``.
+        params: method name -> parameters overriding its defaults (e.g. ``{"calm": {"tau": 0.1}}``).
+        content: item id -> content hash; identical clips are kept on one side of every episode.
+        notes: notes to start the report's notes with.
+    """
+    chosen = resolve_methods(methods)
+    params = params or {}
+    for name in params:
+        registry.get(name)
+    needing = [m for m in chosen if registry.get(m).needs_chat_model]
+    if needing and answers is None:
+        raise ValueError(f"method(s) {needing} need the model's answers: use calm.evaluate "
+                         "(or pass answers=ModelAnswers(...))")
+    labelled = [i for i in items if i.label is not None]
+    task = check_task(task, labelled)
+    settings = {name: registry.get(name).split(params.get(name, {})) for name in chosen}
+    runner = Runner(task, classes_of(labelled), answers, features, settings)
+    for message in notes:
+        runner.add_note(message)
+    if content is not None:
+        groups = duplicate_groups({i.id: content[i.id] for i in labelled if i.id in content})
+        if groups:
+            runner.add_note(f"{len(groups)} group(s) of items have identical audio, e.g. {groups[0][:3]}; "
+                            "they are kept on one side of every episode")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        episodes_plan = plan(features, labelled, shots, seeds, query_fold, content)
+        runner.note(caught, "episodes")
+        steps = sum(len(eps) for eps in episodes_plan.values()) * len(chosen)
+        with tqdm(total=steps, desc="evaluate", unit="fit", disable=not progress) as bar:
+            for k, eps in episodes_plan.items():
+                for episode in eps:
+                    runner.episode(episode, k, caught, bar)
+    for message in runner.notes:
+        warnings.warn(message, stacklevel=2)
+    return EvaluationReport(
+        task=task, classes=runner.classes, heads=features.heads,
+        config=configuration(features, labelled, episodes_plan, settings, task, answers),
+        results=runner.results, confusion=runner.confusion, calm_weights=runner.mean_calm_weights(),
+        zero_shot=runner.zero_shot_summary(), notes=runner.notes,
+    )

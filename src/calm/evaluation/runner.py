@@ -1,0 +1,134 @@
+"""Running an evaluation: every method on every episode, collecting metrics, confusion counts,
+CALM's weights and notes. How a method runs is its strategy (:mod:`calm.evaluation.strategies`)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from calm import methods as registry
+from calm.data.episodes import Episode
+from calm.evaluation import metrics
+from calm.evaluation.answers import AnswerMatch
+from calm.evaluation.strategies import EpisodeData, answer_match
+from calm.evaluation.zeroshot import ModelAnswers
+from calm.features import HeadFeatures
+
+Settings = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+"""Method name -> (estimator parameters, method options)."""
+
+
+class Runner:
+    """Fits and scores methods episode by episode, collecting results, confusion counts and notes."""
+
+    def __init__(self, task: str, classes: list[str], answers: ModelAnswers | None, features: HeadFeatures,
+                 settings: Settings) -> None:
+        self.task = task
+        self.classes = classes
+        self.answers = answers
+        self.features = features
+        self.settings = settings
+        self.strategies = {name: registry.get(name).strategy_class()(registry.get(name), self) for name in settings}
+        self.results: list[dict[str, Any]] = []
+        self.confusion: dict[str, dict[int, np.ndarray]] = {}
+        self.calm_weights: dict[int, list[np.ndarray]] = {}
+        self.notes: list[str] = []
+        self._matches: dict[str, AnswerMatch | None] = {}
+
+    def note(self, caught: list[warnings.WarningMessage], where: str) -> None:
+        """Move caught warnings into the notes (each message once)."""
+        for w in caught:
+            self.add_note(f"{where}: {w.message}")
+        caught.clear()
+
+    def add_note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+    def episode(self, episode: Episode, k: int, caught: list[warnings.WarningMessage], bar: Any) -> None:
+        """Every method on one episode. A method that cannot run on it (too few shots to tune, a
+        missing optional package ...) is reported as not evaluated, with the reason; the others go on."""
+        support, query = episode
+        data = EpisodeData(k, support, query, self.features.select([i.id for i in support]),
+                           self.features.select([i.id for i in query]))
+        for name, (params, options) in self.settings.items():
+            started = time.perf_counter()
+            try:
+                outcome = self.strategies[name].run(data, params, options)
+            except (ValueError, ImportError) as error:
+                outcome = {"metrics": {}, "error": str(error)}
+                warnings.warn(f"not evaluated: {error}")
+            self.results.append({"method": name, "shots": k, "seed": episode.seed, "query_fold": episode.query_fold,
+                                 "n_support": len(support), "n_query": len(query), **outcome,
+                                 "seconds": round(time.perf_counter() - started, 4)})
+            self.note(caught, f"{name} ({k}-shot)")
+            bar.update(1)
+
+    # ---- what strategies call
+    def match(self, item_id: str) -> AnswerMatch | None:
+        """How the item's greedy answer maps (None: no answer); cached."""
+        if item_id not in self._matches:
+            self._matches[item_id] = answer_match(self.answers, item_id, self.classes)
+        return self._matches[item_id]
+
+    def record_fit(self, method: str, k: int, clf: Any) -> None:
+        """Keep what reports show of a fitted classifier (CALM's weights, by class)."""
+        if method == "calm" and hasattr(clf, "weights_"):
+            self.calm_weights.setdefault(k, []).append(_weights_by_class(clf, self.classes))
+
+    def score(self, y_true: list[Any], pred: list[Any], score: np.ndarray | None) -> dict[str, Any]:
+        """Metrics of hard predictions (None: unmapped or no classifier), plus the EER of ``score``."""
+        if self.task == "multilabel":
+            decisions = metrics.multi_hot(pred, self.classes)
+            return self.multilabel_metrics(y_true, decisions.astype(float), decisions)
+        out = metrics.classification_summary(y_true, pred, labels=self.classes)
+        del out["unmapped"]
+        if score is not None:
+            out["eer"] = metrics.eer(y_true, score, positive="bonafide")
+        return out
+
+    def multilabel_metrics(self, y_true: list[Any], scores: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
+        """mAP over the labels present in the query, macro-F1 and the per-label F1."""
+        targets = metrics.multi_hot(y_true, self.classes)
+        f1 = metrics.per_label_f1(targets, decisions)
+        present = targets.any(axis=0)
+        return {"map": metrics.mean_average_precision(targets[:, present], scores[:, present]),
+                "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
+                "per_label_f1": {c: None if np.isnan(v) else float(v) for c, v in zip(self.classes, f1)}}
+
+    def add_confusion(self, name: str, k: int, y_true: list[Any], pred: list[Any]) -> None:
+        if self.task != "multilabel":
+            by_shots = self.confusion.setdefault(name, {})
+            by_shots[k] = by_shots.get(k, 0) + metrics.confusion_matrix(y_true, pred, labels=self.classes)
+
+    # ---- summaries
+    def mean_calm_weights(self) -> tuple[int, np.ndarray] | None:
+        """(shots, CALM's weights [K, C] averaged over seeds) at the largest shot count, if CALM ran."""
+        if not self.calm_weights:
+            return None
+        k = max(self.calm_weights)
+        return k, np.mean(self.calm_weights[k], axis=0)
+
+    def zero_shot_summary(self) -> dict[str, Any] | None:
+        """The question, how answers mapped (by rule), and examples of unmappable ones."""
+        if self.answers is None or not self.answers.greedy:
+            return None
+        matches = {i: self.match(i) for i in sorted(self.answers.greedy)}
+        unmapped = [{"id": i, "answer": self.answers.greedy[i]} for i, m in matches.items() if m.label is None]
+        return {"prompt": self.answers.prompt, "answered": len(matches), "unmapped": len(unmapped),
+                "unmapped_examples": unmapped[:5], "rules": dict(Counter(m.rule for m in matches.values())),
+                "failed": dict(self.answers.failed)}
+
+
+def _weights_by_class(clf: Any, classes: list[str]) -> np.ndarray:
+    """A classifier's ``weights_`` [K, C] with columns in the order of ``classes`` (zeros for a class it lacks)."""
+    weights = np.zeros((clf.weights_.shape[0], len(classes)))
+    column = {c: j for j, c in enumerate(clf.classes_.tolist())}
+    for j, name in enumerate(classes):
+        if name in column:
+            weights[:, j] = clf.weights_[:, column[name]]
+    return weights

@@ -1,0 +1,131 @@
+"""The one registry of methods: name -> estimator, description, and how the evaluation runs it.
+
+Everything that lists methods reads it: saving and loading classifiers (:mod:`calm.classifiers.io`),
+:func:`calm.fit_classifier`, the CLI's ``--method``/``--methods`` choices, the demo and the
+evaluation. Adding a method is one file (its estimator) and one :func:`register` line below.
+
+    >>> import calm.methods
+    >>> calm.methods.get("calm").make(tau=0.1)
+    CALMClassifier(tau=0.1)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ESTIMATOR_STRATEGY = "calm.evaluation.strategies:EstimatorStrategy"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of calm.
+
+    Attributes:
+        name: what users type (``calm fit --method NAME``).
+        estimator: the classifier it fits, as a class or ``"module:Class"`` (None: it fits none,
+            like the zero-shot baseline).
+        description: one line for reports and ``--help``.
+        needs_chat_model: it asks the model questions (zero-shot, pseudo-labels), so it needs a
+            chat model such as Qwen2-Audio; the evaluation skips it, with a note, on others.
+        options: parameters of the method that are not the estimator's, with their defaults.
+        strategy: ``"module:Class"`` of how the evaluation runs it on an episode
+            (:mod:`calm.evaluation.strategies`).
+    """
+
+    name: str
+    estimator: type | str | None
+    description: str
+    needs_chat_model: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = ESTIMATOR_STRATEGY
+
+    def estimator_class(self) -> type:
+        """The estimator class (imported on first use)."""
+        if self.estimator is None:
+            raise ValueError(f"method {self.name!r} fits no estimator")
+        return _resolve(self.estimator)
+
+    def make(self, **params: Any) -> Any:
+        """A new, unfitted estimator with these parameters (others at their defaults)."""
+        return self.estimator_class()(**params)
+
+    def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``params`` as (estimator parameters, options with defaults filled in)."""
+        options = {k: params.get(k, v) for k, v in self.options.items()}
+        return {k: v for k, v in params.items() if k not in self.options}, options
+
+    def strategy_class(self) -> type:
+        return _resolve(self.strategy)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+DEFAULT_METHOD = "calm"
+"""What ``calm fit``, :func:`calm.fit_classifier` and the app use when no method is named."""
+
+
+def register(method: Method) -> Method:
+    """Add a method (its name must be new); returns it. Reports list methods in registration order."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for tests and plug-ins that registered one)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; ValueError listing the known ones otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def names(*, feature_only: bool = False) -> list[str]:
+    """Method names in registration order; ``feature_only``: those that need no chat model (and fit
+    an estimator), i.e. what ``calm fit`` and ``calm evaluate`` run by default."""
+    return [n for n, m in _REGISTRY.items()
+            if not feature_only or (not m.needs_chat_model and m.estimator is not None)]
+
+
+def estimator_classes() -> dict[str, type]:
+    """Class name -> class of every registered method's estimator (what a saved file may hold)."""
+    classes: dict[str, type] = {}
+    for method in _REGISTRY.values():
+        if method.estimator is not None:
+            cls = method.estimator_class()
+            classes[cls.__name__] = cls
+    return classes
+
+
+def _resolve(target: type | str) -> type:
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+register(Method("zero-shot", None, "greedy answer to a question naming every class, mapped to a class",
+                needs_chat_model=True, strategy="calm.evaluation.strategies:ZeroShotStrategy"))
+register(Method("sav", "calm.classifiers.sav:SAVClassifier", "SAV: majority vote of the top-n heads (LOO head scores)"))
+register(Method("calm", "calm.classifiers.reliability_vote:CALMClassifier",
+                "CALM: class-conditional reliability-weighted soft vote (LOO reliability)"))
+register(Method("calm-tuned", "calm.classifiers.tuning:TunedCALMClassifier",
+                "CALM with tau, tau_w, scheme, top_k chosen by LOO on the support"))
+register(Method("uniform", "calm.classifiers.ablations:UniformVoteClassifier", "ablation: soft vote with equal head weights"))
+register(Method("centroid", "calm.classifiers.ablations:ConcatCentroidClassifier",
+                "ablation: nearest centroid on concatenated per-head cosines"))
+register(Method("topn-soft", "calm.classifiers.ablations:TopNSoftVoteClassifier",
+                "ablation: equal-weight soft vote over SAV's top-n heads"))
+register(Method("agnostic", "calm.classifiers.ablations:ClassAgnosticCALMClassifier",
+                "ablation: class-agnostic reliability weights"))
+register(Method("probe", "calm.classifiers.probe:LogisticProbe", "logistic regression on all heads concatenated"))
+register(Method("pseudo-label", "calm.classifiers.reliability_vote:CALMClassifier",
+                "CALM fitted on the support clips the model labelled itself: majority of sampled answers, kept when "
+                "its share of the samples >= threshold", needs_chat_model=True, options={"threshold": 0.6},
+                strategy="calm.evaluation.strategies:PseudoLabelStrategy"))
