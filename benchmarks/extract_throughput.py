@@ -55,10 +55,11 @@ import torch
 from calm.backbones.base import Backbone, resolve_dtype
 from calm.backbones.qwen2_audio import Qwen2AudioBackbone
 from calm.backbones.qwen2_audio_fast import compile_layers
-from calm.backbones.whisper import WhisperBackbone
-from calm.data.items import Item
-from calm.heads import HeadCapture, extract
 from calm.backbones.tiny import QWEN_SPECIALS, tiny_tokenizer
+from calm.backbones.whisper import WhisperBackbone
+from calm.capture import HeadCapture
+from calm.data.items import Item
+from calm.heads import extract
 
 PROMPT = "What is the sound in this recording? Answer in one word."
 
@@ -83,8 +84,12 @@ TEMPLATE_WORDS = ("system", "You", " are", " a", " helpful", " assistant", "user
 
 def qwen2_audio_backbone(shape: dict[str, dict[str, Any]], device: torch.device, dtype: torch.dtype) -> Backbone:
     """A random Qwen2-Audio of ``shape``, built on ``device`` in ``dtype`` (no download)."""
-    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
-                              WhisperFeatureExtractor)
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
 
     audio_specials = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + audio_specials + TEMPLATE_WORDS, eos="<|im_end|>",

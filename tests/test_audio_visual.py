@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calm.backbones.tiny import tiny_backbone
 from calm.data.loaders import load_dataset
 from calm.evaluation.protocol import evaluate
 from calm.heads import extract
-from calm.backbones.tiny import tiny_backbone
 
 av = pytest.importorskip("av")
 

@@ -19,8 +19,13 @@ def _clip(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def test_detect_family_from_configs():
-    from transformers import (AudioFlamingo3Config, Qwen2_5OmniConfig, Qwen2_5OmniThinkerConfig, Qwen2AudioConfig,
-                              WhisperConfig)
+    from transformers import (
+        AudioFlamingo3Config,
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniThinkerConfig,
+        Qwen2AudioConfig,
+        WhisperConfig,
+    )
 
     assert detect_family(Qwen2AudioConfig()) == "qwen2_audio"
     assert detect_family(WhisperConfig()) == "whisper"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from calm.backbones.tiny import tiny_backbone
 from calm.classifiers import load
 from calm.cli import main
 from calm.cli._common import DEFAULT_PROMPT
 from calm.data.loaders import load_dataset
 from calm.predict import fit_classifier, predict_files
-from calm.backbones.tiny import tiny_backbone
 
 TONES = {"low": 250.0, "mid": 1000.0, "high": 3000.0}
 

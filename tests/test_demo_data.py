@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import demo_sounds
 
 from calm.data import demo, sources
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
-from conftest import demo_sounds
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import demo_sounds
 
 from calm.demo import DEMO_TASKS, DemoTask, run_demo
-from conftest import demo_sounds
 
 pytestmark = pytest.mark.slow
 

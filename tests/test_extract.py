@@ -3,15 +3,15 @@ stop changes nothing, the LM head never runs, the store is used."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import soundfile
 import torch
 
-from calm.data.items import Item
-from calm.heads import HeadCapture, extract, last_token_index
 from calm.backbones.tiny import tiny_backbone
+from calm.capture import HeadCapture, last_token_index
+from calm.data.items import Item
+from calm.heads import extract
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni", "whisper", "audioflamingo3", "glmasr"]
 PROMPT = "What sound is this?"

@@ -8,9 +8,10 @@ import pytest
 import soundfile
 import torch
 
-from calm.data.items import Item
-from calm.heads import HeadCapture, extract
 from calm.backbones.tiny import tiny_backbone
+from calm.capture import HeadCapture
+from calm.data.items import Item
+from calm.heads import extract
 
 PROMPT = "What sound is this?"
 SECONDS = (0.37, 1.3, 2.01, 0.9, 0.6, 1.75)

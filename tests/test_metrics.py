@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calm.evaluation.metrics import (
-    accuracy, average_precision, balanced_accuracy, classification_summary, confusion_matrix, eer, f1_scores,
-    macro_f1, mean_average_precision, mean_interval, multi_hot, per_label_f1, t_quantile_975,
-)
+from calm.evaluation.metrics import (accuracy, average_precision, balanced_accuracy, classification_summary,
+                                     confusion_matrix, eer, f1_scores, macro_f1, mean_average_precision, mean_interval,
+                                     multi_hot, per_label_f1, t_quantile_975)
 
 
 def test_single_label_metrics_by_hand() -> None:

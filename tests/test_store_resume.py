@@ -16,11 +16,11 @@ import pytest
 import soundfile
 import torch
 
-from calm.media import AudioLoadError
+from calm.backbones.tiny import tiny_backbone
 from calm.data.items import Item
 from calm.heads import extract, feature_fingerprint
+from calm.media import AudioLoadError
 from calm.store import FeatureStore
-from calm.backbones.tiny import tiny_backbone
 
 PROMPT = "What sound is this?"
 N_CLIPS = 16

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from calm.backbones.tiny import WINDOW_SECONDS, tiny_backbone
 from calm.data.items import Item
 from calm.heads import extract
-from calm.backbones.tiny import WINDOW_SECONDS, tiny_backbone
 
 PROMPT = "Someone says a number."
 

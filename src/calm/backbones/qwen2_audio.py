@@ -22,12 +22,7 @@ import torch
 
 from calm.backbones.audio_encoder import log_mel
 from calm.backbones.base import Backbone, StopForward
-from calm.backbones.qwen2_audio_fast import (
-    AudioParts,
-    encode_audio,
-    kept_frames,
-    mel_lengths,
-)
+from calm.backbones.qwen2_audio_fast import AudioParts, encode_audio, kept_frames, mel_lengths
 
 
 class Qwen2AudioBackbone(Backbone):

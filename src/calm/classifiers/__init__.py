@@ -9,23 +9,14 @@ type. ``save`` / ``load`` write and read them as safetensors + JSON.
 from calm.classifiers._base import NotFittedError
 from calm.classifiers._cosine import CONSTANT_TOL
 from calm.classifiers._reliability import SCHEMES
-from calm.classifiers.ablations import (
-                                        ClassAgnosticCALMClassifier,
-                                        ConcatCentroidClassifier,
-                                        TopNSoftVoteClassifier,
-                                        UniformVoteClassifier,
-)
+from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier, TopNSoftVoteClassifier,
+                                        UniformVoteClassifier)
 from calm.classifiers.io import load, save
 from calm.classifiers.plots import plot_weight_maps, weight_maps
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.reliability_vote import CALMClassifier
 from calm.classifiers.sav import SAVClassifier
-from calm.classifiers.tuning import (
-                                        DEFAULT_GRID,
-                                        TunedCALMClassifier,
-                                        TuningResult,
-                                        tune_calm,
-)
+from calm.classifiers.tuning import DEFAULT_GRID, TunedCALMClassifier, TuningResult, tune_calm
 
 __all__ = [
     "CALMClassifier", "CONSTANT_TOL", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",

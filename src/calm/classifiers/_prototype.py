@@ -9,15 +9,8 @@ import numpy as np
 import torch
 
 from calm.classifiers._base import Estimator, encode_labels
-from calm.classifiers._cosine import (
-    Block,
-    ClassStats,
-    FeatureBlocks,
-    check_scores,
-    iter_cosines,
-    posteriors,
-    support_pass,
-)
+from calm.classifiers._cosine import (Block, ClassStats, FeatureBlocks, check_scores, iter_cosines, posteriors,
+                                      support_pass)
 from calm.features import HeadFeatures
 from calm.fingerprint import check_fingerprint
 

@@ -10,17 +10,9 @@ import torch
 
 from calm.classifiers._base import check_positive
 from calm.classifiers._cosine import check_scores, iter_cosines
-from calm.classifiers._prototype import (
-    PrototypeClassifier,
-    SoftVoteClassifier,
-    uniform_weights,
-)
+from calm.classifiers._prototype import PrototypeClassifier, SoftVoteClassifier, uniform_weights
 from calm.classifiers._reliability import ReliabilitySums, shrink
-from calm.classifiers.reliability_vote import (
-    ReliabilityVote,
-    check_shrinkage,
-    check_source,
-)
+from calm.classifiers.reliability_vote import ReliabilityVote, check_shrinkage, check_source
 from calm.classifiers.sav import check_n_heads, check_scoring, fit_head_ranking
 
 

@@ -11,12 +11,7 @@ import torch
 from calm.classifiers._base import check_positive, index_labels
 from calm.classifiers._cosine import FeatureBlocks, iter_cosines, warn_single_shot
 from calm.classifiers._prototype import SoftVoteClassifier
-from calm.classifiers._reliability import (
-    ReliabilitySums,
-    check_scheme,
-    head_weights,
-    shrink,
-)
+from calm.classifiers._reliability import ReliabilitySums, check_scheme, head_weights, shrink
 
 RELIABILITY_SOURCES = ("loo", "support", "holdout")
 

@@ -18,29 +18,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from calm.classifiers._base import encode_labels
-from calm.classifiers._cosine import (
-    Block,
-    FeatureBlocks,
-    iter_cosines,
-    posteriors,
-    support_pass,
-    warn_single_shot,
-)
-from calm.classifiers._reliability import (
-    ReliabilitySums,
-    item_scores,
-    shrink,
-    top_k_mask,
-    weight_logits,
-    weights_from_logits,
-)
-from calm.classifiers.reliability_vote import (
-    CALMClassifier,
-    ReliabilityVote,
-    check_hyperparameters,
-    check_shrinkage,
-    check_source,
-)
+from calm.classifiers._cosine import Block, FeatureBlocks, iter_cosines, posteriors, support_pass, warn_single_shot
+from calm.classifiers._reliability import (ReliabilitySums, item_scores, shrink, top_k_mask, weight_logits,
+                                           weights_from_logits)
+from calm.classifiers.reliability_vote import (CALMClassifier, ReliabilityVote, check_hyperparameters, check_shrinkage,
+                                               check_source)
 
 DEFAULT_GRID: dict[str, tuple] = {
     "tau": (0.03, 0.05, 0.07, 0.1, 0.2),

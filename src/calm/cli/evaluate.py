@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from calm.cli._common import (
-    DEFAULT_PROMPT,
-    add_backbone_arguments,
-    check_writable_folder,
-    load_model,
-)
+from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder, load_model
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -19,10 +14,13 @@ def _run(args: argparse.Namespace) -> int:
     check_writable_folder(args.out, "the report")
     items = load_dataset(args.data)
     backbone = load_model(args)
+    named = args.methods is not None  # --methods: exactly those; else every method (chat ones where they apply)
     report = evaluate(
         backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
-        task=args.task, batch_size=args.batch_size, store=args.store, zero_shot=not args.no_zero_shot,
-        pseudo_label=not args.no_pseudo_label, progress=not args.quiet, query_fold=args.query_fold,
+        task=args.task, batch_size=args.batch_size, store=args.store,
+        zero_shot=False if args.no_zero_shot else (None if named else True),
+        pseudo_label=False if args.no_pseudo_label else (None if named else True),
+        progress=not args.quiet, query_fold=args.query_fold,
         samples=args.samples, max_new_tokens=args.max_new_tokens,
     )
     paths = report.write(args.out)

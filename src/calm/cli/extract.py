@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from calm.cli._common import (
-    DEFAULT_PROMPT,
-    add_backbone_arguments,
-    add_on_error_argument,
-    check_writable_folder,
-    load_model,
-)
+from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, check_writable_folder,
+                              load_model)
 
 
 def _run(args: argparse.Namespace) -> int:

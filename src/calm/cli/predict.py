@@ -9,11 +9,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Sequence, TextIO
 
-from calm.cli._common import (
-    add_backbone_arguments,
-    add_on_error_argument,
-    check_writable_file,
-)
+from calm.cli._common import add_backbone_arguments, add_on_error_argument, check_writable_file
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:

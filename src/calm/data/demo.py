@@ -23,19 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import build_atomically, cache_dir, is_built
-from calm.data.sources import (
-    LANGUAGES,
-    MAX_SECONDS,
-    SEED,
-    VARIANTS,
-    Clip,
-    DemoDataError,
-    Language,
-    asterisk_sounds,
-    espeak_ng,
-    tts_clip,
-    write_clip,
-)
+from calm.data.sources import (LANGUAGES, MAX_SECONDS, SEED, VARIANTS, Clip, DemoDataError, Language, asterisk_sounds,
+                               espeak_ng, tts_clip, write_clip)
 
 __all__ = ["RECIPES", "prepare", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
 

@@ -38,14 +38,7 @@ from tqdm.auto import tqdm
 from calm import methods as registry
 from calm.data.items import Item
 from calm.evaluation.answers import warn_label_leaks
-from calm.evaluation.planning import (
-    check_task,
-    classes_of,
-    duplicate_groups,
-    plan,
-    quiet_plan,
-    resolve_methods,
-)
+from calm.evaluation.planning import check_task, classes_of, duplicate_groups, plan, quiet_plan, resolve_methods
 from calm.evaluation.provenance import configuration
 from calm.evaluation.report import EvaluationReport
 from calm.evaluation.runner import Runner

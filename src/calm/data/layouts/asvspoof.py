@@ -8,14 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from calm.data.items import Item
-from calm.data.loaders import (
-    DatasetError,
-    at,
-    check_unique_ids,
-    media_item,
-    read_rows,
-    require_file,
-)
+from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, read_rows, require_file
 
 PROTOCOLS = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
 LABELS = ("bonafide", "spoof")

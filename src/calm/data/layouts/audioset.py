@@ -10,18 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from calm.data.items import Item
-from calm.data.loaders import (
-    DatasetError,
-    at,
-    check_unique_ids,
-    clip_index,
-    find_clip,
-    media_item,
-    parse_number,
-    read_rows,
-    read_table,
-    warn_skipped,
-)
+from calm.data.loaders import (DatasetError, at, check_unique_ids, clip_index, find_clip, media_item, parse_number,
+                               read_rows, read_table, warn_skipped)
 
 SEGMENTS = ("balanced_train", "eval", "unbalanced_train")
 

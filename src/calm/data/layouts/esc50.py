@@ -6,15 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm.data.items import Item
-from calm.data.loaders import (
-    DatasetError,
-    at,
-    check_unique_ids,
-    media_item,
-    parse_number,
-    read_table,
-    require_file,
-)
+from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_table, require_file
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 

@@ -7,15 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm.data.items import Item
-from calm.data.loaders import (
-    DatasetError,
-    at,
-    check_unique_ids,
-    media_item,
-    parse_number,
-    read_table,
-    require_file,
-)
+from calm.data.loaders import DatasetError, at, check_unique_ids, media_item, parse_number, read_table, require_file
 
 COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 

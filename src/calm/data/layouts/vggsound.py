@@ -7,17 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm.data.items import Item
-from calm.data.loaders import (
-    DatasetError,
-    at,
-    check_unique_ids,
-    clip_index,
-    find_clip,
-    media_item,
-    parse_number,
-    read_rows,
-    warn_skipped,
-)
+from calm.data.loaders import (DatasetError, at, check_unique_ids, clip_index, find_clip, media_item, parse_number,
+                               read_rows, warn_skipped)
 
 SPLITS = ("train", "test")
 

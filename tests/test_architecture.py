@@ -1,0 +1,260 @@
+"""The shape of the code: no import cycles (lazy imports included), no module over 400 lines, one
+method registry that a new method joins with one line, real scikit-learn estimators, and backbone
+options that are fixed once loaded and part of the fingerprint where they change features."""
+
+from __future__ import annotations
+
+import ast
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+
+import calm
+import calm.methods
+from calm.backbones import BackboneOptions
+from calm.backbones.tiny import tiny_backbone
+from calm.classifiers import CALMClassifier, ClassAgnosticCALMClassifier, SAVClassifier, TunedCALMClassifier, load, save
+from calm.classifiers.reliability_vote import ReliabilityVote
+from calm.cli import main
+
+SRC = Path(calm.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: all of the tree but ``if TYPE_CHECKING:`` blocks (never executed)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the calm modules it imports anywhere it can run (top level and in functions)."""
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "calm.backbones.tiny" in graph["calm.backbones.loading"]  # lazy imports are walked
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+class ToyCentroid(SAVClassifier):
+    """A registered toy method: SAV with three heads (stands in for a new method's one file)."""
+
+    def __init__(self, n_heads: int = 3, scoring: str = "loo"):
+        super().__init__(n_heads=n_heads, scoring=scoring)
+
+
+@pytest.fixture
+def toy_method():
+    method = calm.methods.register(calm.methods.Method("toy", ToyCentroid, "a toy method for the registry test"))
+    yield method
+    calm.methods.unregister("toy")
+
+
+def _clips(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label, freq in (("low", 220.0), ("high", 1760.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(int(16000 * (0.5 + 0.1 * i))) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+            soundfile.write(root / label / f"{i}.wav", wave.astype(np.float32), 16000)
+    return root
+
+
+def test_a_registered_method_reaches_evaluate_fit_and_save(toy_method, tmp_path, capsys):
+    data = _clips(tmp_path / "data")
+    assert "toy" in calm.methods.names(feature_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["evaluate", "--data", str(data), "--model", "tiny:qwen2_audio", "--methods", "toy", "sav",
+                     "--shots", "2", "--seeds", "1", "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert list(report["config"]["methods"]) == ["sav", "toy"]  # registry order
+    assert report["config"]["methods"]["toy"]["estimator"] == "ToyCentroid"
+    clf_path = tmp_path / "toy.safetensors"
+    assert main(["fit", "--data", str(data), "--model", "tiny:qwen2_audio", "--method", "toy", "--out",
+                 str(clf_path), "--quiet"]) == 0
+    loaded = load(clf_path)
+    assert type(loaded) is ToyCentroid and len(loaded.heads_) == 3
+    capsys.readouterr()
+    assert main(["predict", "--classifier", str(clf_path), str(data / "low" / "0.wav"), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split(",")[1] == "low"
+
+
+def test_unknown_methods_and_duplicate_registrations_are_refused():
+    with pytest.raises(ValueError, match="unknown method 'nope'; known: zero-shot, sav, calm"):
+        calm.methods.get("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        calm.methods.register(calm.methods.Method("calm", CALMClassifier, "again"))
+
+
+def test_facade_names_the_public_api():
+    assert calm.evaluate.__module__ == "calm.evaluation.protocol"
+    assert calm.save is save and calm.load is load
+    assert {"evaluate", "save", "load", "extract", "load_backbone", "BackboneOptions"} <= set(dir(calm))
+
+
+# ---------------------------------------------------------------------------- scikit-learn
+
+
+def _features(seed: int = 0, per_class: int = 6, classes: int = 3, heads: int = 8, dim: int = 6):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, heads, dim))
+    y = np.repeat(np.array([f"c{c}" for c in range(classes)]), per_class)
+    X = centres[np.repeat(np.arange(classes), per_class)] + 0.8 * rng.standard_normal((len(y), heads, dim))
+    return X.astype(np.float32), y
+
+
+def test_grid_search_and_cross_validation_on_head_features():
+    X, y = _features()
+    search = GridSearchCV(CALMClassifier(), {"tau": [0.05, 0.5]}, cv=3).fit(X, y)
+    assert search.best_params_["tau"] in (0.05, 0.5) and 0.0 <= search.best_score_ <= 1.0
+    scores = cross_val_score(CALMClassifier(), X, y, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.5
+    assert CALMClassifier().fit(X, y).score(X, y) == pytest.approx(np.mean(CALMClassifier().fit(X, y).predict(X) == y))
+    assert Pipeline([("clf", SAVClassifier(n_heads=4))]).fit(X, y).predict(X).shape == (len(y),)
+
+
+def test_scikit_learns_own_checks_that_apply_to_3d_input():
+    """scikit-learn's checks that need no 2-D data; the others feed 2-D arrays, which these
+    estimators refuse by design (their input is [N, K, D])."""
+    from sklearn.utils.estimator_checks import (
+        check_get_params_invariance,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+        check_set_params,
+    )
+
+    for estimator in [m.make() for m in map(calm.methods.get, calm.methods.names(feature_only=True))]:
+        name = type(estimator).__name__
+        check_no_attributes_set_in_init(name, estimator)
+        check_get_params_invariance(name, estimator)
+        check_set_params(name, estimator)
+        check_parameters_default_constructible(name, estimator)
+    with pytest.raises(ValueError, match=r"\[N, K, D\]"):
+        CALMClassifier().fit(np.zeros((6, 4)), ["a", "b"] * 3)
+
+
+def test_variants_are_siblings_that_keep_their_own_parameters():
+    assert not issubclass(TunedCALMClassifier, CALMClassifier)
+    assert not issubclass(ClassAgnosticCALMClassifier, CALMClassifier)
+    for cls in (CALMClassifier, TunedCALMClassifier, ClassAgnosticCALMClassifier):
+        assert issubclass(cls, ReliabilityVote)
+        estimator = cls()
+        assert all(getattr(estimator, name) == value for name, value in estimator.get_params().items())
+
+
+def test_a_failed_fit_leaves_the_estimator_unfitted():
+    X, y = _features()
+    clf = CALMClassifier().fit(X, y)
+    with pytest.raises(ValueError):
+        clf.fit(np.full_like(X, np.nan), y)
+    assert not hasattr(clf, "classes_") and not hasattr(clf, "weights_")
+
+
+# ---------------------------------------------------------------------------- backbone options
+
+
+def test_backbone_options_are_fixed_and_in_the_fingerprint():
+    backbone = tiny_backbone("whisper")
+    for name, value in (("fast", False), ("padding_side", "right"), ("encoder_seconds", 2.0), ("dtype", "x")):
+        with pytest.raises(AttributeError):
+            setattr(backbone, name, value)
+    with pytest.raises(Exception):
+        backbone.options.fast = False  # frozen dataclass
+    windowed = backbone.with_options(encoder_seconds=2.0)
+    assert windowed.fingerprint() != backbone.fingerprint() and backbone.options.encoder_seconds is None
+    compiled = tiny_backbone("whisper", options=BackboneOptions(compile=True))
+    assert compiled.fingerprint()["compile"] is True and "compile" not in backbone.fingerprint()
+    assert tiny_backbone("whisper", options=BackboneOptions(dtype="bfloat16")).fingerprint()["dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="needs a new calm.load_backbone"):
+        backbone.with_options(dtype="bfloat16")
+    with pytest.raises(ValueError, match="unknown backbone option"):
+        BackboneOptions().replace(speed=3)
+
+
+def test_cli_flags_reach_the_backbone(monkeypatch):
+    from calm.cli import _common, build_parser
+
+    seen = {}
+    monkeypatch.setattr("calm.backbones.load_backbone", lambda name, options: seen.setdefault("options", options))
+    args = build_parser().parse_args(["extract", "--data", "x", "--out", "y", "--model", "tiny:whisper", "--no-fast",
+                                      "--compile", "--encoder-seconds", "5", "--dtype", "bf16"])
+    _common.load_model(args)
+    assert seen["options"] == BackboneOptions(dtype="bf16", fast=False, compile=True, encoder_seconds=5.0)
+    default = build_parser().parse_args(["fit", "--data", "x", "--out", "y", "--model", "m"])
+    assert _common.backbone_options(default) == BackboneOptions()  # the exact fast path is on by default
