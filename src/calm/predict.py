@@ -29,7 +29,8 @@ from calm.heads import extract, feature_fingerprint
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's result: ``label`` and per-class ``probabilities``, or ``error`` (label None)."""
+    """One file's result: ``label`` and per-class ``probabilities``, or ``error``, why the file
+    could not be read (label None)."""
 
     path: str
     label: str | None
@@ -140,5 +141,6 @@ def predict_files(
             rows[item_id] = Prediction(str(paths[int(item_id)]), str(label),
                                        {c: float(v) for c, v in zip(names, p)})
     for item_id, reason in features.failed.items():
-        rows[item_id] = Prediction(str(paths[int(item_id)]), None, {}, reason)
+        path = str(paths[int(item_id)])
+        rows[item_id] = Prediction(path, None, {}, reason.removeprefix(f"{path}: "))
     return [rows[item.id] for item in items]

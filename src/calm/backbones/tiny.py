@@ -104,9 +104,13 @@ def _whisper(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     fields = dict(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=2,
                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                  max_source_positions=ENCODER_POSITIONS, max_target_positions=64, pad_token_id=ids["<|endoftext|>"],
+                  max_source_positions=ENCODER_POSITIONS, max_target_positions=128, pad_token_id=ids["<|endoftext|>"],
                   bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
-                  decoder_start_token_id=ids["<|startoftranscript|>"])
+                  decoder_start_token_id=ids["<|startoftranscript|>"],
+                  # at the default 0.02 the random attention is nearly uniform over the encoder's
+                  # positions, so every head averages the clip away and is constant; 0.5 makes the
+                  # cross-attention heads vary with the audio, as a trained Whisper's do
+                  init_std=0.5)
     fields.update(overrides)
     config = WhisperConfig(**fields)
     return lambda: WhisperForConditionalGeneration(config), processor

@@ -117,10 +117,13 @@ def media_item(
 
 
 def media_files(root: Path) -> Iterator[Path]:
-    """Audio and video files below ``root``, sorted, hidden files and folders skipped."""
+    """Audio and video files below ``root``, sorted, hidden files and folders skipped. A symbolic
+    link with a media suffix is kept even when it is dangling or loops, so that loading it fails
+    with a message naming it instead of the item vanishing."""
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).parts
-        if path.suffix.lower() in MEDIA_SUFFIXES and not any(p.startswith(".") for p in rel) and path.is_file():
+        if path.suffix.lower() in MEDIA_SUFFIXES and not any(p.startswith(".") for p in rel) and (
+                path.is_symlink() or path.is_file()):
             yield path
 
 
