@@ -19,7 +19,7 @@ Two timings per path; batches of the paths alternate (so both meet the same load
 machine) and clips/s comes from the median batch time, warm-up batches excluded:
 
 * ``forward``: inputs built beforehand; one forward pass with hooks on every site and the copy of
-  the features to the CPU (what the GPU anchor figures in DESIGN.md measure).
+  the features to the CPU (what the GPU anchor figures in docs/benchmarks.md measure).
 * ``e2e``: ``calm.extract`` end to end from WAV files: decoding, input building (the plain
   path's processor computes 30 s of log-mel on the CPU; the fast path only the needed frames, on
   the device), forward, copy.
@@ -29,10 +29,10 @@ clips stored as datasets store them, 44.1 kHz stereo FLAC, with decoding and inp
 inline (``loader_threads=0``) and in N background threads: how much of the loading the overlap
 with the model hides.
 
-Plain: the model's own call on the processor's inputs (``backbone.fast = False``), as
-``calm.extract`` runs it by default. Fast: ``backbone.fast = True`` (trimmed log-mel and encoder,
+Plain: the model's own call on the processor's inputs (``BackboneOptions(fast=False)``, the
+reference path). Fast: ``fast=True``, calm's default (trimmed log-mel and encoder,
 :mod:`calm.backbones.qwen2_audio_fast`) with ``stop_after_last_site``. For Whisper the "fast"
-column is the opt-in fixed encoder window (``backbone.encoder_seconds = 5``, the demo's setting);
+column is the opt-in fixed encoder window (``encoder_seconds=5``, the demo's setting);
 Whisper has no padding mask, so this is not exact: the columns show how much the features change,
 and ``--demo-accuracy`` what it does to the demo's spoken-numbers task.
 """
@@ -40,7 +40,6 @@ and ``--demo-accuracy`` what it does to the demo's spoken-numbers task.
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import tempfile
 import time
@@ -52,9 +51,8 @@ import soundfile
 import soxr
 import torch
 
-from calm.backbones.base import Backbone, resolve_dtype
+from calm.backbones.base import Backbone, BackboneOptions, compile_layers, resolve_dtype
 from calm.backbones.qwen2_audio import Qwen2AudioBackbone
-from calm.backbones.qwen2_audio_fast import compile_layers
 from calm.backbones.tiny import QWEN_SPECIALS, tiny_tokenizer
 from calm.backbones.whisper import WhisperBackbone
 from calm.capture import HeadCapture
@@ -102,7 +100,8 @@ def qwen2_audio_backbone(shape: dict[str, dict[str, Any]], device: torch.device,
     )
     with torch.device(device):
         model = Qwen2AudioForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
-    return Qwen2AudioBackbone(model, processor, model_id="random:qwen2-audio", device=device, dtype=dtype)
+    options = BackboneOptions(device=str(device), fast=False)  # the plain path; fast_twin gives the fast one
+    return Qwen2AudioBackbone(model, processor, model_id="random:qwen2-audio", options=options)
 
 
 def make_clips(seconds: float, count: int, rate: int, seed: int = 0) -> list[np.ndarray]:
@@ -222,14 +221,11 @@ WHISPER_WINDOW_SECONDS = 5.0
 
 
 def fast_twin(backbone: Backbone) -> Backbone:
-    """The fast path on the same model: Qwen2-Audio with ``fast = True``; Whisper with the
+    """The fast path on the same model: Qwen2-Audio with ``fast=True``; Whisper with the
     encoder window of :data:`WHISPER_WINDOW_SECONDS` (``encoder_seconds``, not exact)."""
-    twin = copy.copy(backbone)
     if isinstance(backbone, WhisperBackbone):
-        twin.encoder_seconds = WHISPER_WINDOW_SECONDS
-    else:
-        twin.fast = True
-    return twin
+        return backbone.with_options(encoder_seconds=WHISPER_WINDOW_SECONDS)
+    return backbone.with_options(fast=True)
 
 
 def benchmark(backbone: Backbone, fast: Backbone, seconds: float, args: argparse.Namespace,
@@ -371,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if whisper:
         from calm.backbones import load_backbone
 
-        backbone = load_backbone("whisper-base", device=device, dtype=dtype)
+        backbone = load_backbone("whisper-base", device=str(device), dtype=str(dtype).removeprefix("torch."))
     else:
         backbone = qwen2_audio_backbone(QWEN2_AUDIO_7B if gpu else QWEN2_AUDIO_CPU, device, dtype)
     fast = fast_twin(backbone)
@@ -393,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_table(rows)
     if args.compile and not whisper:
         started = time.perf_counter()
-        compile_layers(backbone.audio_parts)
+        compile_layers(backbone.model)
         for row in rows:
             benchmark_compiled(backbone, row, args)
             print(f"  {row['seconds']:g} s clips compiled: {row['compiled']:.2f} clips/s", flush=True)

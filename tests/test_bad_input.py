@@ -4,7 +4,6 @@ a test. Every fixture is made here, offline; the models are tiny random ones."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import warnings
 from pathlib import Path
