@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "demo", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

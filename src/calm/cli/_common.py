@@ -24,10 +24,11 @@ def load_model(args: argparse.Namespace) -> Any:
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser,
-                           model_help: str = "local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>"
-                           ) -> None:
-    """``--model`` (required), ``--batch-size``, ``--device``, ``--dtype`` and ``--quiet``: running a backbone."""
-    parser.add_argument("--model", required=True, help=model_help)
+                           model_help: str = "local model folder, hub id, whisper-base, whisper-tiny.en or tiny:<family>",
+                           model_default: str | None = None) -> None:
+    """``--model`` (required unless ``model_default``), ``--batch-size``, ``--device``, ``--dtype`` and
+    ``--quiet``: running a backbone."""
+    parser.add_argument("--model", required=model_default is None, default=model_default, help=model_help)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
