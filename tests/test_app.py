@@ -3,7 +3,8 @@ tiny random model: make classes, upload and record clips, fit, classify, downloa
 and get the same label from ``calm predict``; corrupt uploads show the error in the page and the
 next action works; no request leaves the app's own address.
 
-Set ``CALM_APP_SCREENSHOT=docs/img/app.png`` to save the page after a prediction (the README's)."""
+The README's picture of the page after a prediction was made with
+``CALM_APP_MODEL=whisper-base CALM_APP_SCREENSHOT=docs/img/app.png pytest tests/test_app.py -k download``."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from calm.backbones import load_backbone
 from calm.cli import main
 from calm.cli._common import DEFAULT_PROMPT
 
-MODEL = "tiny:qwen2_audio"
+MODEL = os.environ.get("CALM_APP_MODEL", "tiny:qwen2_audio")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install 'calm-audio[test]'")
@@ -80,7 +81,7 @@ def browser(tmp_path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1100,1450",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
                  f"--user-data-dir={tmp_path / 'profile'}",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
         options.add_argument(flag)
@@ -166,7 +167,7 @@ def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_p
     probabilities = {row[0]: float(row[1]) for row in shown}
     assert sorted(probabilities) == sorted(TONES) and max(probabilities, key=probabilities.get) == label
     wait(browser, lambda d: d.execute_script("return document.getElementById('weights').naturalWidth") > 0)
-    assert browser.find_elements(By.CSS_SELECTOR, "#profile tr")
+    assert browser.find_elements(By.CSS_SELECTOR, "#profile .layer")
     if os.environ.get("CALM_APP_SCREENSHOT"):
         browser.save_screenshot(os.environ["CALM_APP_SCREENSHOT"])
 

@@ -1,14 +1,16 @@
 """The local web server of ``calm app``: a static page and a small JSON API over :class:`AppSession`.
 
 Why the standard library's ``http.server`` and a hand-written page rather than Gradio: the page
-must load nothing from the internet, and Gradio's default themes fetch Google fonts, its front
-end checks for updates and sends analytics unless each is turned off, and it pins its own web
-stack (FastAPI, pydantic, huggingface_hub ...) next to torch. Here the page is three static files
-shipped in the package, every request stays on the host it was served from, and the app adds no
+must load nothing from the internet, and with Gradio that takes turning off its analytics and its
+version check, replacing its default theme (Google fonts) and auditing each release's front end
+again; it would also bring its own web stack (FastAPI, pydantic, huggingface_hub ...) to an
+install that has torch pinned. Here the page is three static files shipped in the package, every
+request stays on the server it came from (the browser tests check this), and the app needs no
 dependency beyond matplotlib (for the weight map).
 
 API (all JSON unless noted; uploads are the raw file bytes as the request body, the file name
-in ``?name=``; errors are ``{"error": message}`` with status 400, or 409 while the model is busy):
+in ``?name=``; errors are ``{"error": message}`` with status 400, 409 while the model is busy,
+500 for a bug; the server goes on serving):
 
     GET  /api/state                              classes, clips, classifier, progress
     GET  /api/progress                           the running fit's progress

@@ -156,7 +156,11 @@ class AppSession:
                          list(dict.fromkeys(str(w.message) for w in caught)))
 
     def classify(self, filename: str, data: bytes) -> Prediction:
-        """Label one uploaded clip; an undecodable one raises :class:`calm.AudioLoadError` naming ``filename``."""
+        """Label one uploaded clip; an undecodable one raises :class:`calm.AudioLoadError` naming ``filename``.
+
+        The row is :func:`calm.predict.predict_files`'s, shown as is: when calm gains a rejection
+        rule (an "unknown" label), the page shows it without change here.
+        """
         classifier = self._fitted()
         path = self._write_upload(Path("queries"), filename, data)
         with self._running():

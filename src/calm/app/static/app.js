@@ -159,13 +159,13 @@ async function showInterpretation() {
   try {
     const profile = await call("GET", "api/profile");
     const top = Math.max(...Object.values(profile).flat(), 1e-12);
-    const rows = [];
-    for (const [site, shares] of Object.entries(profile)) {
-      shares.forEach((share, layer) => rows.push(el("tr", {}, el("td", {}, `${site} ${layer}`),
-        el("td", {}, `${(100 * share).toFixed(1)}%`),
-        el("td", { className: "bar-cell" }, el("div", { className: "bar", style: `width: ${100 * share / top}%` })))));
-    }
-    $("profile").replaceChildren(el("table", {}, ...rows));
+    const sites = Object.entries(profile).map(([site, shares]) => el("div", { className: "profile-site" },
+      el("span", { className: "name", textContent: site }),
+      ...shares.map((share, layer) => el("div", {
+        className: "layer", title: `${site} layer ${layer}: ${(100 * share).toFixed(1)}% of the head weight`,
+        style: `height: ${100 * share / top}%`,
+      }, el("span", { textContent: String(layer) })))));
+    $("profile").replaceChildren(...sites);
   } catch (error) {
     say(error.message, "error");
   }
