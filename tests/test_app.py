@@ -81,8 +81,8 @@ def browser(tmp_path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'profile'}",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
@@ -120,11 +120,18 @@ def card(driver: Any, name: str) -> Any:
     return driver.find_element(By.CSS_SELECTOR, f'.class[data-class="{name}"]')
 
 
+def then_message(driver: Any, action) -> tuple[str, str]:
+    """Hide the message box, do ``action``, wait for the page's new message and return it."""
+    driver.execute_script("document.getElementById('message').hidden = true")
+    action()
+    wait(driver, lambda d: d.find_element(By.ID, "message").is_displayed())
+    return message(driver)
+
+
 def upload_clips(driver: Any, name: str, paths: list[Path]) -> None:
     """Upload through the class's file input; wait until the page reports the result."""
-    driver.execute_script("document.getElementById('message').hidden = true")
-    card(driver, name).find_element(By.CSS_SELECTOR, "input[type=file]").send_keys("\n".join(map(str, paths)))
-    wait(driver, lambda d: d.find_element(By.ID, "message").is_displayed())
+    field = card(driver, name).find_element(By.CSS_SELECTOR, "input[type=file]")
+    then_message(driver, lambda: field.send_keys("\n".join(map(str, paths))))
 
 
 def classify(driver: Any, path: Path) -> None:
@@ -198,9 +205,8 @@ def test_corrupt_uploads_show_the_error_and_the_next_action_works(browser, app_u
     upload_clips(browser, "low", [clips["low"][0]])
     assert message(browser) == ("ok", "1 clip(s) added to low.")
 
-    browser.find_element(By.ID, "fit").click()
-    wait(browser, lambda d: d.find_element(By.ID, "message").is_displayed())
-    assert message(browser) == ("error", "fit needs at least two classes, each with at least one clip")
+    assert then_message(browser, browser.find_element(By.ID, "fit").click) == (
+        "error", "fit needs at least two classes, each with at least one clip")
 
     make_class(browser, "high")
     upload_clips(browser, "high", [clips["broken"][0], clips["high"][0], clips["high"][1]])
@@ -218,10 +224,7 @@ def test_corrupt_uploads_show_the_error_and_the_next_action_works(browser, app_u
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    browser.execute_script("document.getElementById('message').hidden = true")
-    browser.find_element(By.ID, "load-file").send_keys(str(garbage))
-    wait(browser, lambda d: d.find_element(By.ID, "message").is_displayed())
-    kind, shown = message(browser)
+    kind, shown = then_message(browser, lambda: browser.find_element(By.ID, "load-file").send_keys(str(garbage)))
     assert kind == "error" and shown.startswith("garbage.safetensors: ")
     classify(browser, clips["query"][0])
     assert text(browser, "result-label") in TONES

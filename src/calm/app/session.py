@@ -193,7 +193,7 @@ class AppSession:
         return plot_weight_maps(classifier, path, title=f"{type(classifier).__name__}: head weight per class")
 
     def layer_profile(self) -> dict[str, list[float]]:
-        """Share of the classifier's head weight per layer, per site (:func:`calm.classifiers.profile.layer_profile`)."""
+        """Share of the head weight per layer, per site (:func:`calm.classifiers.profile.layer_profile`)."""
         return {site: mass.tolist() for site, mass in layer_profile(self._fitted()).items()}
 
     # -- helpers ----------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="port (default: 7860; 0 picks a free one)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--workdir", default=None,
-                        help="keep uploaded clips and the feature store here (default: a temporary folder)")
+                        help="keep the feature store (and uploaded clips) here, so a restart re-extracts nothing "
+                             "(default: a temporary folder)")
     add_backbone_arguments(parser, model_default="whisper-base")
     parser.set_defaults(func=_run)
