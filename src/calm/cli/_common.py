@@ -15,10 +15,12 @@ DEFAULT_PROMPT = "What sound is in this audio clip?"
 
 def add_backbone_arguments(parser: argparse.ArgumentParser, model_required: bool = True,
                            model_help: str = "local model folder, hub id, whisper-base, whisper-tiny.en or "
-                                             "tiny:<family>") -> None:
-    """``--model``, the backbone options (``--device``, ``--dtype``, ``--no-fast``, ``--compile``,
-    ``--encoder-seconds``), ``--batch-size`` and ``--quiet``."""
-    parser.add_argument("--model", required=model_required, default=None, help=model_help)
+                                             "tiny:<family>", model_default: str | None = None) -> None:
+    """``--model`` (required unless ``model_required`` is False or it has a default), the backbone
+    options (``--device``, ``--dtype``, ``--no-fast``, ``--compile``, ``--encoder-seconds``),
+    ``--batch-size`` and ``--quiet``."""
+    parser.add_argument("--model", required=model_required and model_default is None, default=model_default,
+                        help=model_help)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")

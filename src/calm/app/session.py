@@ -1,0 +1,256 @@
+"""What the browser app does, as a library: classes of clips, fit, classify, save and load.
+
+    >>> session = AppSession(calm.load_backbone("whisper-base"), workdir="app-work")
+    >>> session.add_class("dog"); session.add_clip("dog", "bark.wav", Path("bark.wav").read_bytes())
+    >>> ...; session.fit()                  # only clips not yet in the feature store are extracted
+    >>> session.classify("new.wav", data)   # -> Prediction(label, probabilities)
+
+Every model step is a call of the public API (:func:`calm.extract` with a feature store,
+:func:`calm.predict.fit_classifier`, :func:`calm.predict.predict_files`,
+:func:`calm.classifiers.save` / :func:`calm.classifiers.load`). One lock serialises them: the
+backbone runs one request at a time, and a second request while one runs gets :class:`BusyError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from calm.media import MediaLoadError, load_audio
+from calm.backbones.base import Backbone
+from calm.classifiers import load, plot_weight_maps, save
+from calm.classifiers.profile import layer_profile
+from calm.data.items import Item
+from calm.data.loaders import load_dataset, media_item
+from calm.heads import extract, feature_fingerprint
+from calm.predict import Prediction, check_same_features, fit_classifier, predict_files
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class BusyError(RuntimeError):
+    """The backbone is running another request (a fit or a classification)."""
+
+
+@dataclass
+class Progress:
+    """Where the running fit is: ``stage`` (idle, extracting, fitting), clips ``done`` of ``total``."""
+
+    stage: str = "idle"
+    done: int = 0
+    total: int = 0
+
+
+@dataclass
+class FitResult:
+    """A fit: the classifier's type, classes, how many clips it saw, and the warnings it raised."""
+
+    method: str
+    classes: list[str]
+    clips: int
+    warnings: list[str] = field(default_factory=list)
+
+
+class AppSession:
+    """Named classes of clips, a feature store under ``workdir``, and the fitted (or loaded) classifier.
+
+    Args:
+        backbone: from :func:`calm.load_backbone`.
+        workdir: uploaded clips go to ``workdir/clips``, features to the store ``workdir/store``.
+        prompt: the feature prompt of new fits (a loaded classifier brings its own).
+        batch_size: clips per forward pass, and per step of the progress shown while fitting.
+    """
+
+    def __init__(self, backbone: Backbone, workdir: str | Path, prompt: str, batch_size: int = 8) -> None:
+        self.backbone = backbone
+        self.workdir = Path(workdir)
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.classes: dict[str, dict[str, Path]] = {}
+        self.classifier: Any = None
+        self.progress = Progress()
+        self._lock = threading.Lock()
+
+    # -- classes and clips ------------------------------------------------------------------
+    def add_class(self, name: str) -> str:
+        """Add an empty class (a name of letters, digits, space, ``. _ -``); an existing one is kept."""
+        name = name.strip()
+        if not name or name in (".", "..") or not re.fullmatch(r"[\w .-]+", name):
+            raise ValueError(f"class name {name!r}: use letters, digits, spaces, '.', '_' or '-'")
+        self.classes.setdefault(name, {})
+        return name
+
+    def remove_class(self, name: str) -> None:
+        self._clips_of(name)
+        del self.classes[name]
+
+    def add_clip(self, class_name: str, filename: str, data: bytes) -> str:
+        """Store an uploaded clip under ``class_name``; returns its name in the class.
+
+        Raises :class:`calm.MediaLoadError` naming ``filename`` if the bytes do not decode as audio
+        (the clip is then not added).
+        """
+        clips = self._clips_of(class_name)
+        path = self._write_upload(Path("clips") / class_name, filename, data)
+        name = _unique(Path(filename).name or path.name, clips)
+        clips[name] = path
+        return name
+
+    def remove_clip(self, class_name: str, name: str) -> None:
+        clips = self._clips_of(class_name)
+        if name not in clips:
+            raise ValueError(f"class {class_name!r} has no clip {name!r}")
+        del clips[name]
+
+    def add_folder(self, root: str | Path) -> int:
+        """Add every labelled clip of a dataset folder (class subfolders, a CSV ...: see
+        :func:`calm.load_dataset`) by reference; returns how many were added."""
+        items = load_dataset(root)
+        multi = [i.id for i in items if isinstance(i.label, tuple)]
+        if multi:
+            raise ValueError(f"{root}: the app takes one label per clip; {multi[0]!r} has several")
+        added = 0
+        for item in items:
+            if item.label is None or item.audio is None:
+                continue
+            clips = self.classes.setdefault(self.add_class(str(item.label)), {})
+            if item.audio not in clips.values():
+                clips[_unique(Path(item.audio).name, clips)] = Path(item.audio)
+                added += 1
+        return added
+
+    def items(self) -> list[Item]:
+        """Every clip as a labelled item; the id ``class/name`` keys it in the feature store."""
+        return [media_item(f"{label}/{name}", path, label)
+                for label, clips in self.classes.items() for name, path in clips.items()]
+
+    # -- model steps ------------------------------------------------------------------------
+    def fit(self, on_progress: Callable[[Progress], None] | None = None) -> FitResult:
+        """Extract the clips not in the store yet (batch by batch, updating :attr:`progress`), then
+        fit :func:`calm.predict.fit_classifier`'s default method on all clips."""
+        items = self.items()
+        empty = [name for name, clips in self.classes.items() if not clips]
+        if len(self.classes) < 2 or empty:
+            raise ValueError("fit needs at least two classes, each with at least one clip"
+                             + (f"; no clips in {', '.join(map(repr, empty))}" if empty else ""))
+        with self._running(), self._idle_after(on_progress):
+            store = self.workdir / "store"
+            self._report(on_progress, "extracting", 0, len(items))
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start:start + self.batch_size]
+                extract(self.backbone, batch, self.prompt, batch_size=self.batch_size, store=store)
+                self._report(on_progress, "extracting", start + len(batch), len(items))
+            self._report(on_progress, "fitting", len(items), len(items))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                classifier = fit_classifier(self.backbone, items, self.prompt, batch_size=self.batch_size,
+                                            store=store)
+            self.classifier = classifier
+        return FitResult(type(classifier).__name__, [str(c) for c in classifier.classes_], len(items),
+                         list(dict.fromkeys(str(w.message) for w in caught)))
+
+    def classify(self, filename: str, data: bytes) -> Prediction:
+        """Label one uploaded clip; an undecodable one raises :class:`calm.MediaLoadError` naming ``filename``.
+
+        The row is :func:`calm.predict.predict_files`'s, shown as is: when calm gains a rejection
+        rule (an "unknown" label), the page shows it without change here.
+        """
+        classifier = self._fitted()
+        path = self._write_upload(Path("queries"), filename, data)
+        with self._running():
+            return predict_files(self.backbone, classifier, [path], batch_size=1)[0]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the classifier with :func:`calm.classifiers.save` (the file ``calm predict`` reads)."""
+        return save(self._fitted(), path)
+
+    def load(self, path: str | Path) -> None:
+        """Load a classifier file; one fit on other features (model, dtype, prompt) raises ValueError."""
+        classifier = load(path)
+        recorded = getattr(classifier, "fingerprint_", None) or {}
+        if "prompt" not in recorded:
+            raise ValueError(f"{path}: the classifier records no prompt, so the app cannot use it")
+        check_same_features(recorded, feature_fingerprint(self.backbone, recorded["prompt"]))
+        self.classifier = classifier
+
+    def load_bytes(self, filename: str, data: bytes) -> None:
+        """:meth:`load` for an uploaded file; errors name ``filename``."""
+        path = self._save_bytes(Path("loaded"), filename, data)
+        try:
+            self.load(path)
+        except ValueError as error:
+            raise ValueError(str(error).replace(str(path), filename)) from None
+
+    def weight_map_png(self, path: str | Path) -> Path:
+        """The head x class weight maps of the classifier as a PNG (:func:`calm.classifiers.plot_weight_maps`)."""
+        classifier = self._fitted()
+        return plot_weight_maps(classifier, path, title=f"{type(classifier).__name__}: head weight per class")
+
+    def layer_profile(self) -> dict[str, list[float]]:
+        """Share of the head weight per layer, per site (:func:`calm.classifiers.profile.layer_profile`)."""
+        return {site: mass.tolist() for site, mass in layer_profile(self._fitted()).items()}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _clips_of(self, class_name: str) -> dict[str, Path]:
+        if class_name not in self.classes:
+            raise ValueError(f"no class {class_name!r}; make it first")
+        return self.classes[class_name]
+
+    def _fitted(self) -> Any:
+        if self.classifier is None:
+            raise ValueError("no classifier yet: fit one or load a classifier file")
+        return self.classifier
+
+    def _save_bytes(self, folder: Path, filename: str, data: bytes) -> Path:
+        """Write ``data`` under ``workdir/folder`` with a name made of a content hash and ``filename``."""
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        path = self.workdir / folder / f"{digest}-{_UNSAFE.sub('_', Path(filename).name)[-80:]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def _write_upload(self, folder: Path, filename: str, data: bytes) -> Path:
+        """:meth:`_save_bytes`, then check that it decodes (a corrupt file is removed and named in the error)."""
+        path = self._save_bytes(folder, filename, data)
+        try:
+            load_audio(path, self.backbone.sample_rate)
+        except MediaLoadError as error:
+            path.unlink(missing_ok=True)
+            raise MediaLoadError(filename, error.reason) from None
+        return path
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("busy: the model is running another request; try again when it ends")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _idle_after(self, on_progress: Callable[[Progress], None] | None) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self._report(on_progress, "idle", self.progress.done, self.progress.total)
+
+    def _report(self, on_progress: Callable[[Progress], None] | None, stage: str, done: int, total: int) -> None:
+        self.progress = Progress(stage, done, total)
+        if on_progress is not None:
+            on_progress(self.progress)
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``name (2)``, ``name (3)`` ... if the class already has a clip of that name."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name} ({n})"
+    return candidate
