@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from calm import testing_families
 from calm.backbones import FAMILIES, adapter_class
 from calm.backbones.base import Backbone
 
@@ -202,6 +203,7 @@ def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
 TINY_ATTRIBUTES: dict[str, dict[str, Any]] = {
     # small frames (at most 4x4 patches) keep the vision tower cheap
     "qwen2_5_omni": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
+    "qwen3_omni": {"min_pixels": 64 * 64, "max_pixels": 128 * 128},
 }
 """Adapter attributes a tiny model changes from the real model's."""
 
@@ -212,6 +214,8 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
     "whisper": _whisper,
     "audioflamingo3": _audioflamingo3,
     "glmasr": _glmasr,
+    "qwen3_omni": testing_families.qwen3_omni,
+    "granite_speech": testing_families.granite_speech,
 }
 """Family -> builder returning (model constructor, processor)."""
 

@@ -26,6 +26,8 @@ FAMILIES: dict[str, str] = {
     "qwen2_audio": "calm.backbones.qwen2_audio:Qwen2AudioBackbone",
     "qwen2_5_omni": "calm.backbones.qwen2_5_omni:Qwen2_5OmniBackbone",
     "whisper": "calm.backbones.whisper:WhisperBackbone",
+    "qwen3_omni": "calm.backbones.qwen3_omni:Qwen3OmniBackbone",
+    "granite_speech": "calm.backbones.granite_speech:GraniteSpeechBackbone",
     "generic": "calm.backbones.generic:GenericBackbone",
 }
 """Family name -> ``module:class`` of its adapter. Adding a family is one file and one line here."""

@@ -1,0 +1,194 @@
+"""Every audio-language family end to end on its tiny random model: prompt rendering, the last
+real token under left and right padding, batched == one by one, the captured heads reproduce the
+output projection's real output, and ``calm extract`` / ``fit`` / ``predict`` run on it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from calm.cli import main
+from calm.heads import HeadCapture, last_token_index
+from calm.testing import TINY_FAMILIES, tiny_backbone
+
+NEW_FAMILIES = ["qwen3_omni", "granite_speech"]
+ALL_FAMILIES = sorted(TINY_FAMILIES)
+PROMPT = "What is it?"
+
+RENDERED = {
+    "qwen3_omni": "<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>What is it?<|im_end|>\n"
+                  "<|im_start|>assistant\n",
+    "granite_speech": "<|start_of_role|>system<|end_of_role|>Knowledge Cutoff Date: April 2024.\nToday's Date: "
+                      "April 9, 2025.\nYou are Granite, developed by IBM. You are a helpful AI assistant<|end_of_text|>"
+                      "\n<|start_of_role|>user<|end_of_role|><|audio|>What is it?<|end_of_text|>\n"
+                      "<|start_of_role|>assistant<|end_of_role|>",
+}
+"""The prompt as each family's chat template renders it."""
+
+
+def _clip(seconds: float, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+CLIPS = [_clip(0.7, 1), _clip(2.3, 2), _clip(1.4, 3)]
+
+
+def _heads(backbone, audios, side: str, videos=None) -> torch.Tensor:
+    backbone.padding_side = side
+    with torch.inference_mode(), HeadCapture(backbone) as capture:
+        inputs = backbone.build_inputs(audios, PROMPT, videos=videos)
+        capture.expect(backbone.token_mask(inputs))
+        backbone.forward(inputs)
+        return capture.collect()
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_prompt_renders_through_the_chat_template(family):
+    backbone = tiny_backbone(family)
+    assert backbone.render_prompt(PROMPT) == RENDERED[family]
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_last_real_token_ends_the_generation_prompt(family):
+    """Under left and right padding the hooks read the same token: the generation prompt's last."""
+    backbone = tiny_backbone(family)
+    expected = backbone.tokenizer(RENDERED[family], add_special_tokens=False)["input_ids"][-1]
+    for side in ("left", "right"):
+        backbone.padding_side = side
+        inputs = backbone.build_inputs(CLIPS, PROMPT)
+        mask = backbone.token_mask(inputs)
+        assert not mask.all(), "clips of different lengths must pad"
+        last = last_token_index(mask)
+        assert inputs["input_ids"][torch.arange(len(CLIPS)), last].tolist() == [expected] * len(CLIPS)
+        padded_end = mask[:, -1].bool() if side == "left" else mask[:, 0].bool()
+        assert padded_end.all()
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_batched_equals_one_by_one_under_both_paddings(family):
+    backbone = tiny_backbone(family)
+    single = torch.cat([_heads(backbone, [clip], "left") for clip in CLIPS])
+    assert single.abs().mean() > 1e-3
+    for side in ("left", "right"):
+        torch.testing.assert_close(_heads(backbone, CLIPS, side), single, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_output_projection_of_the_heads_is_the_module_output(family):
+    """Each site's projection applied to its captured heads gives the projection's real output
+    at the last real token (hooked on the projection's output)."""
+    backbone = tiny_backbone(family)
+    backbone.padding_side = "right"
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index):
+        def hook(module, args, output):
+            outputs[index] = output.detach()
+        return hook
+
+    handles = [site.proj.register_forward_hook(keep(i)) for i, site in enumerate(backbone.sites)]
+    try:
+        with torch.inference_mode(), HeadCapture(backbone) as capture:
+            inputs = backbone.build_inputs(CLIPS[:2], PROMPT)
+            mask = backbone.token_mask(inputs)
+            capture.expect(mask)
+            backbone.forward(inputs)
+            X = capture.collect()
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows, last = torch.arange(2), last_token_index(mask)
+    start = 0
+    for index, site in enumerate(backbone.sites):
+        heads = X[:, start:start + site.num_heads].reshape(2, -1)
+        start += site.num_heads
+        with torch.inference_mode():
+            torch.testing.assert_close(site.proj(heads), outputs[index][rows, last], atol=1e-5, rtol=1e-5)
+
+
+def _tone(path: Path, hz: float, seconds: float) -> None:
+    t = np.arange(int(16000 * seconds)) / 16000
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 16000)
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_cli_extract_fit_predict(family, tmp_path, capsys):
+    data = tmp_path / "data"
+    for label, hz in (("low", 300.0), ("high", 2500.0)):
+        (data / label).mkdir(parents=True)
+        for k in range(2):
+            _tone(data / label / f"{label}{k}.wav", hz * (1 + 0.05 * k), 0.4 + 0.3 * k)
+    new = tmp_path / "new.wav"
+    _tone(new, 320.0, 0.5)
+    model, classifier = f"tiny:{family}", tmp_path / "clf.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["extract", "--model", model, "--data", str(data), "--out", str(tmp_path / "store"),
+                     "--batch-size", "3", "--quiet"]) == 0
+        assert "done: 4 (computed 4" in capsys.readouterr().out
+        assert main(["fit", "--model", model, "--data", str(data), "--out", str(classifier),
+                     "--store", str(tmp_path / "store"), "--quiet"]) == 0
+        assert main(["predict", "--model", model, "--classifier", str(classifier), str(new), "--format", "jsonl",
+                     "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert str(new) in out and ('"label": "low"' in out or '"label": "high"' in out)
+
+
+def test_qwen3_omni_video_uses_the_models_3d_positions():
+    """Audio + video: no 1-D positions are passed (the thinker computes 3-D rotary positions from
+    the mask), so left padding, right padding and one by one agree."""
+    backbone = tiny_backbone("qwen3_omni")
+    frames = [np.random.default_rng(s).integers(0, 255, (n, 60, 90, 3), dtype=np.uint8) for s, n in ((1, 2), (2, 4))]
+    inputs = backbone.build_inputs(CLIPS[:2], PROMPT, videos=frames)
+    assert "position_ids" not in backbone.forward_kwargs(inputs)
+    video_id = backbone.model.config.video_token_id
+    assert ((inputs["input_ids"] == video_id).sum(1) > 0).all()
+    single = torch.cat([_heads(backbone, [clip], "left", videos=[video]) for clip, video in zip(CLIPS[:2], frames)])
+    for side in ("left", "right"):
+        torch.testing.assert_close(_heads(backbone, CLIPS[:2], side, videos=frames), single, atol=1e-4, rtol=0)
+    flat = backbone.forward_kwargs(inputs)
+    flat["position_ids"] = backbone.positions(inputs["attention_mask"])  # what the generic path would pass
+    with torch.inference_mode():
+        own = backbone.model(**backbone.forward_kwargs(inputs)).logits
+        generic = backbone.model(**flat).logits
+    assert not torch.allclose(own, generic, atol=1e-4)
+
+
+def test_qwen3_omni_audio_tokens_follow_the_chunked_encoder():
+    from calm.backbones.qwen3_omni import audio_token_count
+
+    backbone = tiny_backbone("qwen3_omni")
+    inputs = backbone.build_inputs([_clip(0.7), _clip(2.3)], PROMPT)
+    counts = (inputs["input_ids"] == backbone.model.config.audio_token_id).sum(1).tolist()
+    assert counts == [9, 13 * 2 + 4]  # 70 mel frames; 230 = two 100-frame chunks + 30
+    assert audio_token_count(torch.tensor([100, 200, 1]), 50).tolist() == [13, 26, 1]
+
+
+def test_granite_mel_matches_the_feature_extractor():
+    torchaudio = pytest.importorskip(
+        "torchaudio", reason="torchaudio (GraniteSpeechFeatureExtractor's mel) has no PyPI build that loads beside "
+                             "the CPU torch 2.13; GraniteMel reimplements it in torch")
+    del torchaudio
+    from transformers import GraniteSpeechFeatureExtractor
+
+    from calm.backbones.granite_speech import GraniteMel
+
+    clip = _clip(1.3)
+    reference = GraniteSpeechFeatureExtractor()(clip)
+    ours = GraniteMel()(clip)
+    torch.testing.assert_close(ours, reference["input_features"][0], atol=1e-4, rtol=1e-4)
+    assert GraniteMel().token_count(len(ours)) == reference["audio_embed_sizes"][0]
+
+
+def test_granite_mel_settings_and_token_count():
+    from calm.backbones.granite_speech import GraniteMel
+
+    mel = GraniteMel()
+    features = mel(_clip(1.0))
+    assert features.shape == (50, 160)  # 101 frames of 80 bins, the odd last one dropped, stacked by 2
+    assert mel.token_count(50) == 4 * 3 and mel.token_count(45) == 3 * 3
