@@ -16,7 +16,7 @@ from calm.cli import main
 from calm.heads import HeadCapture, last_token_index
 from calm.testing import TINY_FAMILIES, tiny_backbone
 
-NEW_FAMILIES = ["qwen3_omni", "granite_speech"]
+NEW_FAMILIES = ["qwen3_omni", "granite_speech", "voxtral", "phi4_multimodal"]
 ALL_FAMILIES = sorted(TINY_FAMILIES)
 PROMPT = "What is it?"
 
@@ -27,6 +27,8 @@ RENDERED = {
                       "April 9, 2025.\nYou are Granite, developed by IBM. You are a helpful AI assistant<|end_of_text|>"
                       "\n<|start_of_role|>user<|end_of_role|><|audio|>What is it?<|end_of_text|>\n"
                       "<|start_of_role|>assistant<|end_of_role|>",
+    "voxtral": "<s>[INST][BEGIN_AUDIO][AUDIO]What is it?[/INST]",
+    "phi4_multimodal": "<|user|><|endoftext11|>What is it?<|end|><|assistant|>",
 }
 """The prompt as each family's chat template renders it."""
 
@@ -35,7 +37,8 @@ def _clip(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
-CLIPS = [_clip(0.7, 1), _clip(2.3, 2), _clip(1.4, 3)]
+CLIPS = [_clip(0.7, 1), _clip(4.6, 2), _clip(1.4, 3)]
+"""Clips of different lengths; the second spans two of tiny Voxtral's 4 s chunks."""
 
 
 def _heads(backbone, audios, side: str, videos=None) -> torch.Tensor:

@@ -216,6 +216,8 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
     "glmasr": _glmasr,
     "qwen3_omni": testing_families.qwen3_omni,
     "granite_speech": testing_families.granite_speech,
+    "voxtral": testing_families.voxtral,
+    "phi4_multimodal": testing_families.phi4_multimodal,
 }
 """Family -> builder returning (model constructor, processor)."""
 

@@ -67,7 +67,8 @@ def granite_speech(**overrides: Any) -> Builder:
     projector, Granite decoder."""
     from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
 
-    from calm.backbones.granite_speech import GraniteMel, GraniteParts
+    from calm.backbones.granite_speech import GraniteMel
+    from calm.backbones.parts import ProcessorParts
     from calm.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(GRANITE_SPECIALS, eos="<|end_of_text|>", pad="<|end_of_text|>",
@@ -85,4 +86,69 @@ def granite_speech(**overrides: Any) -> Builder:
                               cross_attention_frequency=1),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|audio|>"), has_lora_adapter=False,
     )
-    return lambda: GraniteSpeechForConditionalGeneration(config), GraniteParts(GraniteMel(), tokenizer)
+    return lambda: GraniteSpeechForConditionalGeneration(config), ProcessorParts(GraniteMel(), tokenizer)
+
+
+VOXTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[AUDIO]", "[BEGIN_AUDIO]")
+
+
+def voxtral(**overrides: Any) -> Builder:
+    """Voxtral: Whisper encoder on 4 s chunks (30 s in the real ones), 4 frames per token, Llama decoder."""
+    from transformers import VoxtralConfig, VoxtralForConditionalGeneration, WhisperFeatureExtractor
+
+    from calm.backbones.parts import ProcessorParts
+    from calm.testing import tiny_tokenizer
+
+    seconds = 4
+    tokenizer = tiny_tokenizer(VOXTRAL_SPECIALS, eos="</s>", pad="<pad>")
+    tokenizer.bos_token, tokenizer.unk_token = "<s>", "<unk>"
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+                rms_norm_eps=1e-5)
+    text.update(overrides)
+    config = VoxtralConfig(
+        audio_config=dict(num_mel_bins=128, hidden_size=16, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_source_positions=seconds * 50),
+        text_config=dict(model_type="llama", **text),
+        audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]"),
+    )
+    features = WhisperFeatureExtractor(feature_size=128, chunk_length=seconds)
+    return lambda: VoxtralForConditionalGeneration(config), ProcessorParts(features, tokenizer)
+
+
+PHI4_SPECIALS = ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>")
+PHI4_NAMED = {"audio_token": "<|endoftext11|>", "image_token": "<|endoftext10|>"}
+PHI4_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+"""Phi-4's turns (string contents)."""
+
+
+def phi4_multimodal(**overrides: Any) -> Builder:
+    """Phi-4-multimodal: conformer speech encoder (8x time reduction), SigLIP-style vision tower,
+    Phi-4-mini decoder (fused qkv, partial rotary)."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM
+
+    from calm.backbones.parts import ProcessorParts
+    from calm.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(PHI4_SPECIALS, eos="<|end|>", pad="<|endoftext|>", named=PHI4_NAMED,
+                               chat_template=PHI4_CHAT_TEMPLATE)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PHI4_NAMED.items()}
+    fields = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  original_max_position_embeddings=4096, partial_rotary_factor=0.75,
+                  bos_token_id=ids["audio_token"] - 2, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    fields.update(overrides)
+    config = Phi4MultimodalConfig(
+        **fields,
+        audio_config=dict(hidden_size=16, intermediate_size=32, num_blocks=2, num_attention_heads=2, input_size=80,
+                          ext_pw_out_channel=16, depthwise_separable_out_channel=16, nemo_conv_channels=16,
+                          time_reduction=8, bias_max_distance=50, left_chunk=18, chunk_size=-1,
+                          audio_token_id=ids["audio_token"]),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, crop_size=28, patch_size=14, image_token_id=ids["image_token"]),
+    )
+    return lambda: Phi4MultimodalForCausalLM(config), ProcessorParts(Phi4MultimodalFeatureExtractor(), tokenizer)

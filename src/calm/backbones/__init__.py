@@ -28,6 +28,8 @@ FAMILIES: dict[str, str] = {
     "whisper": "calm.backbones.whisper:WhisperBackbone",
     "qwen3_omni": "calm.backbones.qwen3_omni:Qwen3OmniBackbone",
     "granite_speech": "calm.backbones.granite_speech:GraniteSpeechBackbone",
+    "voxtral": "calm.backbones.voxtral:VoxtralBackbone",
+    "phi4_multimodal": "calm.backbones.phi4_multimodal:Phi4MultimodalBackbone",
     "generic": "calm.backbones.generic:GenericBackbone",
 }
 """Family name -> ``module:class`` of its adapter. Adding a family is one file and one line here."""

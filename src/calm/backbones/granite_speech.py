@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from calm.backbones.base import Backbone
+from calm.backbones.parts import ProcessorParts
 
 SYSTEM_PROMPT = ("Knowledge Cutoff Date: April 2024.\nToday's Date: April 9, 2025.\n"
                  "You are Granite, developed by IBM. You are a helpful AI assistant")
@@ -79,23 +80,15 @@ class GraniteMel:
         return math.ceil(frames / window) * (window // self.projector_downsample_rate)
 
 
-@dataclass
-class GraniteParts:
-    """What the adapter uses of the Granite Speech processor: the log-mel settings and the tokenizer."""
-
-    feature_extractor: GraniteMel
-    tokenizer: Any
-
-
 class GraniteSpeechBackbone(Backbone):
     family = "granite_speech"
     model_types = ("granite_speech",)
     model_class = "GraniteSpeechForConditionalGeneration"
 
     @classmethod
-    def load_processor(cls, transformers: Any, name_or_path: str) -> GraniteParts:
-        return GraniteParts(GraniteMel.from_pretrained(transformers, name_or_path),
-                            transformers.AutoTokenizer.from_pretrained(name_or_path))
+    def load_processor(cls, transformers: Any, name_or_path: str) -> ProcessorParts:
+        return ProcessorParts(GraniteMel.from_pretrained(transformers, name_or_path),
+                              transformers.AutoTokenizer.from_pretrained(name_or_path))
 
     @staticmethod
     def prompt_messages(prompt: str, with_video: bool = False) -> list[dict[str, Any]]:
