@@ -16,7 +16,9 @@ from calm.cli import main
 from calm.heads import HeadCapture, last_token_index
 from calm.testing import TINY_FAMILIES, tiny_backbone
 
-NEW_FAMILIES = ["qwen3_omni", "granite_speech", "voxtral", "phi4_multimodal"]
+NEW_FAMILIES = ["qwen3_omni", "granite_speech", "voxtral", "phi4_multimodal", "gemma3n"]
+SAME_LENGTH = {"gemma3n"}
+"""Families whose prompts have the same number of tokens for every clip (nothing to pad)."""
 ALL_FAMILIES = sorted(TINY_FAMILIES)
 PROMPT = "What is it?"
 
@@ -29,6 +31,7 @@ RENDERED = {
                       "<|start_of_role|>assistant<|end_of_role|>",
     "voxtral": "<s>[INST][BEGIN_AUDIO][AUDIO]What is it?[/INST]",
     "phi4_multimodal": "<|user|><|endoftext11|>What is it?<|end|><|assistant|>",
+    "gemma3n": "<bos><start_of_turn>user\n<audio_soft_token>What is it?<end_of_turn>\n<start_of_turn>model\n",
 }
 """The prompt as each family's chat template renders it."""
 
@@ -65,11 +68,11 @@ def test_last_real_token_ends_the_generation_prompt(family):
         backbone.padding_side = side
         inputs = backbone.build_inputs(CLIPS, PROMPT)
         mask = backbone.token_mask(inputs)
-        assert not mask.all(), "clips of different lengths must pad"
+        assert bool(mask.all()) == (family in SAME_LENGTH)
         last = last_token_index(mask)
         assert inputs["input_ids"][torch.arange(len(CLIPS)), last].tolist() == [expected] * len(CLIPS)
-        padded_end = mask[:, -1].bool() if side == "left" else mask[:, 0].bool()
-        assert padded_end.all()
+        real_end = mask[:, -1] if side == "left" else mask[:, 0]
+        assert real_end.bool().all()
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
@@ -195,3 +198,46 @@ def test_granite_mel_settings_and_token_count():
     features = mel(_clip(1.0))
     assert features.shape == (50, 160)  # 101 frames of 80 bins, the odd last one dropped, stacked by 2
     assert mel.token_count(50) == 4 * 3 and mel.token_count(45) == 3 * 3
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_stopping_after_the_last_site_changes_nothing(family):
+    backbone = tiny_backbone(family)
+    full = _heads(backbone, CLIPS[:2], "left")
+    with torch.inference_mode(), HeadCapture(backbone, stop_after_last_site=True) as capture:
+        inputs = backbone.build_inputs(CLIPS[:2], PROMPT)
+        capture.expect(backbone.token_mask(inputs))
+        backbone.forward(inputs)
+        torch.testing.assert_close(capture.collect(), full, atol=1e-6, rtol=0)
+
+
+def test_voxtral_cuts_clips_into_chunks():
+    backbone = tiny_backbone("voxtral")
+    inputs = backbone.build_inputs([_clip(0.5), _clip(4.6)], PROMPT)
+    assert inputs["input_features"].shape == (3, 128, 400)  # 1 + 2 chunks of 4 s
+    counts = (inputs["input_ids"] == backbone.model.config.audio_token_id).sum(1).tolist()
+    assert counts == [50, 100] and backbone.tokens_per_chunk == 50  # 200 encoder frames / 4 per token
+
+
+def test_phi4_sites_skip_the_speech_encoder_inside_the_embedding():
+    backbone = tiny_backbone("phi4_multimodal")
+    encoder_blocks = [name for name, _ in backbone.model.named_modules()
+                      if name.startswith("model.embed_tokens_extend") and name.endswith("self_attn")]
+    assert encoder_blocks
+    assert [site.name for site in backbone.sites] == [f"model.layers.{i}.self_attn" for i in range(2)]
+
+
+def test_gemma3n_every_clip_gets_the_soft_tokens():
+    backbone = tiny_backbone("gemma3n")
+    inputs = backbone.build_inputs([_clip(0.5), _clip(6.0)], PROMPT)
+    soft = (inputs["input_ids"] == backbone.model.config.audio_token_id).sum(1).tolist()
+    assert soft == [31, 31] and int(inputs["audio_frames"].max()) <= 5 * 100  # cut to the 5 s window
+
+
+def test_gemma3n_with_its_real_vision_tower():
+    pytest.importorskip("timm", reason="timm (Gemma 3n's MobileNetV5 vision tower) needs torchvision, which has no "
+                                       "PyPI build that imports beside torch 2.13; the tiny model stands in for it")
+    backbone = tiny_backbone("gemma3n")
+    assert type(backbone.model.model.vision_tower).__name__ == "TimmWrapperModel"
+    single = torch.cat([_heads(backbone, [clip], "left") for clip in CLIPS])
+    torch.testing.assert_close(_heads(backbone, CLIPS, "left"), single, atol=1e-4, rtol=0)

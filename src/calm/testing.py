@@ -204,6 +204,7 @@ TINY_ATTRIBUTES: dict[str, dict[str, Any]] = {
     # small frames (at most 4x4 patches) keep the vision tower cheap
     "qwen2_5_omni": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
     "qwen3_omni": {"min_pixels": 64 * 64, "max_pixels": 128 * 128},
+    "gemma3n": {"max_seconds": WINDOW_SECONDS},
 }
 """Adapter attributes a tiny model changes from the real model's."""
 
@@ -218,6 +219,7 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
     "granite_speech": testing_families.granite_speech,
     "voxtral": testing_families.voxtral,
     "phi4_multimodal": testing_families.phi4_multimodal,
+    "gemma3n": testing_families.gemma3n,
 }
 """Family -> builder returning (model constructor, processor)."""
 

@@ -152,3 +152,86 @@ def phi4_multimodal(**overrides: Any) -> Builder:
                            image_size=28, crop_size=28, patch_size=14, image_token_id=ids["image_token"]),
     )
     return lambda: Phi4MultimodalForCausalLM(config), ProcessorParts(Phi4MultimodalFeatureExtractor(), tokenizer)
+
+
+GEMMA3N_TEXT_SPECIALS = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                         "<start_of_audio>")
+GEMMA3N_VISION_TOKENS = ("<end_of_image>", "<image_soft_token>", "<vision_2>", "<vision_3>")
+GEMMA3N_AUDIO_TOKENS = ("<end_of_audio>", "<audio_soft_token>", "<audio_2>", "<audio_3>")
+"""Gemma 3n's vocabulary: text, then the vision tower's tokens, then the audio tower's (ids at or
+past each tower's ``vocab_offset`` are embedded by that tower's embedder)."""
+
+GEMMA3N_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'audio' %}<audio_soft_token>{% elif item['type'] == 'image' %}<image_soft_token>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma 3n's chat template (user and model turns, audio and text parts)."""
+
+
+class _AbsentVisionTower(torch.nn.Module):
+    """Stands in for Gemma 3n's MobileNetV5 vision tower where ``timm`` cannot be imported; the
+    audio path never calls it."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the tiny Gemma 3n has no vision tower here: timm (which needs torchvision) is missing")
+
+
+def gemma3n(**overrides: Any) -> Builder:
+    """Gemma 3n: USM conformer audio encoder (4x4 time reduction), Gemma 3n decoder (AltUp, LAuReL,
+    per-layer inputs, KV sharing), 32 audio soft tokens per clip for 5 s (188 for 30 s in the real
+    ones). Without timm the vision tower is :class:`_AbsentVisionTower`; everything else is the
+    real classes."""
+    from unittest import mock
+
+    from transformers import Gemma3nAudioFeatureExtractor, Gemma3nConfig, Gemma3nForConditionalGeneration
+    from transformers.models.gemma3n import modeling_gemma3n
+    from transformers.utils import is_timm_available
+
+    from calm.backbones.parts import ProcessorParts
+    from calm.testing import WINDOW_SECONDS, tiny_tokenizer
+
+    named = {"boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>", "audio_token": "<audio_soft_token>",
+             "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = tiny_tokenizer(GEMMA3N_TEXT_SPECIALS + GEMMA3N_VISION_TOKENS + GEMMA3N_AUDIO_TOKENS, eos="<eos>",
+                               pad="<pad>", named=named, chat_template=GEMMA3N_CHAT_TEMPLATE)
+    tokenizer.bos_token = "<bos>"
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in named.items()}
+    text_vocab = tokenizer.convert_tokens_to_ids(GEMMA3N_VISION_TOKENS[0])
+    audio_offset = tokenizer.convert_tokens_to_ids(GEMMA3N_AUDIO_TOKENS[0])
+    text = dict(vocab_size=len(tokenizer), vocab_size_per_layer_input=text_vocab, hidden_size=32,
+                intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                hidden_size_per_layer_input=4, num_kv_shared_layers=1, laurel_rank=4, altup_num_inputs=2,
+                sliding_window=16, layer_types=["full_attention", "full_attention"],
+                activation_sparsity_pattern=[0.0, 0.0], pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text.update(overrides)
+    config = Gemma3nConfig(
+        text_config=text,
+        audio_config=dict(hidden_size=16, conf_num_attention_heads=2, conf_num_hidden_layers=1,
+                          sscp_conv_channel_size=[4, 4], vocab_size=len(GEMMA3N_AUDIO_TOKENS),
+                          vocab_offset=audio_offset),
+        vision_config=dict(hidden_size=16, vocab_size=len(GEMMA3N_VISION_TOKENS), vocab_offset=text_vocab),
+        audio_soft_tokens_per_image=WINDOW_SECONDS * 100 // 16, vision_soft_tokens_per_image=4,
+        boi_token_id=ids["boi_token"], eoi_token_id=ids["eoi_token"], image_token_id=ids["image_token"],
+        boa_token_id=ids["boa_token"], eoa_token_id=ids["eoa_token"], audio_token_id=ids["audio_token"],
+    )
+
+    def build() -> torch.nn.Module:
+        if is_timm_available():
+            return Gemma3nForConditionalGeneration(config)
+        real = modeling_gemma3n.AutoModel.from_config
+
+        def from_config(sub_config: Any, *args: Any, **kwargs: Any) -> torch.nn.Module:
+            if sub_config is config.vision_config:
+                return _AbsentVisionTower()
+            return real(sub_config, *args, **kwargs)
+
+        with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", from_config):
+            return Gemma3nForConditionalGeneration(config)
+
+    return build, ProcessorParts(Gemma3nAudioFeatureExtractor(), tokenizer)

@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "granite_speech": "calm.backbones.granite_speech:GraniteSpeechBackbone",
     "voxtral": "calm.backbones.voxtral:VoxtralBackbone",
     "phi4_multimodal": "calm.backbones.phi4_multimodal:Phi4MultimodalBackbone",
+    "gemma3n": "calm.backbones.gemma3n:Gemma3nBackbone",
     "generic": "calm.backbones.generic:GenericBackbone",
 }
 """Family name -> ``module:class`` of its adapter. Adding a family is one file and one line here."""
