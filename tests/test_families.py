@@ -75,7 +75,7 @@ def test_last_real_token_ends_the_generation_prompt(family):
         assert real_end.bool().all()
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_batched_equals_one_by_one_under_both_paddings(family):
     backbone = tiny_backbone(family)
     single = torch.cat([_heads(backbone, [clip], "left") for clip in CLIPS])
@@ -122,8 +122,11 @@ def _tone(path: Path, hz: float, seconds: float) -> None:
     soundfile.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 16000)
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f != "whisper"])
 def test_cli_extract_fit_predict(family, tmp_path, capsys):
+    """(Not the tiny Whisper: its random heads hardly differ between short tones once stored in
+    float16, so ``fit`` rightly refuses them; the slow end-to-end test runs the CLI on the real
+    Whisper base.)"""
     data = tmp_path / "data"
     for label, hz in (("low", 300.0), ("high", 2500.0)):
         (data / label).mkdir(parents=True)
@@ -135,10 +138,10 @@ def test_cli_extract_fit_predict(family, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["extract", "--model", model, "--data", str(data), "--out", str(tmp_path / "store"),
-                     "--batch-size", "3", "--quiet"]) == 0
+                     "--prompt", PROMPT, "--batch-size", "3", "--quiet"]) == 0
         assert "done: 4 (computed 4" in capsys.readouterr().out
         assert main(["fit", "--model", model, "--data", str(data), "--out", str(classifier),
-                     "--store", str(tmp_path / "store"), "--quiet"]) == 0
+                     "--prompt", PROMPT, "--store", str(tmp_path / "store"), "--quiet"]) == 0
         assert main(["predict", "--model", model, "--classifier", str(classifier), str(new), "--format", "jsonl",
                      "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -200,7 +203,7 @@ def test_granite_mel_settings_and_token_count():
     assert mel.token_count(50) == 4 * 3 and mel.token_count(45) == 3 * 3
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_stopping_after_the_last_site_changes_nothing(family):
     backbone = tiny_backbone(family)
     full = _heads(backbone, CLIPS[:2], "left")
