@@ -244,3 +244,31 @@ def test_gemma3n_with_its_real_vision_tower():
     assert type(backbone.model.model.vision_tower).__name__ == "TimmWrapperModel"
     single = torch.cat([_heads(backbone, [clip], "left") for clip in CLIPS])
     torch.testing.assert_close(_heads(backbone, CLIPS, "left"), single, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen3_omni", "granite_speech", "voxtral", "phi4_multimodal"])
+def test_local_directory_loads_with_the_same_inputs_and_heads(family, tmp_path):
+    """What ``load_backbone(folder)`` finds in a saved checkpoint: the same adapter, processor parts
+    (Granite's log-mel settings from ``preprocessor_config.json``) and heads."""
+    import json
+
+    from calm.backbones import load_backbone
+
+    backbone = tiny_backbone(family)
+    backbone.model.save_pretrained(tmp_path)
+    backbone.tokenizer.save_pretrained(tmp_path)
+    features = backbone.processor.feature_extractor
+    if family == "granite_speech":
+        settings = {**vars(features), "feature_extractor_type": "GraniteSpeechFeatureExtractor"}
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    else:
+        features.save_pretrained(tmp_path)
+    loaded = load_backbone(tmp_path)
+    assert type(loaded) is type(backbone) and loaded.sample_rate == 16000
+    for name, value in vars(backbone).items():
+        if name in ("min_pixels", "max_pixels"):
+            setattr(loaded, name, value)
+    assert loaded.render_prompt(PROMPT) == backbone.render_prompt(PROMPT)
+    a, b = backbone.build_inputs(CLIPS[:2], PROMPT), loaded.build_inputs(CLIPS[:2], PROMPT)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.testing.assert_close(_heads(loaded, CLIPS[:2], "left"), _heads(backbone, CLIPS[:2], "left"))
