@@ -272,3 +272,13 @@ def test_local_directory_loads_with_the_same_inputs_and_heads(family, tmp_path):
     a, b = backbone.build_inputs(CLIPS[:2], PROMPT), loaded.build_inputs(CLIPS[:2], PROMPT)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.testing.assert_close(_heads(loaded, CLIPS[:2], "left"), _heads(backbone, CLIPS[:2], "left"))
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_generate_answers_each_clip(family):
+    backbone = tiny_backbone(family)
+    backbone.padding_side = "right"
+    greedy = backbone.generate(CLIPS[:2], PROMPT, max_new_tokens=3)
+    assert len(greedy) == 2 and all(len(answers) == 1 and isinstance(answers[0], str) for answers in greedy)
+    assert backbone.generate(CLIPS[:2], PROMPT, max_new_tokens=3) == greedy
+    assert backbone.padding_side == "right"

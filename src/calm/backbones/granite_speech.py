@@ -117,6 +117,8 @@ class GraniteSpeechBackbone(Backbone):
     def input_embeddings(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, T, hidden] decoder inputs: token embeddings with each clip's audio embeddings (encoder
         and projector run on that clip's frames only) in place of its ``<|audio|>`` tokens."""
+        if getattr(self.model, "_hf_peft_config_loaded", False):
+            self.model.enable_adapters()  # the checkpoint's LoRA serves prompts with audio (as in its generate)
         ids = inputs["input_ids"]
         is_audio = ids == self.model.config.audio_token_id
         embeds = self.model.get_input_embeddings()(ids.masked_fill(is_audio, 0))
