@@ -137,8 +137,13 @@ def _meta_model(family: str, config: Any) -> torch.nn.Module:
 
 @pytest.mark.parametrize("checkpoint", sorted(RELEASED))
 def test_released_heads_and_head_size(checkpoint):
+    import transformers
+
     family, make_config, heads, head_dim = RELEASED[checkpoint]
-    config = make_config()
+    try:
+        config = make_config()
+    except ImportError as error:
+        pytest.skip(f"transformers {transformers.__version__} has no {family} config: {error}")
     assert detect_family(config) == family
     model = _meta_model(family, config)
     assert next(model.parameters()).device.type == "meta"
