@@ -292,3 +292,20 @@ def test_generate_answers_each_clip(family):
     assert len(greedy) == 2 and all(len(answers) == 1 and isinstance(answers[0], str) for answers in greedy)
     assert backbone.generate(CLIPS[:2], PROMPT, max_new_tokens=3) == greedy
     assert backbone.padding_side == "right"
+
+
+@pytest.mark.parametrize("family", ["granite_speech", "phi4_multimodal", "gemma3n"])
+def test_clip_by_clip_encoding_is_the_models_own_call_on_one_clip(family):
+    """Where the adapter runs the audio encoder clip by clip, a one-clip batch gives exactly what the
+    model's own forward gives on the same inputs."""
+    backbone = _backbone(family)
+    inputs = backbone.build_inputs(CLIPS[1:2], PROMPT)
+    own = {key: value for key, value in inputs.items() if key != "audio_frames"}
+    with torch.inference_mode(), HeadCapture(backbone) as capture:
+        capture.expect(backbone.token_mask(inputs))
+        backbone.forward(inputs)
+        ours = capture.collect()
+        capture.expect(backbone.token_mask(inputs))
+        backbone.model(**own, use_cache=False)
+        reference = capture.collect()
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
