@@ -91,13 +91,13 @@ def _phi4_multimodal() -> Any:
                                 num_attention_heads=24, num_key_value_heads=8)
 
 
-def _gemma3n(layers: int, ffn: int) -> Callable[[], Any]:
+def _gemma3n(layers: int, ffn: int, kv_shared: int) -> Callable[[], Any]:
     def config() -> Any:
         from transformers import Gemma3nConfig
 
         return Gemma3nConfig(text_config=dict(hidden_size=2048, intermediate_size=ffn, num_hidden_layers=layers,
                                               num_attention_heads=8, num_key_value_heads=2, head_dim=256,
-                                              num_kv_shared_layers=layers - 20 if layers < 35 else 15))
+                                              num_kv_shared_layers=kv_shared))
     return config
 
 
@@ -116,8 +116,8 @@ RELEASED: dict[str, tuple[str, Callable[[], Any], int, int]] = {
     "mistralai/Voxtral-Mini-3B-2507": ("voxtral", _voxtral(3072, 30, 8192), 960, 128),
     "mistralai/Voxtral-Small-24B-2507": ("voxtral", _voxtral(5120, 40, 32768), 1280, 128),
     "microsoft/Phi-4-multimodal-instruct": ("phi4_multimodal", _phi4_multimodal, 768, 128),
-    "google/gemma-3n-E4B-it": ("gemma3n", _gemma3n(35, 16384), 280, 256),
-    "google/gemma-3n-E2B-it": ("gemma3n", _gemma3n(30, 8192), 240, 256),
+    "google/gemma-3n-E4B-it": ("gemma3n", _gemma3n(35, 16384, 15), 280, 256),
+    "google/gemma-3n-E2B-it": ("gemma3n", _gemma3n(30, 8192, 10), 240, 256),
 }
 
 
