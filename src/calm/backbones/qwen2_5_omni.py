@@ -82,7 +82,9 @@ class OmniParts:
     chat_template: str = CHAT_TEMPLATE
 
     @classmethod
-    def from_pretrained(cls, transformers: Any, name_or_path: str, default_template: str = CHAT_TEMPLATE) -> "OmniParts":
+    def from_pretrained(
+        cls, transformers: Any, name_or_path: str, default_template: str = CHAT_TEMPLATE
+    ) -> "OmniParts":
         """Feature extractor, tokenizer and chat template of a checkpoint (its own template where
         it ships one as ``chat_template.json`` / ``chat_template.jinja``)."""
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)

@@ -85,7 +85,9 @@ class VoxtralBackbone(Backbone):
         return self.to_device({"input_ids": input_ids, "attention_mask": mask, "input_features": torch.cat(features)})
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_id: int | None, side: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, T] token ids and attention mask of sequences padded on ``side`` with ``pad_id``."""
     if pad_id is None:
         raise ValueError("the tokenizer has no padding token")
