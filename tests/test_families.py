@@ -309,3 +309,16 @@ def test_clip_by_clip_encoding_is_the_models_own_call_on_one_clip(family):
         backbone.model(**own, use_cache=False)
         reference = capture.collect()
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["kimi_audio", "minicpmo"])
+def test_families_transformers_does_not_ship(model_type):
+    """Kimi-Audio and MiniCPM-o exist only as remote code; once transformers ships one, this fails
+    so that it gets an adapter and a tiny model."""
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec(f"transformers.models.{model_type}") is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {model_type} model (remote code only)")
+    pytest.fail(f"transformers {transformers.__version__} now ships {model_type}: add an adapter and a tiny model")
