@@ -82,12 +82,14 @@ class OmniParts:
     chat_template: str = CHAT_TEMPLATE
 
     @classmethod
-    def from_pretrained(cls, transformers: Any, name_or_path: str) -> "OmniParts":
+    def from_pretrained(
+        cls, transformers: Any, name_or_path: str, default_template: str = CHAT_TEMPLATE
+    ) -> "OmniParts":
         """Feature extractor, tokenizer and chat template of a checkpoint (its own template where
         it ships one as ``chat_template.json`` / ``chat_template.jinja``)."""
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
         feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(name_or_path)
-        return cls(feature_extractor, tokenizer, _shipped_template(Path(name_or_path)) or CHAT_TEMPLATE)
+        return cls(feature_extractor, tokenizer, _shipped_template(Path(name_or_path)) or default_template)
 
 
 def _shipped_template(path: Path) -> str | None:
@@ -109,6 +111,11 @@ class Qwen2_5OmniBackbone(Backbone):
     min_pixels = 128 * 28 * 28
     default_max_pixels = 768 * 28 * 28
     """Per-frame pixel budget of the Qwen2.5-Omni processor's video settings."""
+    audio_token, video_token = AUDIO_TOKEN, VIDEO_TOKEN
+    pixel_mean, pixel_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    audio_padding = "max_length"
+    """Feature-extractor padding: Qwen2.5-Omni's processor pads every clip to 30 s of mel frames."""
+    default_chat_template = CHAT_TEMPLATE
 
     @property
     def max_pixels(self) -> int:
@@ -138,7 +145,7 @@ class Qwen2_5OmniBackbone(Backbone):
 
     @classmethod
     def load_processor(cls, transformers: Any, name_or_path: str) -> OmniParts:
-        return OmniParts.from_pretrained(transformers, name_or_path)
+        return OmniParts.from_pretrained(transformers, name_or_path, cls.default_chat_template)
 
     def render_prompt(self, prompt: str, with_video: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
@@ -158,7 +165,7 @@ class Qwen2_5OmniBackbone(Backbone):
         from PIL import Image
 
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
-        mean, std = np.array(OPENAI_CLIP_MEAN, np.float32), np.array(OPENAI_CLIP_STD, np.float32)
+        mean, std = np.array(self.pixel_mean, np.float32), np.array(self.pixel_std, np.float32)
         all_patches, grids, counts = [], [], []
         for frames in videos:
             frames = np.asarray(frames)
@@ -183,22 +190,27 @@ class Qwen2_5OmniBackbone(Backbone):
         if videos is not None and len(videos) != len(audios):
             raise ValueError(f"{len(videos)} videos for {len(audios)} audio clips")
         features = self.processor.feature_extractor(
-            list(audios), sampling_rate=self.sample_rate, padding="max_length", return_attention_mask=True,
+            list(audios), sampling_rate=self.sample_rate, padding=self.audio_padding, return_attention_mask=True,
             return_tensors="pt",
         )
         feature_mask = features["attention_mask"]
         template = self.render_prompt(prompt, with_video=videos is not None)
-        texts = [template.replace(AUDIO_TOKEN, AUDIO_TOKEN * int(n)) for n in audio_token_count(feature_mask.sum(-1))]
+        audio, video = self.audio_token, self.video_token
+        texts = [template.replace(audio, audio * int(n)) for n in self.audio_token_count(feature_mask.sum(-1))]
         batch: dict[str, Any] = {"input_features": features["input_features"], "feature_attention_mask": feature_mask}
         if videos is not None:
             pixels, grids, counts = self.video_patches(videos)
-            texts = [text.replace(VIDEO_TOKEN, VIDEO_TOKEN * n) for text, n in zip(texts, counts)]
+            texts = [text.replace(video, video * n) for text, n in zip(texts, counts)]
             seconds = torch.full((len(videos),), self.temporal_patch_size / self.video_fps)
             batch.update(pixel_values_videos=pixels, video_grid_thw=grids, video_second_per_grid=seconds)
         tokens = self.tokenizer(texts, padding=True, padding_side=padding_side or self.padding_side,
                                 return_tensors="pt")
         batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return self.to_device(batch)
+
+    def audio_token_count(self, mel_frames: torch.Tensor) -> torch.Tensor:
+        """Audio tokens for each clip's number of valid mel frames."""
+        return audio_token_count(mel_frames)
 
     def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         # No position ids: the thinker derives its 3-D rotary positions from the attention mask.

@@ -11,6 +11,11 @@ FAMILIES: dict[str, str] = {
     "qwen2_audio": "calm.backbones.qwen2_audio:Qwen2AudioBackbone",
     "qwen2_5_omni": "calm.backbones.qwen2_5_omni:Qwen2_5OmniBackbone",
     "whisper": "calm.backbones.whisper:WhisperBackbone",
+    "qwen3_omni": "calm.backbones.qwen3_omni:Qwen3OmniBackbone",
+    "granite_speech": "calm.backbones.granite_speech:GraniteSpeechBackbone",
+    "voxtral": "calm.backbones.voxtral:VoxtralBackbone",
+    "phi4_multimodal": "calm.backbones.phi4_multimodal:Phi4MultimodalBackbone",
+    "gemma3n": "calm.backbones.gemma3n:Gemma3nBackbone",
     "generic": "calm.backbones.generic:GenericBackbone",
 }
 """Family name -> ``module:class`` of its adapter. Adding a family is one file and one line here."""

@@ -101,11 +101,17 @@ def _heads_of(block: nn.Module, proj: nn.Module, path: str) -> tuple[int, int]:
 def discover_sites(model: nn.Module, kinds: Sequence[str] = ("self_attn", "cross_attn")) -> list[Site]:
     """Every decoder attention block of ``model`` with a linear output projection, in layer order
     (within a layer: self-attention before cross-attention)."""
+    from transformers import PreTrainedModel
+
     prefix, decoder = find_decoder(model)
+    # towers nested inside the decoder (Phi-4-multimodal's audio and vision encoders sit in its
+    # embedding) are models of their own: their blocks are not the decoder's
+    towers = tuple(name + "." for name, module in decoder.named_modules()
+                   if name and isinstance(module, PreTrainedModel))
     sites = []
     for name, block in decoder.named_modules():
         kind = SITE_KINDS.get(name.rsplit(".", 1)[-1])
-        if kind is None or kind not in kinds:
+        if kind is None or kind not in kinds or name.startswith(towers):
             continue
         proj = next(
             (getattr(block, p) for p in PROJECTION_NAMES if hasattr(getattr(block, p, None), "in_features")),

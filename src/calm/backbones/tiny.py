@@ -15,56 +15,14 @@ from typing import Any, Callable
 
 import torch
 
+from calm.backbones import tiny_families
 from calm.backbones.base import Backbone
 from calm.backbones.options import BackboneOptions
 from calm.backbones.registry import FAMILIES, adapter_class
+from calm.backbones.tiny_parts import (ENCODER_POSITIONS, QWEN_SPECIALS, WINDOW_SECONDS, qwen_text, tiny_features,
+                                       tiny_tokenizer)
 
-WINDOW_SECONDS = 5
-"""Audio window of the tiny models (the real ones take 30 s): the same feature extractor and
-encoder classes, with ``chunk_length`` and the encoder's positions cut to match, so a test
-clip's mel frames and encoder pass cost a sixth."""
-
-ENCODER_POSITIONS = WINDOW_SECONDS * 50
-"""Encoder positions for :data:`WINDOW_SECONDS` (100 mel frames per second, stride 2)."""
-
-
-def _features(n_mels: int) -> Any:
-    from transformers import WhisperFeatureExtractor
-
-    return WhisperFeatureExtractor(feature_size=n_mels, chunk_length=WINDOW_SECONDS)
-
-
-QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-"""Qwen chat tokens; ``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn."""
-
-
-def tiny_tokenizer(
-    special_tokens: tuple[str, ...], eos: str, pad: str, named: dict[str, str] | None = None,
-    chat_template: str | None = None,
-) -> Any:
-    """A byte-level tokenizer (256 byte tokens, no merges) with ``special_tokens`` appended, so any
-    text round-trips and the special tokens are single ids as in the real tokenizers. ``named``
-    tokens become attributes (``tokenizer.audio_token``, ``tokenizer.audio_token_id`` ...)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(list(dict.fromkeys([*special_tokens, *(named or {}).values()])))
-    options: dict[str, Any] = {"extra_special_tokens": dict(named)} if named else {}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=pad, **options)
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
-
-
-def _qwen_text(vocab_size: int, **overrides: Any) -> dict[str, Any]:
-    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
-    text.update(overrides)
-    return text
+__all__ = ["TINY_FAMILIES", "TINY_OPTIONS", "WINDOW_SECONDS", "tiny_backbone", "tiny_tokenizer"]
 
 
 def _qwen2_audio(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
@@ -77,12 +35,12 @@ def _qwen2_audio(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
                                eos="<|im_end|>", pad="<|endoftext|>")
     # The processor's own template is the one Qwen2-Audio-7B-Instruct ships.
-    processor = Qwen2AudioProcessor(feature_extractor=_features(128), tokenizer=tokenizer)
+    processor = Qwen2AudioProcessor(feature_extractor=tiny_features(128), tokenizer=tokenizer)
     config = Qwen2AudioConfig(
         audio_config=dict(model_type="qwen2_audio_encoder", num_mel_bins=128, encoder_layers=1,
                           encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
                           max_source_positions=ENCODER_POSITIONS),
-        text_config=dict(model_type="qwen2", **_qwen_text(len(tokenizer), **overrides)),
+        text_config=dict(model_type="qwen2", **qwen_text(len(tokenizer), **overrides)),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
     return lambda: Qwen2AudioForConditionalGeneration(config), processor
@@ -100,7 +58,7 @@ def _whisper(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     )
 
     tokenizer = tiny_tokenizer(WHISPER_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
-    processor = WhisperProcessor(feature_extractor=_features(80), tokenizer=tokenizer)
+    processor = WhisperProcessor(feature_extractor=tiny_features(80), tokenizer=tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     fields = dict(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=2,
                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -132,9 +90,9 @@ def _qwen2_5_omni(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]
     from calm.backbones.qwen2_5_omni import OmniParts
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", named=OMNI_NAMED)
-    processor = OmniParts(_features(128), tokenizer)
+    processor = OmniParts(tiny_features(128), tokenizer)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_NAMED.items()}
-    text = _qwen_text(len(tokenizer), **overrides)
+    text = qwen_text(len(tokenizer), **overrides)
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
                                "mrope_section": [head_dim // 8, head_dim // 8, head_dim // 4]}
@@ -176,13 +134,13 @@ def _audioflamingo3(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], An
     )
 
     tokenizer = tiny_tokenizer(QWEN_SPECIALS + ("<sound>",), eos="<|im_end|>", pad="<|endoftext|>")
-    processor = AudioFlamingo3Processor(_features(128), tokenizer,
+    processor = AudioFlamingo3Processor(tiny_features(128), tokenizer,
                                         chat_template=_qwen_chat_template("<sound>"))
     config = AudioFlamingo3Config(
         audio_config=dict(model_type="audioflamingo3_encoder", num_mel_bins=128, num_hidden_layers=1,
                           num_attention_heads=2, intermediate_size=32, hidden_size=16,
                           max_source_positions=ENCODER_POSITIONS),
-        text_config=dict(model_type="qwen2", **_qwen_text(len(tokenizer), **overrides)),
+        text_config=dict(model_type="qwen2", **qwen_text(len(tokenizer), **overrides)),
         audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
     )
     return lambda: AudioFlamingo3ForConditionalGeneration(config), processor
@@ -212,7 +170,7 @@ def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
     )
 
     tokenizer = tiny_tokenizer(GLM_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
-    processor = GlmAsrProcessor(_features(128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
+    processor = GlmAsrProcessor(tiny_features(128), tokenizer, chat_template=GLM_CHAT_TEMPLATE)
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     text.update(overrides)
@@ -228,6 +186,7 @@ def _glmasr(**overrides: Any) -> tuple[Callable[[], torch.nn.Module], Any]:
 TINY_OPTIONS: dict[str, dict[str, Any]] = {
     # small frames (at most 4x4 patches) keep the vision tower cheap
     "qwen2_5_omni": {"video_max_pixels": 112 * 112},
+    "qwen3_omni": {"video_max_pixels": 128 * 128},
 }
 """Backbone options a tiny model sets by default (the caller's options win)."""
 
@@ -238,6 +197,11 @@ TINY_FAMILIES: dict[str, Callable[..., tuple[Callable[[], torch.nn.Module], Any]
     "whisper": _whisper,
     "audioflamingo3": _audioflamingo3,
     "glmasr": _glmasr,
+    "qwen3_omni": tiny_families.qwen3_omni,
+    "granite_speech": tiny_families.granite_speech,
+    "voxtral": tiny_families.voxtral,
+    "phi4_multimodal": tiny_families.phi4_multimodal,
+    "gemma3n": tiny_families.gemma3n,
 }
 """Family -> builder returning (model constructor, processor)."""
 
