@@ -2,9 +2,9 @@
 
 * One torch thread: the unit tests run tiny models whose operations are too small to gain from
   threads; on a busy 2-core machine, threads made them up to 20x slower.
-* Hermetic: what calm builds once (the converted offline Whisper, demo data) goes to a cache in the
-  repository (``.calm-test-cache``, ignored by git) unless ``CALM_CACHE`` says otherwise, never under
-  the user's home; nothing in the default suite needs the network (the demo data's
+* Hermetic: what calm builds once (the converted offline Whisper, demo data), and what transformers
+  and matplotlib cache, go to a cache in the repository (``.calm-test-cache``, ignored by git)
+  unless the environment says otherwise, never under the user's home; nothing in the default suite needs the network (the demo data's
   ``apt-get download`` is skipped, not failed, when no package mirror answers).
 """
 
@@ -15,7 +15,10 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
-os.environ.setdefault("CALM_CACHE", str(Path(__file__).resolve().parents[1] / ".calm-test-cache"))
+_CACHE = Path(__file__).resolve().parents[1] / ".calm-test-cache"
+os.environ.setdefault("CALM_CACHE", str(_CACHE))
+os.environ.setdefault("HF_HOME", str(_CACHE / "huggingface"))  # transformers' caches
+os.environ.setdefault("MPLCONFIGDIR", str(_CACHE / "matplotlib"))  # matplotlib's font cache
 
 
 def demo_sounds() -> Path:

@@ -113,7 +113,7 @@ def test_a_classifier_of_another_model_is_refused_on_load(session, tmp_path):
     quiet_fit(session)
     session.classifier.fingerprint_ = {**session.classifier.fingerprint_, "model_id": "tiny:whisper"}
     path = save(session.classifier, tmp_path / "other.safetensors")
-    with pytest.raises(ValueError, match="model_id: classifier 'tiny:whisper', now 'tiny:qwen2_audio'"):
+    with pytest.raises(ValueError, match="model_id: expected 'tiny:whisper', got 'tiny:qwen2_audio'"):
         session.load(path)
 
 

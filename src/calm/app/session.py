@@ -29,7 +29,8 @@ from calm.classifiers.profile import layer_profile
 from calm.data.items import Item
 from calm.data.loaders import load_dataset, media_item
 from calm.heads import extract, feature_fingerprint
-from calm.predict import Prediction, check_same_features, fit_classifier, predict_files
+from calm.fingerprint import check_fingerprint
+from calm.predict import Prediction, fit_classifier, predict_files
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -176,7 +177,7 @@ class AppSession:
         recorded = getattr(classifier, "fingerprint_", None) or {}
         if "prompt" not in recorded:
             raise ValueError(f"{path}: the classifier records no prompt, so the app cannot use it")
-        check_same_features(recorded, feature_fingerprint(self.backbone, recorded["prompt"]))
+        check_fingerprint(recorded, feature_fingerprint(self.backbone, recorded["prompt"]), str(path))
         self.classifier = classifier
 
     def load_bytes(self, filename: str, data: bytes) -> None:

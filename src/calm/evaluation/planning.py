@@ -81,15 +81,15 @@ def plan(features: HeadFeatures, items: Sequence[Item], shots: Iterable[int], se
         raise ValueError(f"{len(missing)} item(s) have no features and are not listed as failed, e.g. {missing[:3]}")
     usable = [i for i in items if i.id in have]
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    shot_list = sorted({int(k) for k in shots})
+    shot_list = sorted({int(s) for s in shots})
     if not seed_list or not shot_list:
         raise ValueError("need at least one shot count and one seed")
     result = {}
-    for k in shot_list:
-        result[k] = list(episodes(usable, k, seed_list, query_fold=query_fold, content=content))
-        for ep in result[k]:
+    for shot in shot_list:
+        result[shot] = list(episodes(usable, shot, seed_list, query_fold=query_fold, content=content))
+        for ep in result[shot]:
             if not ep.query:
-                raise ValueError(f"{k}-shot, seed {ep.seed}: the query set is empty")
+                raise ValueError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
     return result
 
 

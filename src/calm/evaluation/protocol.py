@@ -199,9 +199,9 @@ def evaluate_features(
         runner.note(caught, "episodes")
         steps = sum(len(eps) for eps in episodes_plan.values()) * len(chosen)
         with tqdm(total=steps, desc="evaluate", unit="fit", disable=not progress) as bar:
-            for k, eps in episodes_plan.items():
+            for shots_per_class, eps in episodes_plan.items():
                 for episode in eps:
-                    runner.episode(episode, k, caught, bar)
+                    runner.episode(episode, shots_per_class, caught, bar)
     for message in runner.notes:
         warnings.warn(message, stacklevel=2)
     return EvaluationReport(

@@ -61,9 +61,9 @@ def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int,
             "name": first[0].protocol,
             "support_query_disjoint": all({i.id for i in ep.support}.isdisjoint(i.id for i in ep.query)
                                           for eps in plan.values() for ep in eps),
-            "episodes": [{"shots": k, "seed": ep.seed, "query_fold": ep.query_fold, "n_support": len(ep.support),
+            "episodes": [{"shots": shots, "seed": ep.seed, "query_fold": ep.query_fold, "n_support": len(ep.support),
                           "n_query": len(ep.query), "support": sorted(i.id for i in ep.support)}
-                         for k, eps in plan.items() for ep in eps],
+                         for shots, eps in plan.items() for ep in eps],
         },
         "counts": {"items": len(items), "evaluated": len(used), "failed": len(features.failed),
                    "classes": dict(sorted(Counter(c for i in used for c in i.labels).items()))},

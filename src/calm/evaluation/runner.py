@@ -49,11 +49,11 @@ class Runner:
         if message not in self.notes:
             self.notes.append(message)
 
-    def episode(self, episode: Episode, k: int, caught: list[warnings.WarningMessage], bar: Any) -> None:
+    def episode(self, episode: Episode, shots: int, caught: list[warnings.WarningMessage], bar: Any) -> None:
         """Every method on one episode. A method that cannot run on it (too few shots to tune, a
         missing optional package ...) is reported as not evaluated, with the reason; the others go on."""
         support, query = episode
-        data = EpisodeData(k, support, query, self.features.select([i.id for i in support]),
+        data = EpisodeData(shots, support, query, self.features.select([i.id for i in support]),
                            self.features.select([i.id for i in query]))
         for name, (params, options) in self.settings.items():
             started = time.perf_counter()
@@ -62,10 +62,10 @@ class Runner:
             except (ValueError, ImportError) as error:
                 outcome = {"metrics": {}, "error": str(error)}
                 warnings.warn(f"not evaluated: {error}")
-            self.results.append({"method": name, "shots": k, "seed": episode.seed, "query_fold": episode.query_fold,
+            self.results.append({"method": name, "shots": shots, "seed": episode.seed, "query_fold": episode.query_fold,
                                  "n_support": len(support), "n_query": len(query), **outcome,
                                  "seconds": round(time.perf_counter() - started, 4)})
-            self.note(caught, f"{name} ({k}-shot)")
+            self.note(caught, f"{name} ({shots}-shot)")
             bar.update(1)
 
     # ---- what strategies call
@@ -75,10 +75,10 @@ class Runner:
             self._matches[item_id] = answer_match(self.answers, item_id, self.classes)
         return self._matches[item_id]
 
-    def record_fit(self, method: str, k: int, clf: Any) -> None:
+    def record_fit(self, method: str, shots: int, clf: Any) -> None:
         """Keep what reports show of a fitted classifier (CALM's weights, by class)."""
         if method == "calm" and hasattr(clf, "weights_"):
-            self.calm_weights.setdefault(k, []).append(_weights_by_class(clf, self.classes))
+            self.calm_weights.setdefault(shots, []).append(_weights_by_class(clf, self.classes))
 
     def score(self, y_true: list[Any], pred: list[Any], score: np.ndarray | None) -> dict[str, Any]:
         """Metrics of hard predictions (None: unmapped or no classifier), plus the EER of ``score``."""
@@ -100,18 +100,18 @@ class Runner:
                 "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
                 "per_label_f1": {c: None if np.isnan(v) else float(v) for c, v in zip(self.classes, f1)}}
 
-    def add_confusion(self, name: str, k: int, y_true: list[Any], pred: list[Any]) -> None:
+    def add_confusion(self, name: str, shots: int, y_true: list[Any], pred: list[Any]) -> None:
         if self.task != "multilabel":
             by_shots = self.confusion.setdefault(name, {})
-            by_shots[k] = by_shots.get(k, 0) + metrics.confusion_matrix(y_true, pred, labels=self.classes)
+            by_shots[shots] = by_shots.get(shots, 0) + metrics.confusion_matrix(y_true, pred, labels=self.classes)
 
     # ---- summaries
     def mean_calm_weights(self) -> tuple[int, np.ndarray] | None:
         """(shots, CALM's weights [K, C] averaged over seeds) at the largest shot count, if CALM ran."""
         if not self.calm_weights:
             return None
-        k = max(self.calm_weights)
-        return k, np.mean(self.calm_weights[k], axis=0)
+        shots = max(self.calm_weights)
+        return shots, np.mean(self.calm_weights[shots], axis=0)
 
     def zero_shot_summary(self) -> dict[str, Any] | None:
         """The question, how answers mapped (by rule), and examples of unmappable ones."""
