@@ -24,12 +24,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from calm.backbones.base import Backbone, StopForward
+from calm.backbones.base import StopForward
 from calm.backbones.sites import find_decoder
-from calm.backbones.parts import ProcessorParts
+from calm.backbones.parts import AudioPartsBackbone
 
 
-class Gemma3nBackbone(Backbone):
+class Gemma3nBackbone(AudioPartsBackbone):
     family = "gemma3n"
     model_types = ("gemma3n",)
     model_class = "Gemma3nForConditionalGeneration"
@@ -44,10 +44,6 @@ class Gemma3nBackbone(Backbone):
     def window_seconds(self) -> float | None:
         return self.max_seconds
 
-    @classmethod
-    def load_processor(cls, transformers: Any, name_or_path: str) -> ProcessorParts:
-        return ProcessorParts.from_pretrained(transformers, name_or_path)
-
     def render_prompt(self, prompt: str, with_video: bool = False) -> str:
         return self.tokenizer.apply_chat_template(self.prompt_messages(prompt), add_generation_prompt=True,
                                                   tokenize=False)
@@ -58,19 +54,14 @@ class Gemma3nBackbone(Backbone):
         soft = tokenizer.audio_token * int(self.model.config.audio_soft_tokens_per_image)
         return f"\n\n{tokenizer.boa_token}{soft}{tokenizer.eoa_token}\n\n"
 
-    def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
-        padding_side: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if videos is not None:
-            raise ValueError(f"{self.family} backbones take no video")
+    def audio_inputs(self, audios: Sequence[np.ndarray], prompt: str, padding_side: str) -> dict[str, torch.Tensor]:
         fe, limit = self.processor.feature_extractor, int(self.max_seconds * self.sample_rate)
         clips = [fe([audio[:limit]], sampling_rate=self.sample_rate, max_length=limit, return_tensors="pt")
                  for audio in audios]
         features = [clip["input_features"][0] for clip in clips]
         masks = [clip["input_features_mask"][0] for clip in clips]
         text = self.render_prompt(prompt).replace(self.tokenizer.audio_token, self.audio_sequence(), 1)
-        tokens = self.tokenizer([text] * len(audios), padding=True, padding_side=padding_side or self.padding_side,
+        tokens = self.tokenizer([text] * len(audios), padding=True, padding_side=padding_side,
                                 add_special_tokens=False, return_tensors="pt")
         return self.to_device({
             "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],

@@ -25,8 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from calm.backbones.base import Backbone
-from calm.backbones.parts import ProcessorParts
+from calm.backbones.parts import EmbeddingInputsBackbone, ProcessorParts
 
 SYSTEM_PROMPT = ("Knowledge Cutoff Date: April 2024.\nToday's Date: April 9, 2025.\n"
                  "You are Granite, developed by IBM. You are a helpful AI assistant")
@@ -80,7 +79,7 @@ class GraniteMel:
         return math.ceil(frames / window) * (window // self.projector_downsample_rate)
 
 
-class GraniteSpeechBackbone(Backbone):
+class GraniteSpeechBackbone(EmbeddingInputsBackbone):
     family = "granite_speech"
     model_types = ("granite_speech",)
     model_class = "GraniteSpeechForConditionalGeneration"
@@ -98,17 +97,12 @@ class GraniteSpeechBackbone(Backbone):
         return self.tokenizer.apply_chat_template(self.prompt_messages(prompt), add_generation_prompt=True,
                                                   tokenize=False)
 
-    def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
-        padding_side: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if videos is not None:
-            raise ValueError(f"{self.family} backbones take no video")
+    def audio_inputs(self, audios: Sequence[np.ndarray], prompt: str, padding_side: str) -> dict[str, torch.Tensor]:
         mel = self.processor.feature_extractor
         features = [mel(audio) for audio in audios]
         template = self.render_prompt(prompt)
         texts = [template.replace(AUDIO_TOKEN, AUDIO_TOKEN * mel.token_count(len(f))) for f in features]
-        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side or self.padding_side, return_tensors="pt")
+        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
         return self.to_device({
             "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
             "input_features": torch.nn.utils.rnn.pad_sequence(features, batch_first=True),
@@ -131,16 +125,3 @@ class GraniteSpeechBackbone(Backbone):
         if audio.shape[0] != int(is_audio.sum()):
             raise RuntimeError(f"{audio.shape[0]} audio embeddings for {int(is_audio.sum())} {AUDIO_TOKEN} tokens")
         return embeds.masked_scatter(is_audio[..., None], audio)
-
-    def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        mask = inputs["attention_mask"]
-        return {"inputs_embeds": self.input_embeddings(inputs), "attention_mask": mask,
-                "position_ids": self.positions(mask), "use_cache": False}
-
-    def run_generate(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
-        # From embeddings, generate returns the new tokens only (see prompt_length).
-        return self.model.generate(inputs_embeds=self.input_embeddings(inputs), attention_mask=inputs["attention_mask"],
-                                   pad_token_id=self.tokenizer.pad_token_id, **options)
-
-    def prompt_length(self, inputs: dict[str, torch.Tensor]) -> int:
-        return 0

@@ -23,18 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from calm.backbones.base import Backbone
-from calm.backbones.parts import ProcessorParts
+from calm.backbones.parts import EmbeddingInputsBackbone
 
 
-class Phi4MultimodalBackbone(Backbone):
+class Phi4MultimodalBackbone(EmbeddingInputsBackbone):
     family = "phi4_multimodal"
     model_types = ("phi4_multimodal",)
     model_class = "Phi4MultimodalForCausalLM"
-
-    @classmethod
-    def load_processor(cls, transformers: Any, name_or_path: str) -> ProcessorParts:
-        return ProcessorParts.from_pretrained(transformers, name_or_path)
 
     @property
     def audio_token(self) -> str:
@@ -50,12 +45,7 @@ class Phi4MultimodalBackbone(Backbone):
         return self.tokenizer.apply_chat_template(self.prompt_messages(prompt), add_generation_prompt=True,
                                                   tokenize=False)
 
-    def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
-        padding_side: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if videos is not None:
-            raise ValueError(f"{self.family} backbones take no video")
+    def audio_inputs(self, audios: Sequence[np.ndarray], prompt: str, padding_side: str) -> dict[str, torch.Tensor]:
         fe = self.processor.feature_extractor
         clips = [fe([audio], sampling_rate=self.sample_rate, return_tensors="pt") for audio in audios]
         features = [clip["audio_input_features"][0] for clip in clips]
@@ -63,7 +53,7 @@ class Phi4MultimodalBackbone(Backbone):
         frames = torch.tensor([len(f) for f in features])
         template, token = self.render_prompt(prompt), self.audio_token
         texts = [template.replace(token, token * int(n)) for n in sizes]
-        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side or self.padding_side, return_tensors="pt")
+        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
         return self.to_device({
             "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
             "audio_input_features": torch.nn.utils.rnn.pad_sequence(features, batch_first=True),
@@ -83,16 +73,3 @@ class Phi4MultimodalBackbone(Backbone):
                 audio_embed_sizes=inputs["audio_embed_sizes"][i:i + 1], audio_attention_mask=None,
             ))
         return torch.cat(rows)
-
-    def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        mask = inputs["attention_mask"]
-        return {"inputs_embeds": self.input_embeddings(inputs), "attention_mask": mask,
-                "position_ids": self.positions(mask), "use_cache": False}
-
-    def run_generate(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
-        # From embeddings, generate returns the new tokens only (see prompt_length).
-        return self.model.generate(inputs_embeds=self.input_embeddings(inputs), attention_mask=inputs["attention_mask"],
-                                   pad_token_id=self.tokenizer.pad_token_id, **options)
-
-    def prompt_length(self, inputs: dict[str, torch.Tensor]) -> int:
-        return 0

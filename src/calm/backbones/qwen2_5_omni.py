@@ -134,10 +134,14 @@ class Qwen2_5OmniBackbone(Backbone):
         self.merge_size = int(vision.spatial_merge_size)
         self.temporal_patch_size = int(vision.temporal_patch_size)
 
+    full_model: tuple[str, str] = ("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration")
+    """The full checkpoint's ``model_type`` and class: loaded, its thinker is kept (no talker)."""
+
     @classmethod
     def load_model(cls, transformers: Any, name_or_path: str, config: Any, dtype: torch.dtype) -> nn.Module:
-        if config.model_type == "qwen2_5_omni":  # the full checkpoint: keep the thinker, skip the talker
-            full = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
+        model_type, class_name = cls.full_model
+        if config.model_type == model_type:  # the full checkpoint: keep the thinker, skip the talker
+            full = getattr(transformers, class_name).from_pretrained(
                 name_or_path, config=config, dtype=dtype, enable_audio_output=False
             )
             return full.thinker

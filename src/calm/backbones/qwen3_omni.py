@@ -20,10 +20,8 @@ all three axes. Either way no 1-D ``position_ids`` are passed, so left and right
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
-from torch import nn
 
 from calm.backbones.qwen2_5_omni import Qwen2_5OmniBackbone
 
@@ -63,14 +61,7 @@ class Qwen3OmniBackbone(Qwen2_5OmniBackbone):
     audio_padding = "longest"
     default_chat_template = CHAT_TEMPLATE
 
-    @classmethod
-    def load_model(cls, transformers: Any, name_or_path: str, config: Any, dtype: torch.dtype) -> nn.Module:
-        if config.model_type == "qwen3_omni_moe":  # the full checkpoint: keep the thinker, skip the talker
-            full = transformers.Qwen3OmniMoeForConditionalGeneration.from_pretrained(
-                name_or_path, config=config, dtype=dtype, enable_audio_output=False
-            )
-            return full.thinker
-        return super().load_model(transformers, name_or_path, config, dtype)
+    full_model = ("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration")
 
     def audio_token_count(self, mel_frames: torch.Tensor) -> torch.Tensor:
         return audio_token_count(mel_frames, int(self.model.config.audio_config.n_window))

@@ -14,25 +14,20 @@ counted over real tokens.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from calm.backbones.base import Backbone
-from calm.backbones.parts import ProcessorParts
+from calm.backbones.parts import AudioPartsBackbone
 
 PROMPT_TOKENS = ("[INST]", "[BEGIN_AUDIO]", "[AUDIO]", "[/INST]")
 
 
-class VoxtralBackbone(Backbone):
+class VoxtralBackbone(AudioPartsBackbone):
     family = "voxtral"
     model_types = ("voxtral",)
     model_class = "VoxtralForConditionalGeneration"
-
-    @classmethod
-    def load_processor(cls, transformers: Any, name_or_path: str) -> ProcessorParts:
-        return ProcessorParts.from_pretrained(transformers, name_or_path)
 
     @property
     def chunk_samples(self) -> int:
@@ -66,12 +61,7 @@ class VoxtralBackbone(Backbone):
         ids = [token for i, token in enumerate(ids) if token != audio or ids[i - 1] != audio]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
-        padding_side: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if videos is not None:
-            raise ValueError(f"{self.family} backbones take no video")
+    def audio_inputs(self, audios: Sequence[np.ndarray], prompt: str, padding_side: str) -> dict[str, torch.Tensor]:
         fe, chunk = self.processor.feature_extractor, self.chunk_samples
         features, sequences = [], []
         for audio in audios:
@@ -82,7 +72,7 @@ class VoxtralBackbone(Backbone):
                      return_tensors="pt")["input_features"][0]  # [mels, chunks * frames]
             features.append(mel.reshape(mel.shape[0], chunks, -1).transpose(0, 1))
             sequences.append(self.prompt_ids(prompt, chunks))
-        input_ids, mask = pad_sequences(sequences, self.tokenizer.pad_token_id, padding_side or self.padding_side)
+        input_ids, mask = pad_sequences(sequences, self.tokenizer.pad_token_id, padding_side)
         return self.to_device({"input_ids": input_ids, "attention_mask": mask, "input_features": torch.cat(features)})
 
 
