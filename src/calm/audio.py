@@ -27,6 +27,9 @@ class AudioLoadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled by workers of calm.distributed
+        return type(self), (self.path, self.reason)
+
 
 def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """Decode ``path`` to float32 mono samples at ``sample_rate`` Hz.

@@ -257,6 +257,20 @@ class _Run:
 
     def process(self, items: Sequence[Item], batch_size: int, progress: bool, loader_threads: int) -> None:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
+        batches = self.plan(items, batch_size)
+        bar = _progress_bar(sum(len(batch) for batch in batches)) if progress else None
+        loads = closing(_loaded_batches(batches, self._decode, self._build, loader_threads))
+        with HeadCapture(self.backbone, self.stop) as capture, loads as loaded_batches:
+            for batch, loaded in zip(batches, loaded_batches):
+                self._forward(loaded, capture)
+                if bar is not None:
+                    bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+
+    def plan(self, items: Sequence[Item], batch_size: int) -> list[list[Item]]:
+        """The batches of ``items``: sorted by duration, video and audio-only items apart. Items
+        whose duration cannot be read are failed (see :meth:`fail`) and left out."""
         for item in items:
             try:
                 self.seconds[item.id] = duration(audio_path(item))
@@ -270,15 +284,16 @@ class _Run:
             group = self.uses_video(todo[start])
             batches.append([item for item in todo[start:start + batch_size] if self.uses_video(item) == group])
             start += len(batches[-1])
-        bar = _progress_bar(len(todo)) if progress else None
-        loads = closing(_loaded_batches(batches, self._decode, self._build, loader_threads))
-        with HeadCapture(self.backbone, self.stop) as capture, loads as loaded_batches:
-            for batch, loaded in zip(batches, loaded_batches):
-                self._forward(loaded, capture)
-                if bar is not None:
-                    bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+        return batches
+
+    def extract_batch(
+        self, batch: Sequence[Item], capture: HeadCapture
+    ) -> tuple[list[Item], np.ndarray | None, list[tuple[Item, ValueError]]]:
+        """Decode, build and run one batch (from :meth:`plan`) and record nothing: the items that
+        ran with their [B, K, D] float32 rows (None if none ran), and the items that failed to load
+        with their errors. What a worker of :mod:`calm.distributed` runs."""
+        loaded = self._build(batch, [self._decode(item) for item in batch])
+        return loaded.items, self._pass(loaded, capture) if loaded.items else None, loaded.failures
 
     def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
         """The item's audio (and video frames, or None), or the loading error (thread-safe)."""
@@ -305,15 +320,20 @@ class _Run:
             self.fail(item, error)
         if not loaded.items:
             return
-        with torch.inference_mode():
-            capture.expect(self.backbone.token_mask(loaded.inputs))
-            self.backbone.forward(loaded.inputs)
-            X = capture.collect().numpy()
+        X = self._pass(loaded, capture)
         ids = [item.id for item in loaded.items]
         if self.store is not None:
             self.store.append([self.keys[i] for i in ids], ids, X)
         else:
             self.rows.update(zip(ids, X.astype(self.dtype)))
+
+
+    def _pass(self, loaded: _LoadedBatch, capture: HeadCapture) -> np.ndarray:
+        """The forward pass of a built batch: its [B, K, D] float32 rows."""
+        with torch.inference_mode():
+            capture.expect(self.backbone.token_mask(loaded.inputs))
+            self.backbone.forward(loaded.inputs)
+            return capture.collect().numpy()
 
 
 @dataclass

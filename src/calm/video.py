@@ -20,6 +20,9 @@ class VideoLoadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled by workers of calm.distributed
+        return type(self), (self.path, self.reason)
+
 
 def load_video(path: str | os.PathLike, num_frames: int) -> np.ndarray:
     """``num_frames`` RGB frames of ``path`` as uint8 [T, H, W, 3], taken at the centres of T

@@ -1,0 +1,215 @@
+"""Extraction across GPUs and machines on Ray Data, into one feature store.
+
+:func:`extract_ray` runs the same extraction as :func:`calm.heads.extract`, spread over a pool of
+Ray actors (one per GPU with ``num_gpus_per_actor=1``, or CPU actors):
+
+* The driver (the calling process) hashes the items, skips those already in the store, reads
+  their durations and groups them into the same batches as the single-process path
+  (:meth:`calm.heads._Run.plan`). Each batch becomes one row of a Ray dataset.
+* Each actor loads the backbone once, from a :class:`BackboneSpec` (a model name and options:
+  backbones themselves are not picklable), and runs each batch it is given with the same code as
+  the single-process path (:meth:`calm.heads._Run.extract_batch`: decoding, input building,
+  :class:`calm.heads.HeadCapture`), returning the rows and the items that failed to load.
+* Results stream back to the driver, which alone writes the :class:`calm.store.FeatureStore`
+  (append and failure records, durable per batch). One writer cannot corrupt the store; a key
+  already stored is never appended again; a rerun skips stored items before dispatching anything.
+* An actor that dies (kill -9, a lost node) is restarted by Ray and its batch retried (Ray Data's
+  actor pools run with ``max_restarts=-1`` and ``max_task_retries=-1``): nothing is lost, and
+  since the store only sees finished batches, nothing is stored twice.
+
+Cost beyond the single-process path: Ray's start-up (seconds, see docs/benchmarks.md), one extra
+model load on the cluster before the actors start (to learn the store key: model fingerprint,
+dtype, head index), and each actor's model load. Needs the ``ray`` extra: ``pip install 'calm-audio[ray]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from calm.data.items import Item
+from calm.features import HeadFeatures, HeadIndex
+from calm.heads import ON_ERROR, ORDERS, HeadCapture, _opened, _Run, feature_fingerprint
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How a worker loads a backbone: :func:`calm.load_backbone`'s arguments. ``device=None``
+    picks ``cuda`` where the worker sees a GPU, else ``cpu``; ``dtype=None`` the device's default."""
+
+    name: str
+    device: str | None = None
+    dtype: str | None = None
+    family: str | None = None
+
+    def load(self) -> Any:
+        import torch
+
+        from calm.backbones import load_backbone
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return load_backbone(self.name, device=device, dtype=self.dtype, family=self.family)
+
+
+@dataclass(frozen=True)
+class _Description:
+    """What the driver needs of a backbone it does not load: the store key and how to batch."""
+
+    family: str
+    supports_video: bool
+    fingerprint: dict[str, Any]
+    heads: HeadIndex
+    head_dim: int
+
+
+def _describe(spec: BackboneSpec, prompt: str) -> _Description:
+    backbone = spec.load()
+    return _Description(backbone.family, backbone.supports_video, feature_fingerprint(backbone, prompt),
+                        backbone.head_index(), backbone.sites[0].head_dim)
+
+
+class _Worker:
+    """A Ray Data actor: loads the backbone once, then runs one planned batch per call."""
+
+    def __init__(self, spec: BackboneSpec, prompt: str, stop_after_last_site: bool) -> None:
+        self.run = _Run(spec.load(), prompt, None, "record", stop_after_last_site, np.dtype(np.float32))
+        self.capture = HeadCapture(self.run.backbone, stop_after_last_site).__enter__()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = []
+        for task in rows["task"]:
+            batch, seconds = pickle.loads(task)
+            self.run.seconds.update(seconds)
+            ran, X, failures = self.run.extract_batch(batch, self.capture)
+            results.append(pickle.dumps(([item.id for item in ran], X, [(i.id, e) for i, e in failures])))
+        return {"batch": rows["batch"], "result": np.array(results, dtype=object)}
+
+
+def extract_ray(
+    model: str | BackboneSpec,
+    items: Sequence[Item],
+    prompt: str,
+    store: Any,
+    *,
+    address: str | None = None,
+    num_actors: int | None = None,
+    num_gpus_per_actor: float | None = None,
+    num_cpus_per_actor: float = 1,
+    batch_size: int = 8,
+    on_error: str = "raise",
+    stop_after_last_site: bool = False,
+    order: str = "input",
+    progress: bool = False,
+) -> HeadFeatures:
+    """Head features of ``items`` under ``prompt``, extracted by Ray actors into ``store``.
+
+    Args:
+        model: a name for :func:`calm.load_backbone` or a :class:`BackboneSpec` (device, dtype).
+        items, prompt, batch_size, on_error, stop_after_last_site, order: as in
+            :func:`calm.heads.extract` (same batches, same features, same failure records).
+        store: a directory or an open :class:`calm.store.FeatureStore` (required: results are
+            written as they arrive, and a rerun resumes).
+        address: a Ray cluster to join (``"auto"``, ``"ray://host:10001"`` ...); None starts a
+            local one (all GPUs of this machine) unless Ray is already initialised in this process.
+        num_actors: actors in the pool (default: one per GPU of the cluster, else 1).
+        num_gpus_per_actor: GPUs each actor reserves (default: 1 on a cluster with GPUs, else 0).
+        num_cpus_per_actor: CPUs each actor reserves (also its torch threads).
+        progress: print what is done and to do, and Ray Data's progress bars.
+
+    Returns:
+        HeadFeatures read back from the store (float16, memory-mapped), ``failed`` as recorded.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if store is None:
+        raise ValueError("extract_ray needs a store (a directory or an open FeatureStore)")
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate item ids: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    spec = model if isinstance(model, BackboneSpec) else BackboneSpec(str(model))
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus_each = float(num_gpus_per_actor if num_gpus_per_actor is not None else (1 if gpus else 0))
+        actors = int(num_actors or max(1, int(gpus // gpus_each) if gpus_each else 1))
+        resources = {"num_cpus": num_cpus_per_actor, "num_gpus": gpus_each}
+        info = ray.get(ray.remote(**resources)(_describe).remote(spec, prompt))
+        with _opened(store, info.fingerprint, info.heads) as feature_store:
+            if feature_store.key != json.loads(json.dumps(info.fingerprint)):
+                raise ValueError(f"{feature_store.path}: the store's key is not {model}'s under this prompt")
+            run = _Run(info, prompt, feature_store, on_error, stop_after_last_site, np.dtype(np.float16))
+            run.hash_items(items)
+            pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
+            batches = run.plan(pending, batch_size)
+            if progress:
+                print(f"extract_ray: {len(items) - len(pending)} stored already, {len(pending)} to extract in "
+                      f"{len(batches)} batches on {actors} actor(s)", file=sys.stderr)
+            if batches:
+                _write_results(_results(ray, batches, run, spec, prompt, actors, resources, progress), run)
+            finished = [i for i in ids if i not in run.failed]
+            stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
+    finally:
+        if started:
+            ray.shutdown()
+    return HeadFeatures(stored.X, info.heads, stored.ids, info.fingerprint, dict(run.failed))
+
+
+def _results(ray: Any, batches: list[list[Item]], run: _Run, spec: BackboneSpec, prompt: str, actors: int,
+             resources: dict[str, float], progress: bool) -> Iterator[bytes]:
+    """Each batch's pickled result, as the actors finish them (in no set order)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = progress
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    tasks = [{"batch": n, "task": pickle.dumps(([replace(item, meta={}) for item in batch],
+                                                {item.id: run.seconds[item.id] for item in batch}))}
+             for n, batch in enumerate(batches)]
+    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        _Worker, fn_constructor_kwargs={"spec": spec, "prompt": prompt, "stop_after_last_site": run.stop},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+    for row in dataset.iter_rows():
+        yield row["result"]
+
+
+def _write_results(results: Iterator[bytes], run: _Run) -> None:
+    """The single writer: append each batch's rows once (keys already stored are skipped), and
+    record (or raise) its failures as the single-process path does."""
+    keys, done = run.keys, run.done
+    try:
+        for result in results:
+            ids, X, failures = pickle.loads(result)
+            for item_id, error in failures:
+                run.fail(Item(item_id, None), error)
+            fresh = [n for n, item_id in enumerate(ids) if keys[item_id] not in done]
+            if fresh:
+                fresh_keys = [keys[ids[n]] for n in fresh]
+                run.store.append(fresh_keys, [ids[n] for n in fresh], X[fresh])
+                done.update(fresh_keys)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401  (needs pyarrow, part of the extra)
+    except ImportError as error:
+        raise ImportError(f"extraction on Ray needs the ray extra: pip install 'calm-audio[ray]' ({error})") from None
+    return ray
