@@ -9,7 +9,8 @@ Ray actors (one per GPU with ``num_gpus_per_actor=1``, or CPU actors):
 * Each actor loads the backbone once, from a :class:`BackboneSpec` (a model name and options:
   backbones themselves are not picklable), and runs each batch it is given with the same code as
   the single-process path (:meth:`calm.heads._Run.extract_batch`: decoding, input building,
-  :class:`calm.heads.HeadCapture`), returning the rows and the items that failed to load.
+  :class:`calm.heads.HeadCapture`), returning the rows (cast to float16 as the store would: half
+  the bytes to send, and the cast off the driver) and the items that failed to load.
 * Results stream back to the driver, which alone writes the :class:`calm.store.FeatureStore`
   (append and failure records, durable per batch). One writer cannot corrupt the store; a key
   already stored is never appended again; a rerun skips stored items before dispatching anything.
@@ -88,6 +89,9 @@ class _Worker:
             batch, seconds = pickle.loads(task)
             self.run.seconds.update(seconds)
             ran, X, failures = self.run.extract_batch(batch, self.capture)
+            if X is not None:
+                with np.errstate(over="ignore"):  # the store's own cast, done here: half the bytes to send
+                    X = X.astype(np.float16)  # (an overflow shows as inf, which the store refuses)
             results.append(pickle.dumps(([item.id for item in ran], X, [(i.id, e) for i, e in failures])))
         return {"batch": rows["batch"], "result": np.array(results, dtype=object)}
 
