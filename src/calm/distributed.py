@@ -8,9 +8,11 @@ Ray actors (one per GPU with ``num_gpus_per_actor=1``, or CPU actors):
   (:meth:`calm.heads._Run.plan`). Each batch becomes one row of a Ray dataset.
 * Each actor loads the backbone once, from a :class:`BackboneSpec` (a model name and options:
   backbones themselves are not picklable), and runs each batch it is given with the same code as
-  the single-process path (:meth:`calm.heads._Run.extract_batch`: decoding, input building,
+  the single-process path (:meth:`calm.heads._Run.load_batch` and ``run_batch``: decoding, input building,
   :class:`calm.heads.HeadCapture`), returning the rows (cast to float16 as the store would: half
-  the bytes to send, and the cast off the driver) and the items that failed to load.
+  the bytes to send, and the cast off the driver) and the items that failed to load. Two batches
+  are in an actor at once: one decoded (in ``loader_threads`` threads) and built while the model
+  runs the other, the overlap that :func:`calm.heads.extract` gets from its background threads.
 * Results stream back to the driver, which alone writes the :class:`calm.store.FeatureStore`
   (append and failure records, durable per batch). One writer cannot corrupt the store; a key
   already stored is never appended again; a rerun skips stored items before dispatching anything.
@@ -29,6 +31,7 @@ import json
 import logging
 import pickle
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
@@ -77,18 +80,25 @@ def _describe(spec: BackboneSpec, prompt: str) -> _Description:
 
 
 class _Worker:
-    """A Ray Data actor: loads the backbone once, then runs one planned batch per call."""
+    """A Ray Data actor: loads the backbone once, then runs one planned batch per call. Two calls
+    run at once: one decodes and builds its batch while the other runs the model (one lock each,
+    so each step runs one batch at a time, as in the single-process path)."""
 
-    def __init__(self, spec: BackboneSpec, prompt: str, stop_after_last_site: bool) -> None:
+    def __init__(self, spec: BackboneSpec, prompt: str, stop_after_last_site: bool, loader_threads: int) -> None:
         self.run = _Run(spec.load(), prompt, None, "record", stop_after_last_site, np.dtype(np.float32))
         self.capture = HeadCapture(self.run.backbone, stop_after_last_site).__enter__()
+        self.loader_threads = loader_threads
+        self.loading, self.running = threading.Lock(), threading.Lock()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for task in rows["task"]:
             batch, seconds = pickle.loads(task)
-            self.run.seconds.update(seconds)
-            ran, X, failures = self.run.extract_batch(batch, self.capture)
+            with self.loading:
+                self.run.seconds.update(seconds)
+                loaded = self.run.load_batch(batch, self.loader_threads)
+            with self.running:
+                ran, X, failures = self.run.run_batch(loaded, self.capture)
             if X is not None:
                 with np.errstate(over="ignore"):  # the store's own cast, done here: half the bytes to send
                     X = X.astype(np.float16)  # (an overflow shows as inf, which the store refuses)
@@ -107,6 +117,7 @@ def extract_ray(
     num_gpus_per_actor: float | None = None,
     num_cpus_per_actor: float = 1,
     batch_size: int = 8,
+    loader_threads: int = 4,
     on_error: str = "raise",
     stop_after_last_site: bool = False,
     order: str = "input",
@@ -125,6 +136,8 @@ def extract_ray(
         num_actors: actors in the pool (default: one per GPU of the cluster, else 1).
         num_gpus_per_actor: GPUs each actor reserves (default: 1 on a cluster with GPUs, else 0).
         num_cpus_per_actor: CPUs each actor reserves (also its torch threads).
+        loader_threads: threads in each actor that decode a batch's clips while the model runs
+            the previous batch (0: decode inline), as in :func:`calm.heads.extract`.
         progress: print what is done and to do, and Ray Data's progress bars.
 
     Returns:
@@ -136,6 +149,8 @@ def extract_ray(
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if loader_threads < 0:
+        raise ValueError(f"loader_threads must be at least 0, got {loader_threads}")
     if store is None:
         raise ValueError("extract_ray needs a store (a directory or an open FeatureStore)")
     ids = [item.id for item in items]
@@ -149,12 +164,14 @@ def extract_ray(
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         gpus_each = float(num_gpus_per_actor if num_gpus_per_actor is not None else (1 if gpus else 0))
+        if gpus_each > gpus:
+            raise ValueError(f"each actor asks for {gpus_each:g} GPU(s); the Ray cluster has {gpus}")
         actors = int(num_actors or max(1, int(gpus // gpus_each) if gpus_each else 1))
         resources = {"num_cpus": num_cpus_per_actor, "num_gpus": gpus_each}
         info = ray.get(ray.remote(**resources)(_describe).remote(spec, prompt))
         with _opened(store, info.fingerprint, info.heads) as feature_store:
             if feature_store.key != json.loads(json.dumps(info.fingerprint)):
-                raise ValueError(f"{feature_store.path}: the store's key is not {model}'s under this prompt")
+                raise ValueError(f"{feature_store.path}: the store's key is not {spec.name}'s under this prompt")
             run = _Run(info, prompt, feature_store, on_error, stop_after_last_site, np.dtype(np.float16))
             run.hash_items(items)
             pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
@@ -163,7 +180,9 @@ def extract_ray(
                 print(f"extract_ray: {len(items) - len(pending)} stored already, {len(pending)} to extract in "
                       f"{len(batches)} batches on {actors} actor(s)", file=sys.stderr)
             if batches:
-                _write_results(_results(ray, batches, run, spec, prompt, actors, resources, progress), run)
+                workers = {"spec": spec, "prompt": prompt, "stop_after_last_site": stop_after_last_site,
+                           "loader_threads": loader_threads}
+                _write_results(_results(ray, batches, run.seconds, workers, actors, resources, progress), run)
             finished = [i for i in ids if i not in run.failed]
             stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
     finally:
@@ -172,20 +191,21 @@ def extract_ray(
     return HeadFeatures(stored.X, info.heads, stored.ids, info.fingerprint, dict(run.failed))
 
 
-def _results(ray: Any, batches: list[list[Item]], run: _Run, spec: BackboneSpec, prompt: str, actors: int,
-             resources: dict[str, float], progress: bool) -> Iterator[bytes]:
-    """Each batch's pickled result, as the actors finish them (in no set order)."""
+def _results(ray: Any, batches: list[list[Item]], seconds: dict[str, float], workers: dict[str, Any],
+             actors: int, resources: dict[str, float], progress: bool) -> Iterator[bytes]:
+    """Each batch's pickled result, as the actors (:class:`_Worker` made with ``workers``) finish
+    them, in no set order."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
     if not progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     tasks = [{"batch": n, "task": pickle.dumps(([replace(item, meta={}) for item in batch],
-                                                {item.id: run.seconds[item.id] for item in batch}))}
+                                                {item.id: seconds[item.id] for item in batch}))}
              for n, batch in enumerate(batches)]
+    pool = ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
     dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
-        _Worker, fn_constructor_kwargs={"spec": spec, "prompt": prompt, "stop_after_last_site": run.stop},
-        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+        _Worker, fn_constructor_kwargs=workers, batch_size=1, batch_format="numpy", compute=pool, **resources)
     for row in dataset.iter_rows():
         yield row["result"]
 

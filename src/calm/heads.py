@@ -286,13 +286,17 @@ class _Run:
             start += len(batches[-1])
         return batches
 
-    def extract_batch(
-        self, batch: Sequence[Item], capture: HeadCapture
+    def load_batch(self, batch: Sequence[Item], threads: int = 0) -> _LoadedBatch:
+        """Decode (in ``threads`` threads) and build one batch from :meth:`plan`; records nothing.
+        With :meth:`run_batch`, what a worker of :mod:`calm.distributed` runs."""
+        with closing(_loaded_batches([batch], self._decode, self._build, threads)) as loaded:
+            return next(loaded)
+
+    def run_batch(
+        self, loaded: _LoadedBatch, capture: HeadCapture
     ) -> tuple[list[Item], np.ndarray | None, list[tuple[Item, ValueError]]]:
-        """Decode, build and run one batch (from :meth:`plan`) and record nothing: the items that
-        ran with their [B, K, D] float32 rows (None if none ran), and the items that failed to load
-        with their errors. What a worker of :mod:`calm.distributed` runs."""
-        loaded = self._build(batch, [self._decode(item) for item in batch])
+        """The forward pass of a loaded batch; records nothing: the items that ran with their
+        [B, K, D] float32 rows (None if none ran), and the items that failed to load with their errors."""
         return loaded.items, self._pass(loaded, capture) if loaded.items else None, loaded.failures
 
     def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
