@@ -64,7 +64,9 @@ def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
     spec = BackboneSpec(args.model, device=args.device, dtype=args.dtype)
     address = None if args.ray == "local" else args.ray
     try:
+        cpu_only = args.device is not None and args.device.startswith("cpu")
         features = extract_ray(spec, items, args.prompt, args.out, address=address, num_actors=args.actors,
+                               num_gpus_per_actor=0 if cpu_only else None,
                                batch_size=args.batch_size, on_error=args.on_error,
                                stop_after_last_site=args.stop_after_last_site, order="store",
                                progress=not args.quiet)
@@ -92,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the model once per clip and store the per-head attention outputs at the last prompt "
                     "token. Reruns skip stored items; an interrupted run resumes.")
     parser.add_argument("--data", required=True,
-                        help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path")
+                        help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path "
+                             "(hf:PATH[:SPLIT] for a Hugging Face dataset on disk)")
     parser.add_argument("--out", required=True, help="feature store root (one subfolder per model and prompt)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"user text after the audio (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--stop-after-last-site", action="store_true",

@@ -16,8 +16,8 @@ by its audio's path, or ``<split>/<row>`` when paths are missing or repeat.
 Audio is decoded by calm's own loader (:func:`calm.audio.load_audio`), never by ``datasets``
 (which needs torchcodec): audio stored as bytes is written once to
 ``$CALM_CACHE/hf-audio/<sha256 of the bytes><suffix>`` and the item points at that file, so the
-feature store keys it by the same content hash as the original file. Paths are relative to the
-dataset's folder. A row without audio, with a path that does not exist, or with a label that is
+feature store keys it by the same content hash as the original file. Relative paths are read from
+the folder of the file (or the ``save_to_disk`` folder) that holds the row. A row without audio, with a path that does not exist, or with a label that is
 not a class name, raises :class:`~calm.data.loaders.DatasetError` naming the file and the row.
 Needs the ``hf`` extra: ``pip install 'calm-audio[hf]'``.
 """
@@ -74,9 +74,9 @@ def _splits(root: Path) -> Iterator[tuple[str | None, Path, Any]]:
         yield None, root, _read_file(root)
     elif (root / "dataset_dict.json").is_file():
         for name in json.loads((root / "dataset_dict.json").read_text())["splits"]:
-            yield name, root / name, datasets.load_from_disk(str(root / name))
+            yield name, root / name, _load_from_disk(root / name)
     elif (root / "state.json").is_file():
-        dataset = datasets.load_from_disk(str(root))
+        dataset = _load_from_disk(root)
         yield (str(dataset.split) if dataset.split else None), root, dataset
     else:
         files = sorted(p for p in root.rglob("*") if p.suffix in _TABLE_SUFFIXES and p.is_file())
@@ -84,6 +84,13 @@ def _splits(root: Path) -> Iterator[tuple[str | None, Path, Any]]:
             raise DatasetError(f"{at(root)}: neither a save_to_disk folder nor a folder of .parquet/.arrow files")
         for path in files:
             yield path.name.partition("-")[0] if "-" in path.name else None, path, _read_file(path)
+
+
+def _load_from_disk(path: Path) -> Any:
+    try:
+        return _import_datasets().load_from_disk(str(path))
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{at(path)}: unreadable save_to_disk folder ({error})") from error
 
 
 def _read_file(path: Path) -> Any:
@@ -153,7 +160,7 @@ def _class_names(feature: Any) -> list[str] | None:
 
 
 def _label(value: Any, names: list[str] | None, where: str) -> str | tuple[str, ...] | None:
-    if value is None or value == "":
+    if value is None or value == "" or (names is not None and value == -1):  # -1: ClassLabel's "no label"
         return None
     if isinstance(value, list):
         return tuple(_one_label(v, names, where) for v in value) or None
