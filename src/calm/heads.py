@@ -168,6 +168,7 @@ class _Run:
         self.dtype = dtype
         self.done: set[str] = store.done_keys() if store is not None else set()
         self.keys: dict[str, str] = {}
+        self.items: dict[str, Item] = {}
         self.failed: dict[str, str] = {}
         self.rows: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}
@@ -185,6 +186,7 @@ class _Run:
 
     def hash_items(self, items: Sequence[Item]) -> None:
         """Item id -> store key from the content hashes of its files (without a store: the id)."""
+        self.items.update((item.id, item) for item in items)
         for item in items:
             if self.store is None:
                 self.keys[item.id] = item.id
@@ -209,6 +211,24 @@ class _Run:
 
     def process(self, items: Sequence[Item], batch_size: int, progress: bool, loader_threads: int) -> None:
         """Batches of similar duration (video and audio-only items apart), one pass each."""
+        batches = self.plan(items, batch_size)
+        bar = _progress_bar(sum(len(batch) for batch in batches)) if progress else None
+        loads = closing(_loaded_batches(batches, self._decode, self._build, loader_threads))
+        with HeadCapture(self.backbone, self.stop) as capture, loads as loaded_batches:
+            for batch, loaded in zip(batches, loaded_batches):
+                for item, error in loaded.failures:
+                    self.fail(item, error)
+                if loaded.items:
+                    self.keep([item.id for item in loaded.items], self.run_pass(loaded, capture))
+                if bar is not None:
+                    bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+
+    def plan(self, items: Sequence[Item], batch_size: int) -> list[list[Item]]:
+        """The batches of ``items``: sorted by duration, video and audio-only items apart. Items
+        whose duration cannot be read, or that are too short, fail (see :meth:`fail`); clips past
+        the model's window are counted in one warning."""
         window, too_long = self.backbone.window_seconds, []
         for item in items:
             try:
@@ -224,7 +244,7 @@ class _Run:
                 too_long.append(item.id)
         if too_long:
             warnings.warn(f"{len(too_long)} clip(s) are longer than the model's {window:g} s window and were cut to "
-                          f"it (only their first {window:g} s count), e.g. {too_long[0]}", stacklevel=4)
+                          f"it (only their first {window:g} s count), e.g. {too_long[0]}", stacklevel=5)
         todo = sorted((item for item in items if item.id in self.seconds),
                       key=lambda item: (self.uses_video(item), self.seconds[item.id]))
         batches: list[list[Item]] = []
@@ -233,15 +253,39 @@ class _Run:
             group = self.uses_video(todo[start])
             batches.append([item for item in todo[start:start + batch_size] if self.uses_video(item) == group])
             start += len(batches[-1])
-        bar = _progress_bar(len(todo)) if progress else None
-        loads = closing(_loaded_batches(batches, self._decode, self._build, loader_threads))
-        with HeadCapture(self.backbone, self.stop) as capture, loads as loaded_batches:
-            for batch, loaded in zip(batches, loaded_batches):
-                self._forward(loaded, capture)
-                if bar is not None:
-                    bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+        return batches
+
+    def load_batch(self, batch: Sequence[Item], threads: int = 0) -> _LoadedBatch:
+        """Decode (in ``threads`` threads) and build one batch from :meth:`plan`; records nothing.
+        With :meth:`run_pass`, what a worker of :mod:`calm.distributed` runs."""
+        with closing(_loaded_batches([batch], self._decode, self._build, threads)) as loaded:
+            return next(loaded)
+
+    def run_pass(self, loaded: _LoadedBatch, capture: HeadCapture) -> np.ndarray:
+        """The forward pass of a built batch: its [B, K, D] float32 rows; records nothing."""
+        with torch.inference_mode():
+            capture.expect(self.backbone.token_mask(loaded.inputs))
+            self.backbone.forward(loaded.inputs)
+            return capture.collect().numpy()
+
+    def keep(self, ids: Sequence[str], X: np.ndarray) -> None:
+        """Keep (or store) the rows of a batch's items; an item whose row is not finite in float16
+        fails instead, and the rest of the batch is kept. Rows of items already stored are not
+        stored again."""
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.asarray(X).astype(np.float16)).reshape(len(X), -1).all(axis=1)
+        for item_id in [i for i, ok in zip(ids, finite) if not ok]:
+            item = self.items[item_id]
+            self.fail(item, MediaLoadError(media_path(item), "its features are not finite (NaN, inf or beyond "
+                                                             "float16): the audio is probably corrupt"))
+        kept = [i for i, ok in zip(ids, finite) if ok]
+        if not kept:
+            return
+        if self.store is not None:
+            self.store.append([self.keys[i] for i in kept], kept, X[finite])
+            self.done.update(self.keys[i] for i in kept)
+        else:
+            self.rows.update(zip(kept, X[finite].astype(self.dtype)))
 
     def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
         """The item's audio (and video frames, or None), or the loading error (thread-safe)."""
@@ -261,30 +305,6 @@ class _Run:
         inputs = self.backbone.build_inputs([audio for _, (audio, _) in loaded], self.prompt,
                                             videos=videos or None) if loaded else None
         return _LoadedBatch([item for item, _ in loaded], failures, inputs)
-
-    def _forward(self, loaded: _LoadedBatch, capture: HeadCapture) -> None:
-        """Record the batch's loading failures, then run its pass and keep (or store) its rows."""
-        for item, error in loaded.failures:
-            self.fail(item, error)
-        if not loaded.items:
-            return
-        with torch.inference_mode():
-            capture.expect(self.backbone.token_mask(loaded.inputs))
-            self.backbone.forward(loaded.inputs)
-            X = capture.collect().numpy()
-        with np.errstate(over="ignore"):
-            finite = np.isfinite(X.astype(np.float16)).reshape(len(X), -1).all(axis=1)
-        for item in [item for item, ok in zip(loaded.items, finite) if not ok]:
-            self.fail(item, MediaLoadError(media_path(item), "its features are not finite (NaN, inf or beyond "
-                                                             "float16): the audio is probably corrupt"))
-        X = X[finite]
-        ids = [item.id for item, ok in zip(loaded.items, finite) if ok]
-        if not ids:
-            return
-        if self.store is not None:
-            self.store.append([self.keys[i] for i in ids], ids, X)
-        else:
-            self.rows.update(zip(ids, X.astype(self.dtype)))
 
 
 @dataclass

@@ -40,6 +40,9 @@ class MediaLoadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled by workers of calm.distributed
+        return type(self), (self.path, self.reason)
+
 
 AudioLoadError = MediaLoadError
 """The name earlier versions used; the same class."""

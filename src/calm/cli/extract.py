@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, check_writable_folder,
-                              load_model)
+from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, backbone_options,
+                              check_writable_folder, load_model)
+
+if TYPE_CHECKING:
+    from calm.data.items import Item
+    from calm.features import HeadFeatures
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -15,9 +21,13 @@ def _run(args: argparse.Namespace) -> int:
     from calm.heads import extract, feature_fingerprint
     from calm.store import FeatureStore
 
+    if args.actors is not None and args.ray is None:
+        raise ValueError("--actors needs --ray")
     check_writable_folder(args.out, "the feature store")
     items = load_dataset(args.data)
     warn_label_leaks(args.prompt, items)
+    if args.ray is not None:
+        return _run_on_ray(args, items)
     backbone = load_model(args)
     print(f"{backbone.model_id} ({backbone.family}, {backbone.device}, {str(backbone.dtype).removeprefix('torch.')}): "
           f"{len(backbone.head_index())} heads; {len(items)} items from {args.data}", file=sys.stderr)
@@ -27,13 +37,34 @@ def _run(args: argparse.Namespace) -> int:
                            on_error=args.on_error, progress=not args.quiet,
                            stop_after_last_site=args.stop_after_last_site, order="store")
         computed = len(store.done_keys()) - before
+    _report(store.path, features, computed)
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
+    """``--ray``: the same extraction on a pool of Ray actors (see :mod:`calm.distributed`)."""
+    from calm.distributed import BackboneSpec, extract_ray
+    from calm.store import FeatureStore
+
+    address = None if args.ray == "local" else args.ray
+    cpu_only = args.device is not None and args.device.startswith("cpu")
+    features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
+                           address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
+                           batch_size=args.batch_size, on_error=args.on_error,
+                           stop_after_last_site=args.stop_after_last_site, order="store", progress=not args.quiet)
+    with FeatureStore.open(args.out, features.fingerprint, features.heads) as store:
+        _report(store.path, features, None)  # extract_ray said what it computed (stderr)
+    return 0
+
+
+def _report(path: Path, features: HeadFeatures, computed: int | None) -> None:
     done = len(features)
-    print(f"store: {store.path}")
-    print(f"done: {done} (computed {computed}, already stored {done - computed}); "
-          f"failed: {len(features.failed)}; features [{done}, {features.X.shape[1]}, {features.X.shape[2]}] float16")
+    split = "" if computed is None else f" (computed {computed}, already stored {done - computed})"
+    print(f"store: {path}")
+    print(f"done: {done}{split}; failed: {len(features.failed)}; "
+          f"features [{done}, {features.X.shape[1]}, {features.X.shape[2]}] float16")
     for item_id, reason in sorted(features.failed.items()):
         print(f"  failed {item_id}: {reason}")
-    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,11 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the model once per clip and store the per-head attention outputs at the last prompt "
                     "token. Reruns skip stored items; an interrupted run resumes.")
     parser.add_argument("--data", required=True,
-                        help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path")
+                        help="a folder of class subfolders, a CSV (path,label[,split]) or layout:path "
+                             "(hf:PATH[:SPLIT] for a Hugging Face dataset on disk)")
     parser.add_argument("--out", required=True, help="feature store root (one subfolder per model and prompt)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"user text after the audio (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--stop-after-last-site", action="store_true",
                         help="end each forward pass after the last captured layer")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="extract on a pool of Ray actors (pip install 'calm-audio[ray]'): on a new local "
+                             "cluster (all GPUs of this machine), or on the cluster at ADDRESS (auto, ray://host:10001)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="with --ray: number of actors (default: one per GPU of the cluster, else 1)")
     add_backbone_arguments(parser)
     add_on_error_argument(parser, "is listed as failed in the store")
     parser.set_defaults(func=_run)

@@ -10,7 +10,8 @@
   to ``Item.meta``. An empty label means "unlabelled".
 
 The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet) live in
-:mod:`calm.data.layouts`, one module each, and use the helpers below. Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
+:mod:`calm.data.layouts`, one module each, and use the helpers below; Hugging Face datasets on disk
+(``hf:PATH[:SPLIT]``) in :mod:`calm.data.hf`. Malformed metadata and missing files raise :class:`DatasetError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ LAYOUTS: dict[str, str] = {
     "vggsound": "calm.data.layouts.vggsound:load_vggsound",
     "asvspoof2019_la": "calm.data.layouts.asvspoof:load_asvspoof2019_la",
     "audioset": "calm.data.layouts.audioset:load_audioset",
+    "hf": "calm.data.hf:load_hf",
 }
 
 # Marker (relative to a root folder) -> layout, checked in this order by detect_layout.
@@ -276,7 +278,7 @@ def load_dataset(spec: str | Path, **options: Any) -> list[Item]:
     layout, _, rest = text.partition(":")
     if rest and layout in LAYOUTS:
         root = Path(rest)
-        if layout != "csv" and root.is_file():
+        if root.is_file() and layout in {name for _, name in _MARKERS}:
             detected, root = detect_layout(rest)
             if detected != layout:
                 raise DatasetError(f"{at(rest)}: not a metadata file of the {layout!r} layout")
