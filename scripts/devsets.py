@@ -43,6 +43,14 @@ DEV_TASKS: tuple[DevTask, ...] = (
             "fixed split: support = espeak-ng TTS (30 per class), query = human Asterisk speakers (5 per class)"),
     DevTask("spoof", "shifted", "A short recording of speech.",
             "fixed split: support/query columns; query TTS voice variants unseen in support"),
+    DevTask("instruments", "in-domain", "A short recording of a sound.",
+            "no split: support drawn at random per seed, query = every other clip"),
+    DevTask("instruments-shift", "shifted", "A short recording of a sound.",
+            "fixed split: support = FluidR3_GM samples, query = MuseScore General samples (20 + 20 per class)"),
+    DevTask("languages", "in-domain", "A short recording of a sound.",
+            "no split: support drawn at random per seed, query = every other clip"),
+    DevTask("languages-shift", "shifted", "A short recording of a sound.",
+            "fixed split: support = Tux Paint spoken names, query = Asterisk telephone prompts (40 + 40 per class)"),
 )
 
 

@@ -30,7 +30,7 @@ def sounds() -> Path:
 @pytest.fixture(scope="module")
 def built(sounds, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("demo-data")
-    return {name: recipe(root / name, verbose=False) for name, recipe in demo.RECIPES.items()}
+    return {name: demo.RECIPES[name](root / name, verbose=False) for name in ("spoken-numbers", "spoof")}
 
 
 def _check_clips(items) -> None:

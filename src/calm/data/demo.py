@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from calm.cache import cache_dir
+from calm.data import devsets
 
 __all__ = ["RECIPES", "asterisk_sounds", "prepare", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
 
@@ -156,13 +157,19 @@ def asterisk_sounds() -> Path:
     sounds = root / "usr" / "share" / "asterisk" / "sounds"
     if all((sounds / lang.folder / "digits").is_dir() for lang in LANGUAGES):
         return sounds
+    unpack_debian_packages([f"asterisk-core-sounds-{lang.code}-wav" for lang in LANGUAGES], root)
+    return sounds
+
+
+def unpack_debian_packages(packages: list[str], root: Path) -> None:
+    """Fetch ``packages`` with ``apt-get download`` and unpack them (``dpkg -x``, no root) so that
+    their files lie under ``root/usr``, replacing what was there."""
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise DemoDataError(
-                f"the demo data needs the Debian packages asterisk-core-sounds-{{en,es,fr,it,ru}}-wav and {tool!r} "
+                f"this dataset needs the Debian packages {' '.join(packages)} and {tool!r} "
                 f"is not available: install them, or run on Debian/Ubuntu"
             )
-    packages = [f"asterisk-core-sounds-{lang.code}-wav" for lang in LANGUAGES]
     with tempfile.TemporaryDirectory(dir=root) as work:
         result = subprocess.run(["apt-get", "download", *packages], cwd=work, capture_output=True, text=True)
         if result.returncode != 0:
@@ -175,7 +182,6 @@ def asterisk_sounds() -> Path:
             subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
         shutil.rmtree(root / "usr", ignore_errors=True)
         (unpacked / "usr").rename(root / "usr")
-    return sounds
 
 
 def _espeak_ng() -> str:
@@ -202,10 +208,16 @@ class Clip:
     voice: str = ""  # espeak-ng voice, "lang+variant"
     speed: int = 175
     pitch: int = 50
+    origin: str = ""  # the source column when not "asterisk"/"espeak-ng" (recipes of other packages)
+    samples: Callable[[], tuple[np.ndarray, int]] | None = None  # (audio, rate) of a recording not in a file
 
     @property
     def source(self) -> str:
-        return "asterisk" if self.human is not None else "espeak-ng"
+        return self.origin or ("asterisk" if self.human is not None else "espeak-ng")
+
+    @property
+    def needs_tts(self) -> bool:
+        return self.human is None and self.samples is None
 
     @property
     def path(self) -> str:
@@ -219,12 +231,14 @@ def _tts_clip(rng: random.Random, id: str, label: str, split: str, lang: Languag
                 speed=rng.randint(*SPEED), pitch=rng.randint(*PITCH))
 
 
-def _render(clip: Clip, espeak: str) -> np.ndarray:
-    """The clip's samples at 8 kHz, peak-normalised."""
+def _render(clip: Clip, espeak: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The clip's samples at ``sample_rate``, peak-normalised."""
     import soundfile as sf
     import soxr
 
-    if clip.human is not None:
+    if clip.samples is not None:
+        audio, rate = clip.samples()
+    elif clip.human is not None:
         audio, rate = sf.read(clip.human, dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)
     else:
@@ -240,21 +254,21 @@ def _render(clip: Clip, espeak: str) -> np.ndarray:
                 if len(audio) <= MAX_SECONDS * rate or speed >= 400:
                     break
                 speed = int(speed * len(audio) / (0.95 * MAX_SECONDS * rate)) + 1  # a long text is said faster
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE)
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak == 0.0:
         raise DemoDataError(f"clip {clip.id} ({clip.source}: {clip.content!r}) is silent")
     return (audio * (PEAK / peak)).astype(np.float32)
 
 
-def _write(clip: Clip, root: Path, espeak: str) -> float:
+def _write(clip: Clip, root: Path, espeak: str, sample_rate: int = SAMPLE_RATE) -> float:
     """Write one clip under ``root``; returns its duration in seconds."""
     import soundfile as sf
 
-    audio = _render(clip, espeak)
-    sf.write(root / clip.path, audio, SAMPLE_RATE, subtype="PCM_16")
-    return len(audio) / SAMPLE_RATE
+    audio = _render(clip, espeak, sample_rate)
+    sf.write(root / clip.path, audio, sample_rate, subtype="PCM_16")
+    return len(audio) / sample_rate
 
 
 _COLUMNS = ("id", "path", "label", "split", "source", "speaker", "language", "content")
@@ -266,8 +280,11 @@ def _is_complete(out_dir: Path, stamp: dict) -> bool:
     return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp and (out_dir / "metadata.csv").is_file()
 
 
-def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool) -> Path:
+def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool,
+           sample_rate: int = SAMPLE_RATE) -> Path:
     """Write the planned clips and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build.
+
+    Clips are written at ``sample_rate``; espeak-ng is needed only when a clip is to be spoken by it.
 
     The dataset is built in a temporary sibling folder and renamed into place, so ``out_dir``
     is either complete or absent; an older or partial build of the same recipe is replaced.
@@ -283,14 +300,14 @@ def _build(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Pat
         if not (previous.is_file() and json.loads(previous.read_text()).get("recipe") == name):
             raise DemoDataError(f"{out_dir}: exists and is not a {name!r} demo dataset; choose an empty folder")
     start = time.perf_counter()
-    espeak = _espeak_ng()
     clips = plan()
+    espeak = _espeak_ng() if any(clip.needs_tts for clip in clips) else ""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (staging / "audio").mkdir()
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            durations = list(pool.map(lambda clip: _write(clip, staging, espeak), clips))
+            durations = list(pool.map(lambda clip: _write(clip, staging, espeak, sample_rate), clips))
         too_long = [c.id for c, d in zip(clips, durations) if d > MAX_SECONDS]
         if too_long:
             raise DemoDataError(f"{name}: clips longer than {MAX_SECONDS:g} s: {too_long[:5]}")
@@ -434,6 +451,10 @@ def prepare_spoof(out_dir: Path, verbose: bool = True) -> Path:
 RECIPES: dict[str, Callable[..., Path]] = {
     "spoken-numbers": prepare_spoken_numbers,
     "spoof": prepare_spoof,
+    "instruments": devsets.prepare_instruments,
+    "instruments-shift": devsets.prepare_instruments_shift,
+    "languages": devsets.prepare_languages,
+    "languages-shift": devsets.prepare_languages_shift,
 }
 """Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
 
