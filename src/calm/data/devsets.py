@@ -4,9 +4,9 @@ calm chooses its methods and defaults on these tasks and on the two demo tasks (
 Every clip is a human-made recording, written as 16-bit mono WAV at 16 kHz, peak-normalised,
 0.2-5 s long; everything is seeded. Sources:
 
-* ``fluid-soundfont-gm`` (FluidR3_GM, MIT) and ``musescore-general-soundfont`` (MuseScore
-  General, MIT): SoundFonts, i.e. multi-sampled recordings of real instruments
-  (:mod:`calm.data.soundfont`). A clip is one recorded sample played as a 1.5 s note.
+* ``fluid-soundfont-gm`` (FluidR3_GM, MIT) and ``timgm6mb-soundfont`` (TimGM6mb, GPL-2):
+  SoundFonts, i.e. multi-sampled recordings of real instruments (:mod:`calm.data.soundfont`).
+  A clip is one recorded sample played as a 1.5 s note; synthesised sounds are left out.
 * ``tuxpaint-stamps-default`` (GPL-2): the Tux Paint stamps' spoken names, recorded by volunteer
   speakers of each language (``<stamp>_desc_<lang>.ogg``).
 * ``asterisk-core-sounds-{es,fr,ru}-wav`` (CC BY-SA 3.0): telephone prompts read by professional
@@ -49,8 +49,13 @@ INSTRUMENT_FAMILIES: tuple[str, ...] = (
     "piano", "chromatic-percussion", "organ", "guitar", "bass", "strings", "brass", "reed", "pipe",
 )
 _REUSING_FAMILIES = frozenset({"ensemble", "synth-lead", "synth-pad", "synth-effects"})
+# Programs of those families whose samples are synthesised: Electric Piano 2 (FM), Synth Bass 1-2,
+# Synth Brass 1-2; and sample names of plain waveforms.
+_SYNTH_PROGRAMS = frozenset({5, 38, 39, 62, 63})
+_WAVEFORM = re.compile(r"wave|saw|square|sine|pulse", re.IGNORECASE)
 FLUID = ("fluid-soundfont-gm", "usr/share/sounds/sf2/FluidR3_GM.sf2")
-MUSESCORE = ("musescore-general-soundfont", "usr/share/sounds/sf3/MuseScore_General_Full.sf3")
+# Not MuseScore General: it is derived from FluidR3 and shares most of its recordings.
+TIMGM = ("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2")
 TUXPAINT = ("tuxpaint-stamps-default", "usr/share/tuxpaint/stamps")
 # Tux Paint stamp languages with 300+ spoken names (most have 650-930).
 TUXPAINT_LANGUAGES: tuple[str, ...] = ("be", "bg", "ca", "da", "el", "es", "fr", "ro", "ru")
@@ -80,15 +85,17 @@ def _soundfont(path: Path) -> tuple[dict[str, list], bytes, int]:
     """Family -> the font's samples of that family.
 
     A sample counts when the presets playing it belong to one of INSTRUMENT_FAMILIES, apart from
-    ensemble and synth presets that reuse it (a violin recording in "String Ensemble" is strings).
+    ensemble and synth presets that reuse it (a violin recording in "String Ensemble" is strings),
+    and it is not a synthesised sound (``_SYNTH_PROGRAMS``, waveform names).
     """
     samples, data, smpl = read_samples(path)
     by_family: dict[str, list] = defaultdict(list)
     for sample in samples:
-        families = {family(p) for p in sample.programs}
-        acoustic = families & set(INSTRUMENT_FAMILIES)
-        if len(acoustic) == 1 and families - acoustic <= _REUSING_FAMILIES:
-            by_family[acoustic.pop()].append(sample)
+        acoustic = {p for p in sample.programs if family(p) in INSTRUMENT_FAMILIES and p not in _SYNTH_PROGRAMS}
+        others = {family(p) for p in set(sample.programs) - acoustic - _SYNTH_PROGRAMS}
+        families = {family(p) for p in acoustic}
+        if len(families) == 1 and others <= _REUSING_FAMILIES and not _WAVEFORM.search(sample.name):
+            by_family[families.pop()].append(sample)
     return dict(by_family), data, smpl
 
 
@@ -123,25 +130,26 @@ def prepare_instruments(out_dir: Path, verbose: bool = True) -> Path:
     """
     from calm.data.demo import _build
 
-    return _build("instruments", 1, instruments_clips, out_dir, verbose, SAMPLE_RATE)
+    return _build("instruments", 2, instruments_clips, out_dir, verbose, SAMPLE_RATE)
 
 
-def instruments_shift_clips(per_family: int = 20) -> list[Clip]:
+def instruments_shift_clips(support: int = 30, query: int = 15) -> list[Clip]:
     """The plan of ``instruments-shift``; see :func:`prepare_instruments_shift`."""
     rng = random.Random(SEED + 1)
-    return (_note_clips(FLUID, "FluidR3", per_family, "support", rng)
-            + _note_clips(MUSESCORE, "MuseScore", per_family, "query", rng))
+    return (_note_clips(FLUID, "FluidR3", support, "support", rng)
+            + _note_clips(TIMGM, "TimGM6mb", query, "query", rng))
 
 
 def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
-    """Instrument family across sample libraries: support from FluidR3_GM, query from MuseScore General.
+    """Instrument family across sample libraries: support from FluidR3_GM, query from TimGM6mb.
 
-    The same 9 GM families, 20 notes each per side (360 clips): other instruments, players,
-    rooms and microphones on the query side. Returns the path of ``metadata.csv``.
+    The same 9 GM families; 30 support and 15 query notes per family (405 clips). The query
+    side holds other recordings: other instruments, players, rooms and microphones. Returns the
+    path of ``metadata.csv``.
     """
     from calm.data.demo import _build
 
-    return _build("instruments-shift", 1, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
+    return _build("instruments-shift", 2, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------------------- languages
@@ -220,9 +228,11 @@ def languages_shift_clips(per_language: int = 40) -> list[Clip]:
 
 
 def prepare_languages_shift(out_dir: Path, verbose: bool = True) -> Path:
-    """Spoken language across speakers and channels: support = Tux Paint names (studio-ish, 44.1 kHz
-    volunteers), query = Asterisk telephone prompts (8 kHz, professional speakers); es, fr, ru,
-    40 clips per language and side (240 clips). Returns the path of ``metadata.csv``.
+    """Spoken language across speakers and channels: support from Tux Paint, query from Asterisk.
+
+    Support: spoken stamp names (volunteers, 44.1 kHz, ~1 s); query: telephone prompts (8 kHz,
+    professional speakers, 0.5-5 s). Spanish, French, Russian; 40 clips per language and side
+    (240 clips). Returns the path of ``metadata.csv``.
     """
     from calm.data.demo import _build
 

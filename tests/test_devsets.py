@@ -1,0 +1,227 @@
+"""Dev-set recipes: the SoundFont reader on hand-made fonts, tiny builds of every recipe, real packages."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from calm.data import demo, devsets
+from calm.data.episodes import protocol_of
+from calm.data.loaders import load_dataset
+from calm.data.soundfont import GM_FAMILIES, SoundFontError, read_samples, sample_audio
+
+RATE = 8000
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return struct.pack("<4sI", cid, len(body)) + body + (b"\0" if len(body) % 2 else b"")
+
+
+def _list(kind: bytes, *chunks: bytes) -> bytes:
+    return _chunk(b"LIST", kind + b"".join(chunks))
+
+
+def write_sf2(path: Path, presets: list[tuple[int, int, list[tuple[str, np.ndarray, int, int, int]]]]) -> Path:
+    """A minimal SoundFont: each preset (program, bank, samples) plays one instrument whose zones are
+    its samples (name, int16 audio, loop start, loop end relative to the sample, sample type); a name
+    seen before names the same stored sample."""
+    smpl, headers, phdr, pbag, pgen, inst, ibag, igen = b"", [], [], [], [], [], [], []
+    stored: dict[str, int] = {}
+    for p, (program, bank, samples) in enumerate(presets):
+        phdr.append(struct.pack("<20sHHHIII", f"preset{p}".encode(), program, bank, len(pbag), 0, 0, 0))
+        pbag.append(struct.pack("<HH", len(pgen), 0))
+        pgen.append(struct.pack("<HH", 41, len(inst)))
+        inst.append(struct.pack("<20sH", f"inst{p}".encode(), len(ibag)))
+        for name, audio, loop_start, loop_end, kind in samples:
+            ibag.append(struct.pack("<HH", len(igen), 0))
+            igen.append(struct.pack("<HH", 53, stored.setdefault(name, len(headers))))
+            if stored[name] < len(headers):
+                continue
+            start = len(smpl) // 2
+            smpl += audio.astype("<i2").tobytes() + b"\0" * 92  # 46 zero samples after each, as the spec asks
+            headers.append(struct.pack("<20sIIIIIBbHH", name.encode(), start, start + len(audio),
+                                       start + loop_start, start + loop_end, RATE, 60, 0, 0, kind))
+    phdr.append(struct.pack("<20sHHHIII", b"EOP", 0, 0, len(pbag), 0, 0, 0))
+    pbag.append(struct.pack("<HH", len(pgen), 0))
+    pgen.append(struct.pack("<HH", 0, 0))
+    inst.append(struct.pack("<20sH", b"EOI", len(ibag)))
+    ibag.append(struct.pack("<HH", len(igen), 0))
+    igen.append(struct.pack("<HH", 0, 0))
+    headers.append(struct.pack("<20sIIIIIBbHH", b"EOS", 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    pdta = _list(b"pdta", _chunk(b"phdr", b"".join(phdr)), _chunk(b"pbag", b"".join(pbag)),
+                 _chunk(b"pmod", b"\0" * 10), _chunk(b"pgen", b"".join(pgen)), _chunk(b"inst", b"".join(inst)),
+                 _chunk(b"ibag", b"".join(ibag)), _chunk(b"imod", b"\0" * 10), _chunk(b"igen", b"".join(igen)),
+                 _chunk(b"shdr", b"".join(headers)))
+    body = b"sfbk" + _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1))) + _list(b"sdta", _chunk(b"smpl", smpl)) + pdta
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _tone(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).uniform(-1, 1, n) * 20000).astype(np.int16)
+
+
+MONO, RIGHT, LEFT = 1, 2, 4
+
+
+def test_read_samples_maps_bank0_programs_and_skips_right_halves(tmp_path):
+    a, b, c = _tone(400, 0), _tone(300, 1), _tone(200, 2)
+    path = write_sf2(tmp_path / "f.sf2", [
+        (0, 0, [("PianoL", a, 100, 300, LEFT), ("PianoR", a, 100, 300, RIGHT)]),
+        (40, 0, [("Violin", b, 0, 0, MONO)]),
+        (41, 0, [("Violin", b, 0, 0, MONO)]),  # same sample in another program: listed once, both programs
+        (0, 128, [("Drum", c, 0, 0, MONO)]),  # a percussion bank: not a GM program
+    ])
+    samples, data, smpl = read_samples(path)
+    assert [(s.name, s.programs) for s in samples] == [("PianoL", (0,)), ("Violin", (40, 41))]
+    raw = np.frombuffer(data, "<i2", count=samples[1].end - samples[1].start, offset=smpl + 2 * samples[1].start)
+    assert np.array_equal(raw, b)
+
+
+def test_sample_audio_repeats_the_loop_and_fades(tmp_path):
+    a = _tone(400, 0)
+    samples, data, smpl = read_samples(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", a, 100, 300, MONO)])]))
+    audio = sample_audio(samples[0], data, smpl, seconds=0.1, fade=0.01)  # 800 samples at 8 kHz
+    x = a.astype(np.float32) / 32768
+    expected = np.concatenate([x[:300], x[100:300], x[100:300], x[100:200]])
+    ramp = np.linspace(1, 0, 80, dtype=np.float32)
+    expected[-80:] *= ramp
+    assert audio.dtype == np.float32 and np.allclose(audio, expected, atol=1e-7)
+    short = sample_audio(samples[0], data, smpl, seconds=0.02, fade=0.0)  # shorter than the recording: cut
+    assert np.allclose(short, x[:160])
+
+
+def test_a_malformed_soundfont_is_named(tmp_path):
+    bad = tmp_path / "bad.sf2"
+    bad.write_bytes(b"RIFF\0\0\0\0WAVEfmt ")
+    with pytest.raises(SoundFontError, match="bad.sf2: not a SoundFont"):
+        read_samples(bad)
+    truncated = tmp_path / "cut.sf2"
+    truncated.write_bytes(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", _tone(50, 0), 0, 0, MONO)])]).read_bytes()[:-30])
+    with pytest.raises(SoundFontError, match="cut.sf2"):
+        read_samples(truncated)
+
+
+def test_instrument_families_leave_out_synthesised_samples(tmp_path):
+    devsets._soundfont.cache_clear()
+    path = write_sf2(tmp_path / "f.sf2", [
+        (24, 0, [("Nylon", _tone(100, 0), 0, 0, MONO)]),
+        (38, 0, [("SynthBass", _tone(100, 1), 0, 0, MONO)]),  # Synth Bass 1: synthesised
+        (33, 0, [("Finger", _tone(100, 2), 0, 0, MONO), ("Saw Wave", _tone(100, 3), 0, 0, MONO)]),
+        (48, 0, [("Cello", _tone(100, 4), 0, 0, MONO)]),  # only an ensemble plays it: no acoustic family
+        (42, 0, [("Violin", _tone(100, 5), 0, 0, MONO)]),
+        (49, 0, [("Violin", _tone(100, 5), 0, 0, MONO)]),  # strings reused by an ensemble: still strings
+        (80, 0, [("Lead", _tone(100, 6), 0, 0, MONO)]),
+    ])
+    by_family, _, _ = devsets._soundfont(path)
+    assert {k: [s.name for s in v] for k, v in by_family.items()} == {
+        "guitar": ["Nylon"], "bass": ["Finger"], "strings": ["Violin"]}
+
+
+def _fake_font(path: Path, per_family: int, seed: int) -> Path:
+    programs = {name: 8 * i for i, name in enumerate(GM_FAMILIES) if name in devsets.INSTRUMENT_FAMILIES}
+    presets = [(program, 0, [(f"{name}{k}", _tone(2000, seed + 100 * program + k), 500, 1500, MONO)
+                             for k in range(per_family)]) for name, program in programs.items()]
+    return write_sf2(path, presets)
+
+
+@pytest.fixture
+def fake_packages(tmp_path, monkeypatch):
+    """The recipes' Debian files replaced by hand-made fonts and a Tux Paint stamps tree (no network)."""
+    devsets._soundfont.cache_clear()
+    files = {
+        devsets.FLUID: _fake_font(tmp_path / "fluid.sf2", 5, 0),
+        devsets.TIMGM: _fake_font(tmp_path / "tim.sf2", 3, 7),
+        devsets.TUXPAINT: tmp_path / "stamps",
+    }
+    rng = np.random.default_rng(0)
+    for lang in devsets.TUXPAINT_LANGUAGES:
+        for k in range(4):
+            folder = files[devsets.TUXPAINT] / ("animals" if k % 2 else "food")
+            folder.mkdir(parents=True, exist_ok=True)
+            seconds = 6.0 if k == 3 else 0.5 + 0.1 * k  # one too long to keep
+            sf.write(folder / f"thing{k}_desc_{lang}.ogg", rng.uniform(-0.5, 0.5, int(seconds * 22050)), 22050)
+        sf.write(folder / f"thing0_{lang}.ogg", np.zeros(100), 22050)  # not a spoken name
+    monkeypatch.setattr(devsets, "debian_file", lambda package, relative: files[(package, relative)])
+    yield files
+    devsets._soundfont.cache_clear()
+
+
+def _rows(metadata: Path) -> list[dict[str, str]]:
+    with open(metadata, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_clips(items, seconds: tuple[float, float]) -> None:
+    for item in items:
+        info = sf.info(item.audio)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"), item.id
+        assert seconds[0] <= info.duration <= seconds[1], (item.id, info.duration)
+
+
+def test_instruments_tiny_build(fake_packages, tmp_path):
+    metadata = demo._build("instruments", 0, lambda: devsets.instruments_clips(per_family=3), tmp_path / "i",
+                           False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "random"
+    assert Counter(i.label for i in items) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
+    assert {i.meta["source"] for i in items} == {"FluidR3"}
+    _check_clips(items, (devsets.NOTE_SECONDS, devsets.NOTE_SECONDS))
+    again = demo._build("instruments", 0, lambda: devsets.instruments_clips(per_family=3), tmp_path / "j",
+                        False, devsets.SAMPLE_RATE)
+    assert _rows(metadata) == _rows(again)
+    for row in _rows(metadata)[:5]:  # same audio, byte for byte
+        assert (tmp_path / "i" / row["path"]).read_bytes() == (tmp_path / "j" / row["path"]).read_bytes()
+
+
+def test_instruments_shift_tiny_build(fake_packages, tmp_path):
+    metadata = demo._build("instruments-shift", 0, lambda: devsets.instruments_shift_clips(support=4, query=2),
+                           tmp_path / "s", False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "split"
+    by_split = {split: [i for i in items if i.fold == split] for split in ("support", "query")}
+    assert Counter(i.label for i in by_split["support"]) == {name: 4 for name in devsets.INSTRUMENT_FAMILIES}
+    assert Counter(i.label for i in by_split["query"]) == {name: 2 for name in devsets.INSTRUMENT_FAMILIES}
+    assert {i.meta["source"] for i in by_split["support"]} == {"FluidR3"}
+    assert {i.meta["source"] for i in by_split["query"]} == {"TimGM6mb"}
+    with pytest.raises(demo.DemoDataError, match="3 samples of family 'piano', 5 needed"):
+        devsets.instruments_shift_clips(support=4, query=5)
+
+
+def test_languages_tiny_build(fake_packages, tmp_path):
+    metadata = demo._build("languages", 0, lambda: devsets.languages_clips(per_language=3), tmp_path / "l",
+                           False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert Counter(i.label for i in items) == {lang: 3 for lang in devsets.TUXPAINT_LANGUAGES}
+    assert all(i.meta["content"].endswith(f"_desc_{i.label}.ogg") for i in items)
+    _check_clips(items, (0.5, 0.8))  # the 6 s recordings are left out
+    with pytest.raises(demo.DemoDataError, match="3 spoken names in 'be', 4 needed"):
+        devsets.languages_clips(per_language=4)
+
+
+@pytest.fixture(scope="module")
+def timgm() -> Path:
+    """The real TimGM6mb font (installed, or fetched once into the calm cache; 5 MB)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        pytest.skip("needs apt-get and dpkg (Debian) to fetch timgm6mb-soundfont")
+    try:
+        return devsets.debian_file(*devsets.TIMGM)
+    except demo.DemoDataError as error:  # no mirror reachable: offline
+        pytest.skip(f"cannot fetch timgm6mb-soundfont: {error}")
+
+
+def test_real_timgm6mb_holds_the_query_side_of_instruments_shift(timgm):
+    devsets._soundfont.cache_clear()
+    by_family, data, smpl = devsets._soundfont(timgm)
+    counts = {name: len(by_family.get(name, [])) for name in devsets.INSTRUMENT_FAMILIES}
+    assert min(counts.values()) >= 15, counts  # instruments-shift draws 15 query notes per family
+    sample = by_family["reed"][0]
+    audio = sample_audio(sample, data, smpl)
+    assert len(audio) <= devsets.NOTE_SECONDS * sample.rate and np.abs(audio).max() > 0.01
