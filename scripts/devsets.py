@@ -46,7 +46,7 @@ DEV_TASKS: tuple[DevTask, ...] = (
     DevTask("instruments", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("instruments-shift", "shifted", "A short recording of a sound.",
-            "fixed split: support = FluidR3_GM samples, query = MuseScore General samples (20 + 20 per class)"),
+            "fixed split: support = FluidR3_GM notes (30 per class), query = TimGM6mb notes (15 per class)"),
     DevTask("languages", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("languages-shift", "shifted", "A short recording of a sound.",

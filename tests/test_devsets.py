@@ -225,3 +225,53 @@ def test_real_timgm6mb_holds_the_query_side_of_instruments_shift(timgm):
     sample = by_family["reed"][0]
     audio = sample_audio(sample, data, smpl)
     assert len(audio) <= devsets.NOTE_SECONDS * sample.rate and np.abs(audio).max() > 0.01
+
+
+def _load_script(monkeypatch):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "devsets.py"
+    spec = importlib.util.spec_from_file_location("devsets_script", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_devsets_script_writes_rows_aligned_with_labels(tmp_path, monkeypatch):
+    import json
+
+    import calm
+
+    monkeypatch.setenv("CALM_CACHE", str(tmp_path / "cache"))
+
+    def tiny(out_dir: Path, verbose: bool = True) -> Path:
+        (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+        lines = ["id,path,label,split,source"]
+        for k in range(6):
+            t = np.arange(int(0.3 * 16000)) / 16000
+            sf.write(out_dir / "audio" / f"c{k}.wav", 0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t), 16000)
+            lines.append(f"c{k},audio/c{k}.wav,{'ab'[k % 2]},{'support' if k < 4 else 'query'},{'xy'[k // 3]}")
+        (out_dir / "metadata.csv").write_text("\n".join(lines) + "\n")
+        return out_dir / "metadata.csv"
+
+    monkeypatch.setitem(demo.RECIPES, "tiny", tiny)
+    script = _load_script(monkeypatch)
+    task = script.DevTask("tiny", "shifted", "A sound.", "fixed split")
+    backbone = calm.load_backbone("tiny:whisper")
+    summary = script.write_task(task, backbone, tmp_path / "out", tmp_path / "store", batch_size=4)
+    saved = np.load(tmp_path / "out" / "tiny.npz")
+    rows = {i: k for k, i in enumerate(saved["ids"])}
+    assert sorted(rows) == [f"c{k}" for k in range(6)] and saved["X"].dtype == np.float16
+    for k in range(6):
+        row = rows[f"c{k}"]
+        assert (saved["y"][row], saved["split"][row], saved["source"][row]) == (
+            "ab"[k % 2], "support" if k < 4 else "query", "xy"[k // 3])
+    items = calm.load_dataset(tmp_path / "cache" / "data" / "tiny" / "metadata.csv")
+    direct = calm.extract(backbone, items, "A sound.", batch_size=1)
+    for item_id, x in zip(direct.ids, direct.X):
+        assert np.allclose(saved["X"][rows[item_id]].astype(np.float32), x.astype(np.float32), atol=2e-3)
+    written = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert written == summary and written["n_per_class"] == {"query": {"a": 1, "b": 1}, "support": {"a": 2, "b": 2}}
+    assert written["shape"] == list(saved["X"].shape) and written["encoder_seconds"] == script.ENCODER_SECONDS
