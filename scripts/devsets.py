@@ -46,7 +46,7 @@ DEV_TASKS: tuple[DevTask, ...] = (
     DevTask("instruments", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("instruments-shift", "shifted", "A short recording of a sound.",
-            "fixed split: support = FluidR3_GM notes (30 per class), query = TimGM6mb notes (15 per class)"),
+            "fixed split: support = FluidR3 notes of even GM programs (16 per class), query = notes of the other programs of each family (20 per class)"),
     DevTask("languages", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("languages-shift", "shifted", "A short recording of a sound.",
@@ -86,7 +86,7 @@ def write_task(task: DevTask, backbone, out: Path, store: Path, batch_size: int)
     counts = {s or "all": dict(sorted(Counter(y[split == s]).items())) for s in sorted(set(split))}
     summary = {
         "task": task.name, "kind": task.kind, "prompt": task.prompt, "model": MODEL,
-        "encoder_seconds": ENCODER_SECONDS, "n": int(len(y)), "classes": int(len(set(y))),
+        "encoder_seconds": ENCODER_SECONDS, "n": len(y), "classes": len(set(y)),
         "shape": list(features.X.shape), "chance": round(1 / len(set(y)), 4),
         "support_query": task.episodes, "n_per_class": counts, "metadata": str(metadata),
         "seconds": round(time.perf_counter() - started, 1),

@@ -85,17 +85,17 @@ def test_read_samples_maps_bank0_programs_and_skips_right_halves(tmp_path):
     assert np.array_equal(raw, b)
 
 
-def test_sample_audio_repeats_the_loop_and_fades(tmp_path):
+def test_sample_audio_is_the_recording_cut_and_faded(tmp_path):
     a = _tone(400, 0)
     samples, data, smpl = read_samples(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", a, 100, 300, MONO)])]))
-    audio = sample_audio(samples[0], data, smpl, seconds=0.1, fade=0.01)  # 800 samples at 8 kHz
     x = a.astype(np.float32) / 32768
-    expected = np.concatenate([x[:300], x[100:300], x[100:300], x[100:200]])
-    ramp = np.linspace(1, 0, 80, dtype=np.float32)
-    expected[-80:] *= ramp
-    assert audio.dtype == np.float32 and np.allclose(audio, expected, atol=1e-7)
-    short = sample_audio(samples[0], data, smpl, seconds=0.02, fade=0.0)  # shorter than the recording: cut
-    assert np.allclose(short, x[:160])
+    whole = sample_audio(samples[0], data, smpl, seconds=1.0, fade=0.005)  # the loop is not repeated
+    expected = x.copy()
+    expected[-40:] *= np.linspace(1, 0, 40, dtype=np.float32)
+    assert whole.dtype == np.float32 and np.array_equal(whole, expected)
+    cut = sample_audio(samples[0], data, smpl, seconds=0.02, fade=0.0)  # 160 samples at 8 kHz
+    assert np.array_equal(cut, x[:160])
+    assert samples[0].seconds == 400 / RATE
 
 
 def test_a_malformed_soundfont_is_named(tmp_path):
@@ -107,28 +107,39 @@ def test_a_malformed_soundfont_is_named(tmp_path):
     truncated.write_bytes(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", _tone(50, 0), 0, 0, MONO)])]).read_bytes()[:-30])
     with pytest.raises(SoundFontError, match="cut.sf2"):
         read_samples(truncated)
+    raw = bytearray(write_sf2(tmp_path / "g.sf2", [(0, 0, [("P", _tone(50, 0), 0, 0, MONO)])]).read_bytes())
+    end = raw.index(b"shdr") + 8 + 24  # the end field of the first sample header
+    raw[end:end + 4] = struct.pack("<I", 10**6)
+    (tmp_path / "far.sf2").write_bytes(bytes(raw))
+    with pytest.raises(SoundFontError, match="far.sf2: sample 0 lies outside"):
+        read_samples(tmp_path / "far.sf2")
 
 
 def test_instrument_families_leave_out_synthesised_samples(tmp_path):
     devsets._soundfont.cache_clear()
+    n = int(devsets.MIN_SECONDS * RATE)
     path = write_sf2(tmp_path / "f.sf2", [
-        (24, 0, [("Nylon", _tone(100, 0), 0, 0, MONO)]),
-        (38, 0, [("SynthBass", _tone(100, 1), 0, 0, MONO)]),  # Synth Bass 1: synthesised
-        (33, 0, [("Finger", _tone(100, 2), 0, 0, MONO), ("Saw Wave", _tone(100, 3), 0, 0, MONO)]),
-        (48, 0, [("Cello", _tone(100, 4), 0, 0, MONO)]),  # only an ensemble plays it: no acoustic family
-        (42, 0, [("Violin", _tone(100, 5), 0, 0, MONO)]),
-        (49, 0, [("Violin", _tone(100, 5), 0, 0, MONO)]),  # strings reused by an ensemble: still strings
-        (80, 0, [("Lead", _tone(100, 6), 0, 0, MONO)]),
+        (24, 0, [("Nylon", _tone(n, 0), 0, 0, MONO), ("Click", _tone(n - 1, 7), 0, 0, MONO)]),  # too short
+        (38, 0, [("SynthBass", _tone(n, 1), 0, 0, MONO)]),  # Synth Bass 1: synthesised
+        (33, 0, [("Finger", _tone(n, 2), 0, 0, MONO), ("Saw Wave", _tone(n, 3), 0, 0, MONO)]),
+        (48, 0, [("Cello", _tone(n, 4), 0, 0, MONO)]),  # only an ensemble plays it: no acoustic family
+        (42, 0, [("Violin", _tone(n, 5), 0, 0, MONO)]),
+        (49, 0, [("Violin", _tone(n, 5), 0, 0, MONO)]),  # strings reused by an ensemble: still strings
+        (80, 0, [("Lead", _tone(n, 6), 0, 0, MONO)]),
     ])
     by_family, _, _ = devsets._soundfont(path)
     assert {k: [s.name for s in v] for k, v in by_family.items()} == {
         "guitar": ["Nylon"], "bass": ["Finger"], "strings": ["Violin"]}
 
 
-def _fake_font(path: Path, per_family: int, seed: int) -> Path:
-    programs = {name: 8 * i for i, name in enumerate(GM_FAMILIES) if name in devsets.INSTRUMENT_FAMILIES}
-    presets = [(program, 0, [(f"{name}{k}", _tone(2000, seed + 100 * program + k), 500, 1500, MONO)
-                             for k in range(per_family)]) for name, program in programs.items()]
+def _fake_font(path: Path, per_side: int) -> Path:
+    """Per instrument family, ``per_side`` samples of a support-side and of a query-side program."""
+    presets = []
+    for i, name in enumerate(GM_FAMILIES):
+        if name in devsets.INSTRUMENT_FAMILIES:
+            for program in (8 * i, 4 if i == 0 else 8 * i + 1):
+                presets.append((program, 0, [(f"{name}{program}-{k}", _tone(2400, 1000 * program + k), 0, 0, MONO)
+                                             for k in range(per_side)]))
     return write_sf2(path, presets)
 
 
@@ -136,11 +147,7 @@ def _fake_font(path: Path, per_family: int, seed: int) -> Path:
 def fake_packages(tmp_path, monkeypatch):
     """The recipes' Debian files replaced by hand-made fonts and a Tux Paint stamps tree (no network)."""
     devsets._soundfont.cache_clear()
-    files = {
-        devsets.FLUID: _fake_font(tmp_path / "fluid.sf2", 5, 0),
-        devsets.TIMGM: _fake_font(tmp_path / "tim.sf2", 3, 7),
-        devsets.TUXPAINT: tmp_path / "stamps",
-    }
+    files = {devsets.FLUID: _fake_font(tmp_path / "fluid.sf2", 3), devsets.TUXPAINT: tmp_path / "stamps"}
     rng = np.random.default_rng(0)
     for lang in devsets.TUXPAINT_LANGUAGES:
         for k in range(4):
@@ -173,7 +180,7 @@ def test_instruments_tiny_build(fake_packages, tmp_path):
     assert protocol_of(items) == "random"
     assert Counter(i.label for i in items) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
     assert {i.meta["source"] for i in items} == {"FluidR3"}
-    _check_clips(items, (devsets.NOTE_SECONDS, devsets.NOTE_SECONDS))
+    _check_clips(items, (0.3, 0.3))  # 2400 samples at 8 kHz
     again = demo._build("instruments", 0, lambda: devsets.instruments_clips(per_family=3), tmp_path / "j",
                         False, devsets.SAMPLE_RATE)
     assert _rows(metadata) == _rows(again)
@@ -182,17 +189,18 @@ def test_instruments_tiny_build(fake_packages, tmp_path):
 
 
 def test_instruments_shift_tiny_build(fake_packages, tmp_path):
-    metadata = demo._build("instruments-shift", 0, lambda: devsets.instruments_shift_clips(support=4, query=2),
+    metadata = demo._build("instruments-shift", 0, lambda: devsets.instruments_shift_clips(support=3, query=2),
                            tmp_path / "s", False, devsets.SAMPLE_RATE)
     items = load_dataset(metadata)
     assert protocol_of(items) == "split"
     by_split = {split: [i for i in items if i.fold == split] for split in ("support", "query")}
-    assert Counter(i.label for i in by_split["support"]) == {name: 4 for name in devsets.INSTRUMENT_FAMILIES}
+    assert Counter(i.label for i in by_split["support"]) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
     assert Counter(i.label for i in by_split["query"]) == {name: 2 for name in devsets.INSTRUMENT_FAMILIES}
-    assert {i.meta["source"] for i in by_split["support"]} == {"FluidR3"}
-    assert {i.meta["source"] for i in by_split["query"]} == {"TimGM6mb"}
-    with pytest.raises(demo.DemoDataError, match="3 samples of family 'piano', 5 needed"):
-        devsets.instruments_shift_clips(support=4, query=5)
+    programs = {split: {int(i.meta["content"].split(":")[0].split()[1]) for i in part} for split, part in by_split.items()}
+    assert programs["query"] <= devsets.QUERY_PROGRAMS and not programs["support"] & devsets.QUERY_PROGRAMS
+    assert 4 in programs["query"] and 0 in programs["support"]  # pianos: Electric Piano 1 is asked about
+    with pytest.raises(demo.DemoDataError, match="3 samples of family 'piano', 4 needed"):
+        devsets.instruments_shift_clips(support=4, query=2)
 
 
 def test_languages_tiny_build(fake_packages, tmp_path):
@@ -207,24 +215,26 @@ def test_languages_tiny_build(fake_packages, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def timgm() -> Path:
-    """The real TimGM6mb font (installed, or fetched once into the calm cache; 5 MB)."""
+def fluid() -> Path:
+    """The real FluidR3_GM font (installed, or fetched once into the calm cache; 120 MB)."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        pytest.skip("needs apt-get and dpkg (Debian) to fetch timgm6mb-soundfont")
+        pytest.skip("needs apt-get and dpkg (Debian) to fetch fluid-soundfont-gm")
     try:
-        return devsets.debian_file(*devsets.TIMGM)
+        return devsets.debian_file(*devsets.FLUID)
     except demo.DemoDataError as error:  # no mirror reachable: offline
-        pytest.skip(f"cannot fetch timgm6mb-soundfont: {error}")
+        pytest.skip(f"cannot fetch fluid-soundfont-gm: {error}")
 
 
-def test_real_timgm6mb_holds_the_query_side_of_instruments_shift(timgm):
+def test_real_fluidr3_holds_both_instrument_tasks(fluid):
     devsets._soundfont.cache_clear()
-    by_family, data, smpl = devsets._soundfont(timgm)
-    counts = {name: len(by_family.get(name, [])) for name in devsets.INSTRUMENT_FAMILIES}
-    assert min(counts.values()) >= 15, counts  # instruments-shift draws 15 query notes per family
-    sample = by_family["reed"][0]
-    audio = sample_audio(sample, data, smpl)
-    assert len(audio) <= devsets.NOTE_SECONDS * sample.rate and np.abs(audio).max() > 0.01
+    plan = devsets.instruments_shift_clips()  # raises if a family has too few samples on a side
+    assert Counter(c.split for c in plan) == {"support": 16 * 9, "query": 20 * 9}
+    assert len({c.content for c in plan}) == len(plan)  # no recording on both sides
+    clips = devsets.instruments_clips()
+    assert Counter(c.label for c in clips) == {name: 40 for name in devsets.INSTRUMENT_FAMILIES}
+    audio, rate = clips[0].samples()
+    assert rate == 44100 and devsets.MIN_SECONDS * rate <= len(audio) <= devsets.NOTE_SECONDS * rate
+    assert np.abs(audio).max() > 0.01
 
 
 def _load_script(monkeypatch):

@@ -4,9 +4,9 @@ calm chooses its methods and defaults on these tasks and on the two demo tasks (
 Every clip is a human-made recording, written as 16-bit mono WAV at 16 kHz, peak-normalised,
 0.2-5 s long; everything is seeded. Sources:
 
-* ``fluid-soundfont-gm`` (FluidR3_GM, MIT) and ``timgm6mb-soundfont`` (TimGM6mb, GPL-2):
-  SoundFonts, i.e. multi-sampled recordings of real instruments (:mod:`calm.data.soundfont`).
-  A clip is one recorded sample played as a 1.5 s note; synthesised sounds are left out.
+* ``fluid-soundfont-gm`` (FluidR3_GM, MIT): a SoundFont, i.e. multi-sampled recordings of real
+  instruments (:mod:`calm.data.soundfont`). A clip is one recorded sample as recorded (at most
+  1.5 s); synthesised sounds are left out.
 * ``tuxpaint-stamps-default`` (GPL-2): the Tux Paint stamps' spoken names, recorded by volunteer
   speakers of each language (``<stamp>_desc_<lang>.ogg``).
 * ``asterisk-core-sounds-{es,fr,ru}-wav`` (CC BY-SA 3.0): telephone prompts read by professional
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calm.cache import cache_dir
-from calm.data.soundfont import family, read_samples, sample_audio
+from calm.data.soundfont import Sample, family, read_samples, sample_audio
 
 if TYPE_CHECKING:
     from calm.data.demo import Clip
@@ -54,8 +54,10 @@ _REUSING_FAMILIES = frozenset({"ensemble", "synth-lead", "synth-pad", "synth-eff
 _SYNTH_PROGRAMS = frozenset({5, 38, 39, 62, 63})
 _WAVEFORM = re.compile(r"wave|saw|square|sine|pulse", re.IGNORECASE)
 FLUID = ("fluid-soundfont-gm", "usr/share/sounds/sf2/FluidR3_GM.sf2")
-# Not MuseScore General: it is derived from FluidR3 and shares most of its recordings.
-TIMGM = ("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2")
+# instruments-shift: a sample is on the query side when the first program of its family that plays
+# it is one of these (the odd GM programs; for pianos Electric Piano 1 and Harpsichord, as the odd
+# ones share the grand piano's recordings), else on the support side.
+QUERY_PROGRAMS = frozenset(range(9, 80, 2)) | {4, 6}
 TUXPAINT = ("tuxpaint-stamps-default", "usr/share/tuxpaint/stamps")
 # Tux Paint stamp languages with 300+ spoken names (most have 650-930).
 TUXPAINT_LANGUAGES: tuple[str, ...] = ("be", "bg", "ca", "da", "el", "es", "fr", "ro", "ru")
@@ -86,7 +88,7 @@ def _soundfont(path: Path) -> tuple[dict[str, list], bytes, int]:
 
     A sample counts when the presets playing it belong to one of INSTRUMENT_FAMILIES, apart from
     ensemble and synth presets that reuse it (a violin recording in "String Ensemble" is strings),
-    and it is not a synthesised sound (``_SYNTH_PROGRAMS``, waveform names).
+    it is not a synthesised sound (``_SYNTH_PROGRAMS``, waveform names) and it lasts MIN_SECONDS.
     """
     samples, data, smpl = read_samples(path)
     by_family: dict[str, list] = defaultdict(list)
@@ -94,62 +96,72 @@ def _soundfont(path: Path) -> tuple[dict[str, list], bytes, int]:
         acoustic = {p for p in sample.programs if family(p) in INSTRUMENT_FAMILIES and p not in _SYNTH_PROGRAMS}
         others = {family(p) for p in set(sample.programs) - acoustic - _SYNTH_PROGRAMS}
         families = {family(p) for p in acoustic}
-        if len(families) == 1 and others <= _REUSING_FAMILIES and not _WAVEFORM.search(sample.name):
+        if (len(families) == 1 and others <= _REUSING_FAMILIES and not _WAVEFORM.search(sample.name)
+                and sample.seconds >= MIN_SECONDS):
             by_family[families.pop()].append(sample)
     return dict(by_family), data, smpl
 
 
-def _note_clips(font: tuple[str, str], origin: str, per_family: int, split: str, rng: random.Random) -> list[Clip]:
-    """``per_family`` notes per instrument family drawn from a SoundFont."""
+def _main_program(sample: Sample, name: str) -> int:
+    """The first program of family ``name`` that plays ``sample``."""
+    return min(p for p in sample.programs if family(p) == name)
+
+
+def _note_clips(per_family: int, split: str, rng: random.Random, query_side: bool | None = None) -> list[Clip]:
+    """``per_family`` FluidR3 notes per instrument family; with ``query_side``, only samples of that side."""
     from calm.data.demo import Clip, DemoDataError
 
-    path = debian_file(*font)
+    path = debian_file(*FLUID)
     by_family, data, smpl = _soundfont(path)
     clips = []
     for name in INSTRUMENT_FAMILIES:
-        pool = by_family.get(name, [])
+        pool = [s for s in by_family.get(name, [])
+                if query_side is None or (_main_program(s, name) in QUERY_PROGRAMS) == query_side]
         if len(pool) < per_family:
             raise DemoDataError(f"{path}: {len(pool)} samples of family {name!r}, {per_family} needed")
         for i, sample in enumerate(sorted(rng.sample(pool, per_family), key=lambda s: s.index)):
-            clips.append(Clip(f"{origin.lower()}-{name}-{i:02d}", name, split, "", "", sample.name, origin=origin,
+            content = f"program {_main_program(sample, name)}: {sample.name} (sample {sample.index})"
+            clips.append(Clip(f"fluidr3-{split + '-' if split else ''}{name}-{i:02d}", name, split, "", "", content,
+                              origin="FluidR3",
                               samples=lambda s=sample: (sample_audio(s, data, smpl, NOTE_SECONDS), s.rate)))
     return clips
 
 
 def instruments_clips(per_family: int = 40) -> list[Clip]:
     """The plan of ``instruments``; see :func:`prepare_instruments`."""
-    return _note_clips(FLUID, "FluidR3", per_family, "", random.Random(SEED))
+    return _note_clips(per_family, "", random.Random(SEED))
 
 
 def prepare_instruments(out_dir: Path, verbose: bool = True) -> Path:
     """Instrument family of a note, in-domain: 9 GM families x 40 notes from FluidR3_GM (360 clips).
 
-    Each clip is one recorded sample of the font (a different pitch, instrument or velocity
-    layer), played for 1.5 s with its sustain loop; no split column (support and query drawn
-    at random per seed). Returns the path of ``metadata.csv``.
+    Each clip is one recorded sample of the font (a pitch, instrument or velocity layer), as
+    recorded, 0.2-1.5 s; no split column (support and query drawn at random per seed). Returns
+    the path of ``metadata.csv``.
     """
     from calm.data.demo import _build
 
-    return _build("instruments", 2, instruments_clips, out_dir, verbose, SAMPLE_RATE)
+    return _build("instruments", 4, instruments_clips, out_dir, verbose, SAMPLE_RATE)
 
 
-def instruments_shift_clips(support: int = 30, query: int = 15) -> list[Clip]:
+def instruments_shift_clips(support: int = 16, query: int = 20) -> list[Clip]:
     """The plan of ``instruments-shift``; see :func:`prepare_instruments_shift`."""
     rng = random.Random(SEED + 1)
-    return (_note_clips(FLUID, "FluidR3", support, "support", rng)
-            + _note_clips(TIMGM, "TimGM6mb", query, "query", rng))
+    return _note_clips(support, "support", rng, query_side=False) + _note_clips(query, "query", rng, query_side=True)
 
 
 def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
-    """Instrument family across sample libraries: support from FluidR3_GM, query from TimGM6mb.
+    """Instrument family of a note played by instruments the support set never heard (FluidR3_GM).
 
-    The same 9 GM families; 30 support and 15 query notes per family (405 clips). The query
-    side holds other recordings: other instruments, players, rooms and microphones. Returns the
-    path of ``metadata.csv``.
+    The same 9 GM families as ``instruments``: support from even-numbered GM programs (e.g.
+    trumpet, tuba, horn; cello, tremolo strings, harp), query from the others (trombone, muted
+    trumpet, brass section; viola, contrabass, pizzicato); 16 support and 20 query notes per
+    family (324 clips).
+    Returns the path of ``metadata.csv``.
     """
     from calm.data.demo import _build
 
-    return _build("instruments-shift", 2, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
+    return _build("instruments-shift", 4, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------------------- languages

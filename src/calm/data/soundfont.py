@@ -1,15 +1,13 @@
-"""Read the recorded samples of a SoundFont (``.sf2``, or ``.sf3`` with Ogg-compressed samples).
+"""Read the recorded samples of a SoundFont 2 (``.sf2``) file.
 
 A General MIDI SoundFont holds real recordings of instruments (one sample per few keys) and
 presets that map each GM program to them. :func:`read_samples` lists each sample with the GM
-programs (bank 0) that use it; :func:`sample_audio` renders one as a short note: the recording
-from its start through its sustain loop, the loop repeated up to ``seconds`` and a short fade out.
-Nothing is synthesised beyond repeating the recorded loop.
+programs (bank 0) that use it; :func:`sample_audio` gives one as recorded, cut to a few seconds
+with a short fade out. Nothing is synthesised: loops and envelopes of the font are not applied.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,6 @@ GM_FAMILIES: tuple[str, ...] = (
 _SAMPLE_ID, _INSTRUMENT = 53, 41  # generator operators
 _ROM_SAMPLE = 0x8000
 _RIGHT_SAMPLE = 0x2  # the right half of a stereo pair (its left half is kept)
-_OGG_SAMPLE = 0x10  # sf3: the sample is an Ogg Vorbis stream
 
 
 class SoundFontError(ValueError):
@@ -39,14 +36,15 @@ class Sample:
 
     index: int
     name: str
-    start: int
+    start: int  # in samples from the start of the smpl chunk
     end: int
-    loop_start: int
-    loop_end: int
     rate: int
     pitch: int  # MIDI key of the recording
-    compressed: bool
     programs: tuple[int, ...]
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / self.rate
 
 
 def family(program: int) -> str:
@@ -117,32 +115,22 @@ def read_samples(path: str | Path) -> tuple[list[Sample], bytes, int]:
             for sample in _zones(ibag, igen, insts[inst][1], insts[inst + 1][1], _SAMPLE_ID):
                 users.setdefault(sample, set()).add(program)
     samples = []
-    for i, (name, start, end, loop_start, loop_end, rate, pitch, _corr, _link, kind) in enumerate(headers):
+    smpl_start, smpl_size = sdta["smpl"]
+    for i, (name, start, end, _ls, _le, rate, pitch, _corr, _link, kind) in enumerate(headers):
         if kind & (_ROM_SAMPLE | _RIGHT_SAMPLE) or i not in users:
             continue
-        samples.append(Sample(i, name.split(b"\0")[0].decode("latin-1").strip(), start, end, loop_start, loop_end,
-                              rate, pitch, bool(kind & _OGG_SAMPLE), tuple(sorted(users[i]))))
-    return samples, data, sdta["smpl"][0]
+        if not start < end <= smpl_size // 2 or rate == 0:
+            raise SoundFontError(f"{path}: sample {i} lies outside the sample data or has no rate")
+        samples.append(Sample(i, name.split(b"\0")[0].decode("latin-1").strip(), start, end, rate, pitch,
+                              tuple(sorted(users[i]))))
+    return samples, data, smpl_start
 
 
-def sample_audio(sample: Sample, data: bytes, smpl: int, seconds: float = 1.5, fade: float = 0.1) -> np.ndarray:
-    """One sample as a note of at most ``seconds`` (float32 at ``sample.rate``), its loop repeated."""
-    if sample.compressed:
-        import soundfile as sf
-
-        audio, _ = sf.read(io.BytesIO(data[smpl + sample.start:smpl + sample.end]), dtype="float32")
-        audio = audio if audio.ndim == 1 else audio.mean(axis=1)
-        loop_start, loop_end = sample.loop_start, sample.loop_end  # relative to the decoded sample in sf3
-    else:
-        raw = np.frombuffer(data, dtype="<i2", count=sample.end - sample.start, offset=smpl + 2 * sample.start)
-        audio = raw.astype(np.float32) / 32768.0
-        loop_start, loop_end = sample.loop_start - sample.start, sample.loop_end - sample.start
-    limit = int(seconds * sample.rate)
-    if 0 <= loop_start < loop_end <= len(audio) and loop_end - loop_start >= 32 and len(audio) < limit:
-        loop = audio[loop_start:loop_end]
-        repeats = (limit - loop_end) // len(loop) + 1
-        audio = np.concatenate([audio[:loop_end], np.tile(loop, repeats)])
-    audio = audio[:limit].copy()
-    ramp = min(len(audio), int(fade * sample.rate))
-    audio[len(audio) - ramp:] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
+def sample_audio(sample: Sample, data: bytes, smpl: int, seconds: float = 1.5, fade: float = 0.05) -> np.ndarray:
+    """One sample as recorded (float32 at ``sample.rate``), cut to ``seconds``, its last ``fade`` s faded out."""
+    count = min(sample.end - sample.start, int(seconds * sample.rate))
+    raw = np.frombuffer(data, dtype="<i2", count=count, offset=smpl + 2 * sample.start)
+    audio = raw.astype(np.float32) / 32768.0
+    ramp = min(count, int(fade * sample.rate))
+    audio[count - ramp:] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
     return audio
