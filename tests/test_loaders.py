@@ -258,17 +258,15 @@ def test_cli_data_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_cli_data_prepare_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    import sys
-    import types
-
     from calm.cli import main
+    from calm.data import recipes
 
     def tiny(out: Path) -> Path:
         """A one-clip dataset."""
         write_audio(out / "dog/a.wav")
         return write_text(out / "tiny.csv", "path,label\ndog/a.wav,dog\n")
 
-    monkeypatch.setitem(sys.modules, "calm.data.demo", types.SimpleNamespace(RECIPES={"tiny": tiny}))
+    monkeypatch.setattr(recipes, "RECIPES", {"tiny": tiny})
     assert main(["data", "list"]) == 0
     assert capsys.readouterr().out == "tiny\tA one-clip dataset.\n"
     assert main(["data", "prepare", "tiny", "--out", str(tmp_path / "t")]) == 0

@@ -53,7 +53,7 @@ def run_demo(
     write one report per task under ``out_dir`` (``methods``: default every registered method
     that needs no chat model). Returns task name -> EvaluationReport."""
     from calm.backbones import load_backbone
-    from calm.data.demo import RECIPES
+    from calm.data.recipes import RECIPES
     from calm.data.loaders import load_dataset
     from calm.evaluation.protocol import evaluate
 

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable
-
-
-def _recipes() -> dict[str, Callable[[Path], Path]] | None:
-    """``calm.data.demo.RECIPES`` (name -> callable(out_dir) -> CSV path), or None if absent."""
-    try:
-        return importlib.import_module("calm.data.demo").RECIPES
-    except ModuleNotFoundError as error:
-        if error.name != "calm.data.demo":
-            raise
-        return None
 
 
 def _list(args: argparse.Namespace) -> int:
-    recipes = _recipes()
-    if not recipes:
-        print("calm data: no dataset recipes are installed", file=sys.stderr)
-        return 1
+    from calm.data.recipes import RECIPES as recipes
+
     for name in sorted(recipes):
         doc = (recipes[name].__doc__ or "").strip().splitlines()
         print(f"{name}\t{plain(doc[0]) if doc else ''}")
@@ -38,7 +23,8 @@ def plain(text: str) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    recipes = _recipes() or {}
+    from calm.data.recipes import RECIPES as recipes
+
     if args.recipe not in recipes:
         raise ValueError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")
     print(recipes[args.recipe](Path(args.out)))

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from calm.cache import build_atomically, cache_dir, is_built
-from calm.data.sources import (LANGUAGES, MAX_SECONDS, SEED, VARIANTS, Clip, DemoDataError, Language, asterisk_sounds,
-                               espeak_ng, tts_clip, write_clip)
+from calm.cache import build_atomically, is_built
+from calm.data.sources import (LANGUAGES, MAX_SECONDS, SAMPLE_RATE, SEED, VARIANTS, Clip, DemoDataError, Language,
+                               asterisk_sounds, espeak_ng, tts_clip, write_clip)
 
-__all__ = ["RECIPES", "prepare", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
+__all__ = ["bonafide_candidates", "build_dataset", "prepare_spoken_numbers", "prepare_spoof", "summarize"]
 
 # Short telephone-prompt phrases, the kind the Asterisk speakers read, for the TTS side of `spoof`.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -89,10 +89,12 @@ _COLUMNS = ("id", "path", "label", "split", "source", "speaker", "language", "co
 _STAMP = "recipe.json"
 
 
-def build_dataset(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool) -> Path:
-    """Write the planned clips and ``metadata.csv`` into ``out_dir``, or reuse a complete earlier build
-    (built in a temporary sibling folder and renamed into place: ``out_dir`` is complete or absent;
-    an older or partial build of the same recipe is replaced). Returns the metadata CSV."""
+def build_dataset(name: str, version: int, plan: Callable[[], list[Clip]], out_dir: Path, verbose: bool,
+                  sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write the planned clips at ``sample_rate`` and ``metadata.csv`` into ``out_dir``, or reuse a
+    complete earlier build (built in a temporary sibling folder and renamed into place: ``out_dir`` is
+    complete or absent; an older or partial build of the same recipe is replaced); espeak-ng is
+    needed only when a clip is to be spoken by it. Returns the metadata CSV."""
     out_dir = Path(out_dir)
     stamp = {"recipe": name, "version": version}
     if is_built(out_dir, _STAMP, stamp):
@@ -104,14 +106,14 @@ def build_dataset(name: str, version: int, plan: Callable[[], list[Clip]], out_d
         if not (previous.is_file() and json.loads(previous.read_text()).get("recipe") == name):
             raise DemoDataError(f"{out_dir}: exists and is not a {name!r} demo dataset; choose an empty folder")
     start = time.perf_counter()
-    espeak = espeak_ng()
     clips = plan()
+    espeak = espeak_ng() if any(clip.needs_tts for clip in clips) else ""
     durations: list[float] = []
 
     def write(staging: Path) -> None:
         (staging / "audio").mkdir()
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            durations.extend(pool.map(lambda clip: write_clip(clip, staging, espeak), clips))
+            durations.extend(pool.map(lambda clip: write_clip(clip, staging, espeak, sample_rate), clips))
         too_long = [c.id for c, d in zip(clips, durations) if d > MAX_SECONDS]
         if too_long:
             raise DemoDataError(f"{name}: clips longer than {MAX_SECONDS:g} s: {too_long[:5]}")
@@ -187,7 +189,7 @@ SPOOF_PER_LANGUAGE_AND_SPLIT = 20
 _SPOOF_TEXT_KINDS = (("phrase", 0.65), ("number", 0.2), ("letter", 0.15))
 
 
-def _bonafide_candidates(sounds: Path, lang: Language) -> list[tuple[Path, str]]:
+def bonafide_candidates(sounds: Path, lang: Language) -> list[tuple[Path, str]]:
     import soundfile as sf
 
     folder = sounds / lang.folder
@@ -221,7 +223,7 @@ def spoof_clips() -> list[Clip]:
     n = SPOOF_PER_LANGUAGE_AND_SPLIT
     clips = []
     for lang in LANGUAGES:
-        chosen = rng.sample(_bonafide_candidates(sounds, lang), 2 * n)
+        chosen = rng.sample(bonafide_candidates(sounds, lang), 2 * n)
         for i, (path, rel) in enumerate(chosen):
             split = "support" if i < n else "query"
             clips.append(Clip(f"bonafide-{lang.code}-{i:02d}", "bonafide", split, lang.code, lang.speaker, rel,
@@ -244,17 +246,3 @@ def prepare_spoof(out_dir: Path, verbose: bool = True) -> Path:
     Returns the path of ``metadata.csv``.
     """
     return build_dataset("spoof", 1, spoof_clips, out_dir, verbose)
-
-
-RECIPES: dict[str, Callable[..., Path]] = {
-    "spoken-numbers": prepare_spoken_numbers,
-    "spoof": prepare_spoof,
-}
-"""Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
-
-
-def prepare(name: str, out_dir: Path | None = None, verbose: bool = True) -> Path:
-    """Build demo dataset ``name`` into ``out_dir`` (default ``<cache>/data/<name>``); its metadata CSV."""
-    if name not in RECIPES:
-        raise KeyError(f"unknown demo dataset {name!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name](out_dir if out_dir is not None else cache_dir("data", name), verbose=verbose)

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -82,13 +83,19 @@ def asterisk_sounds() -> Path:
     sounds = root / "usr" / "share" / "asterisk" / "sounds"
     if all((sounds / lang.folder / "digits").is_dir() for lang in LANGUAGES):
         return sounds
+    unpack_debian_packages([f"asterisk-core-sounds-{lang.code}-wav" for lang in LANGUAGES], root)
+    return sounds
+
+
+def unpack_debian_packages(packages: list[str], root: Path) -> None:
+    """Fetch ``packages`` with ``apt-get download`` and unpack them (``dpkg -x``, no root) so that
+    their files lie under ``root/usr``, replacing what was there."""
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise DemoDataError(
-                f"the demo data needs the Debian packages asterisk-core-sounds-{{en,es,fr,it,ru}}-wav and {tool!r} "
+                f"this dataset needs the Debian packages {' '.join(packages)} and {tool!r} "
                 f"is not available: install them, or run on Debian/Ubuntu"
             )
-    packages = [f"asterisk-core-sounds-{lang.code}-wav" for lang in LANGUAGES]
     with tempfile.TemporaryDirectory(dir=root) as work:
         result = subprocess.run(["apt-get", "download", *packages], cwd=work, capture_output=True, text=True)
         if result.returncode != 0:
@@ -101,7 +108,6 @@ def asterisk_sounds() -> Path:
             subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
         shutil.rmtree(root / "usr", ignore_errors=True)
         (unpacked / "usr").rename(root / "usr")
-    return sounds
 
 
 def espeak_ng() -> str:
@@ -125,10 +131,16 @@ class Clip:
     voice: str = ""  # espeak-ng voice, "lang+variant"
     speed: int = 175
     pitch: int = 50
+    origin: str = ""  # the source column when not "asterisk"/"espeak-ng" (recipes of other packages)
+    samples: Callable[[], tuple[np.ndarray, int]] | None = None  # (audio, rate) of a recording not in a file
 
     @property
     def source(self) -> str:
-        return "asterisk" if self.human is not None else "espeak-ng"
+        return self.origin or ("asterisk" if self.human is not None else "espeak-ng")
+
+    @property
+    def needs_tts(self) -> bool:
+        return self.human is None and self.samples is None
 
     @property
     def path(self) -> str:
@@ -142,12 +154,14 @@ def tts_clip(rng: random.Random, id: str, label: str, split: str, lang: Language
                 speed=rng.randint(*SPEED), pitch=rng.randint(*PITCH))
 
 
-def render(clip: Clip, espeak: str) -> np.ndarray:
-    """The clip's samples at 8 kHz, peak-normalised."""
+def render(clip: Clip, espeak: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The clip's samples at ``sample_rate``, peak-normalised."""
     import soundfile as sf
     import soxr
 
-    if clip.human is not None:
+    if clip.samples is not None:
+        audio, rate = clip.samples()
+    elif clip.human is not None:
         audio, rate = sf.read(clip.human, dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)
     else:
@@ -163,18 +177,18 @@ def render(clip: Clip, espeak: str) -> np.ndarray:
                 if len(audio) <= MAX_SECONDS * rate or speed >= 400:
                     break
                 speed = int(speed * len(audio) / (0.95 * MAX_SECONDS * rate)) + 1  # a long text is said faster
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE)
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak == 0.0:
         raise DemoDataError(f"clip {clip.id} ({clip.source}: {clip.content!r}) is silent")
     return (audio * (PEAK / peak)).astype(np.float32)
 
 
-def write_clip(clip: Clip, root: Path, espeak: str) -> float:
-    """Write one clip under ``root``; returns its duration in seconds."""
+def write_clip(clip: Clip, root: Path, espeak: str, sample_rate: int = SAMPLE_RATE) -> float:
+    """Write one clip under ``root`` at ``sample_rate``; returns its duration in seconds."""
     import soundfile as sf
 
-    audio = render(clip, espeak)
-    sf.write(root / clip.path, audio, SAMPLE_RATE, subtype="PCM_16")
-    return len(audio) / SAMPLE_RATE
+    audio = render(clip, espeak, sample_rate)
+    sf.write(root / clip.path, audio, sample_rate, subtype="PCM_16")
+    return len(audio) / sample_rate

@@ -1,0 +1,34 @@
+"""The recipes of ``calm data prepare``: datasets built offline from Debian packages.
+
+* the demo tasks (:mod:`calm.data.demo`): ``spoken-numbers`` and ``spoof``;
+* the dev tasks that choose calm's methods and defaults (:mod:`calm.data.devsets`, described in
+  docs/devsets.md): ``instruments``, ``instruments-shift``, ``languages``, ``languages-shift``.
+
+Adding one is a function ``prepare_<name>(out_dir, verbose=True) -> metadata CSV`` and one line in
+:data:`RECIPES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from calm.cache import cache_dir
+from calm.data import demo, devsets
+
+RECIPES: dict[str, Callable[..., Path]] = {
+    "spoken-numbers": demo.prepare_spoken_numbers,
+    "spoof": demo.prepare_spoof,
+    "instruments": devsets.prepare_instruments,
+    "instruments-shift": devsets.prepare_instruments_shift,
+    "languages": devsets.prepare_languages,
+    "languages-shift": devsets.prepare_languages_shift,
+}
+"""Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
+
+
+def prepare(name: str, out_dir: Path | None = None, verbose: bool = True) -> Path:
+    """Build dataset ``name`` into ``out_dir`` (default ``<cache>/data/<name>``); its metadata CSV."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown dataset recipe {name!r}; known: {sorted(RECIPES)}")
+    return RECIPES[name](out_dir if out_dir is not None else cache_dir("data", name), verbose=verbose)

@@ -1,0 +1,287 @@
+"""Dev-set recipes: the SoundFont reader on hand-made fonts, tiny builds of every recipe, real packages."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from calm.data import demo, devsets, recipes, sources
+from calm.data.episodes import protocol_of
+from calm.data.loaders import load_dataset
+from calm.data.soundfont import GM_FAMILIES, SoundFontError, read_samples, sample_audio
+
+RATE = 8000
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return struct.pack("<4sI", cid, len(body)) + body + (b"\0" if len(body) % 2 else b"")
+
+
+def _list(kind: bytes, *chunks: bytes) -> bytes:
+    return _chunk(b"LIST", kind + b"".join(chunks))
+
+
+def write_sf2(path: Path, presets: list[tuple[int, int, list[tuple[str, np.ndarray, int, int, int]]]]) -> Path:
+    """A minimal SoundFont: each preset (program, bank, samples) plays one instrument whose zones are
+    its samples (name, int16 audio, loop start, loop end relative to the sample, sample type); a name
+    seen before names the same stored sample."""
+    smpl, headers, phdr, pbag, pgen, inst, ibag, igen = b"", [], [], [], [], [], [], []
+    stored: dict[str, int] = {}
+    for p, (program, bank, samples) in enumerate(presets):
+        phdr.append(struct.pack("<20sHHHIII", f"preset{p}".encode(), program, bank, len(pbag), 0, 0, 0))
+        pbag.append(struct.pack("<HH", len(pgen), 0))
+        pgen.append(struct.pack("<HH", 41, len(inst)))
+        inst.append(struct.pack("<20sH", f"inst{p}".encode(), len(ibag)))
+        for name, audio, loop_start, loop_end, kind in samples:
+            ibag.append(struct.pack("<HH", len(igen), 0))
+            igen.append(struct.pack("<HH", 53, stored.setdefault(name, len(headers))))
+            if stored[name] < len(headers):
+                continue
+            start = len(smpl) // 2
+            smpl += audio.astype("<i2").tobytes() + b"\0" * 92  # 46 zero samples after each, as the spec asks
+            headers.append(struct.pack("<20sIIIIIBbHH", name.encode(), start, start + len(audio),
+                                       start + loop_start, start + loop_end, RATE, 60, 0, 0, kind))
+    phdr.append(struct.pack("<20sHHHIII", b"EOP", 0, 0, len(pbag), 0, 0, 0))
+    pbag.append(struct.pack("<HH", len(pgen), 0))
+    pgen.append(struct.pack("<HH", 0, 0))
+    inst.append(struct.pack("<20sH", b"EOI", len(ibag)))
+    ibag.append(struct.pack("<HH", len(igen), 0))
+    igen.append(struct.pack("<HH", 0, 0))
+    headers.append(struct.pack("<20sIIIIIBbHH", b"EOS", 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    pdta = _list(b"pdta", _chunk(b"phdr", b"".join(phdr)), _chunk(b"pbag", b"".join(pbag)),
+                 _chunk(b"pmod", b"\0" * 10), _chunk(b"pgen", b"".join(pgen)), _chunk(b"inst", b"".join(inst)),
+                 _chunk(b"ibag", b"".join(ibag)), _chunk(b"imod", b"\0" * 10), _chunk(b"igen", b"".join(igen)),
+                 _chunk(b"shdr", b"".join(headers)))
+    body = b"sfbk" + _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1))) + _list(b"sdta", _chunk(b"smpl", smpl)) + pdta
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _tone(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).uniform(-1, 1, n) * 20000).astype(np.int16)
+
+
+MONO, RIGHT, LEFT = 1, 2, 4
+
+
+def test_read_samples_maps_bank0_programs_and_skips_right_halves(tmp_path):
+    a, b, c = _tone(400, 0), _tone(300, 1), _tone(200, 2)
+    path = write_sf2(tmp_path / "f.sf2", [
+        (0, 0, [("PianoL", a, 100, 300, LEFT), ("PianoR", a, 100, 300, RIGHT)]),
+        (40, 0, [("Violin", b, 0, 0, MONO)]),
+        (41, 0, [("Violin", b, 0, 0, MONO)]),  # same sample in another program: listed once, both programs
+        (0, 128, [("Drum", c, 0, 0, MONO)]),  # a percussion bank: not a GM program
+    ])
+    samples, data, smpl = read_samples(path)
+    assert [(s.name, s.programs) for s in samples] == [("PianoL", (0,)), ("Violin", (40, 41))]
+    raw = np.frombuffer(data, "<i2", count=samples[1].end - samples[1].start, offset=smpl + 2 * samples[1].start)
+    assert np.array_equal(raw, b)
+
+
+def test_sample_audio_is_the_recording_cut_and_faded(tmp_path):
+    a = _tone(400, 0)
+    samples, data, smpl = read_samples(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", a, 100, 300, MONO)])]))
+    x = a.astype(np.float32) / 32768
+    whole = sample_audio(samples[0], data, smpl, seconds=1.0, fade=0.005)  # the loop is not repeated
+    expected = x.copy()
+    expected[-40:] *= np.linspace(1, 0, 40, dtype=np.float32)
+    assert whole.dtype == np.float32 and np.array_equal(whole, expected)
+    cut = sample_audio(samples[0], data, smpl, seconds=0.02, fade=0.0)  # 160 samples at 8 kHz
+    assert np.array_equal(cut, x[:160])
+    assert samples[0].seconds == 400 / RATE
+
+
+def test_a_malformed_soundfont_is_named(tmp_path):
+    bad = tmp_path / "bad.sf2"
+    bad.write_bytes(b"RIFF\0\0\0\0WAVEfmt ")
+    with pytest.raises(SoundFontError, match="bad.sf2: not a SoundFont"):
+        read_samples(bad)
+    truncated = tmp_path / "cut.sf2"
+    truncated.write_bytes(write_sf2(tmp_path / "f.sf2", [(0, 0, [("P", _tone(50, 0), 0, 0, MONO)])]).read_bytes()[:-30])
+    with pytest.raises(SoundFontError, match="cut.sf2"):
+        read_samples(truncated)
+    raw = bytearray(write_sf2(tmp_path / "g.sf2", [(0, 0, [("P", _tone(50, 0), 0, 0, MONO)])]).read_bytes())
+    end = raw.index(b"shdr") + 8 + 24  # the end field of the first sample header
+    raw[end:end + 4] = struct.pack("<I", 10**6)
+    (tmp_path / "far.sf2").write_bytes(bytes(raw))
+    with pytest.raises(SoundFontError, match="far.sf2: sample 0 lies outside"):
+        read_samples(tmp_path / "far.sf2")
+
+
+def test_instrument_families_leave_out_synthesised_samples(tmp_path):
+    devsets._soundfont.cache_clear()
+    n = int(devsets.MIN_SECONDS * RATE)
+    path = write_sf2(tmp_path / "f.sf2", [
+        (24, 0, [("Nylon", _tone(n, 0), 0, 0, MONO), ("Click", _tone(n - 1, 7), 0, 0, MONO)]),  # too short
+        (38, 0, [("SynthBass", _tone(n, 1), 0, 0, MONO)]),  # Synth Bass 1: synthesised
+        (33, 0, [("Finger", _tone(n, 2), 0, 0, MONO), ("Saw Wave", _tone(n, 3), 0, 0, MONO)]),
+        (48, 0, [("Cello", _tone(n, 4), 0, 0, MONO)]),  # only an ensemble plays it: no acoustic family
+        (42, 0, [("Violin", _tone(n, 5), 0, 0, MONO)]),
+        (49, 0, [("Violin", _tone(n, 5), 0, 0, MONO)]),  # strings reused by an ensemble: still strings
+        (80, 0, [("Lead", _tone(n, 6), 0, 0, MONO)]),
+    ])
+    by_family, _, _ = devsets._soundfont(path)
+    assert {k: [s.name for s in v] for k, v in by_family.items()} == {
+        "guitar": ["Nylon"], "bass": ["Finger"], "strings": ["Violin"]}
+
+
+def _fake_font(path: Path, per_side: int) -> Path:
+    """Per instrument family, ``per_side`` samples of a support-side and of a query-side program."""
+    presets = []
+    for i, name in enumerate(GM_FAMILIES):
+        if name in devsets.INSTRUMENT_FAMILIES:
+            for program in (8 * i, 4 if i == 0 else 8 * i + 1):
+                presets.append((program, 0, [(f"{name}{program}-{k}", _tone(2400, 1000 * program + k), 0, 0, MONO)
+                                             for k in range(per_side)]))
+    return write_sf2(path, presets)
+
+
+@pytest.fixture
+def fake_packages(tmp_path, monkeypatch):
+    """The recipes' Debian files replaced by hand-made fonts and a Tux Paint stamps tree (no network)."""
+    devsets._soundfont.cache_clear()
+    files = {devsets.FLUID: _fake_font(tmp_path / "fluid.sf2", 3), devsets.TUXPAINT: tmp_path / "stamps"}
+    rng = np.random.default_rng(0)
+    for lang in devsets.TUXPAINT_LANGUAGES:
+        for k in range(4):
+            folder = files[devsets.TUXPAINT] / ("animals" if k % 2 else "food")
+            folder.mkdir(parents=True, exist_ok=True)
+            seconds = 6.0 if k == 3 else 0.5 + 0.1 * k  # one too long to keep
+            sf.write(folder / f"thing{k}_desc_{lang}.ogg", rng.uniform(-0.5, 0.5, int(seconds * 22050)), 22050)
+        sf.write(folder / f"thing0_{lang}.ogg", np.zeros(100), 22050)  # not a spoken name
+    monkeypatch.setattr(devsets, "debian_file", lambda package, relative: files[(package, relative)])
+    yield files
+    devsets._soundfont.cache_clear()
+
+
+def _rows(metadata: Path) -> list[dict[str, str]]:
+    with open(metadata, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_clips(items, seconds: tuple[float, float]) -> None:
+    for item in items:
+        info = sf.info(item.audio)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"), item.id
+        assert seconds[0] <= info.duration <= seconds[1], (item.id, info.duration)
+
+
+def test_instruments_tiny_build(fake_packages, tmp_path):
+    metadata = demo.build_dataset("instruments", 0, lambda: devsets.instruments_clips(per_family=3), tmp_path / "i",
+                           False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "random"
+    assert Counter(i.label for i in items) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
+    assert {i.meta["source"] for i in items} == {"FluidR3"}
+    _check_clips(items, (0.3, 0.3))  # 2400 samples at 8 kHz
+    again = demo.build_dataset("instruments", 0, lambda: devsets.instruments_clips(per_family=3), tmp_path / "j",
+                        False, devsets.SAMPLE_RATE)
+    assert _rows(metadata) == _rows(again)
+    for row in _rows(metadata)[:5]:  # same audio, byte for byte
+        assert (tmp_path / "i" / row["path"]).read_bytes() == (tmp_path / "j" / row["path"]).read_bytes()
+
+
+def test_instruments_shift_tiny_build(fake_packages, tmp_path):
+    metadata = demo.build_dataset("instruments-shift", 0, lambda: devsets.instruments_shift_clips(support=3, query=2),
+                           tmp_path / "s", False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "split"
+    by_split = {split: [i for i in items if i.fold == split] for split in ("support", "query")}
+    assert Counter(i.label for i in by_split["support"]) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
+    assert Counter(i.label for i in by_split["query"]) == {name: 2 for name in devsets.INSTRUMENT_FAMILIES}
+    programs = {split: {int(i.meta["content"].split(":")[0].split()[1]) for i in part} for split, part in by_split.items()}
+    assert programs["query"] <= devsets.QUERY_PROGRAMS and not programs["support"] & devsets.QUERY_PROGRAMS
+    assert 4 in programs["query"] and 0 in programs["support"]  # pianos: Electric Piano 1 is asked about
+    with pytest.raises(sources.DemoDataError, match="3 samples of family 'piano', 4 needed"):
+        devsets.instruments_shift_clips(support=4, query=2)
+
+
+def test_languages_tiny_build(fake_packages, tmp_path):
+    metadata = demo.build_dataset("languages", 0, lambda: devsets.languages_clips(per_language=3), tmp_path / "l",
+                           False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert Counter(i.label for i in items) == {lang: 3 for lang in devsets.TUXPAINT_LANGUAGES}
+    assert all(i.meta["content"].endswith(f"_desc_{i.label}.ogg") for i in items)
+    _check_clips(items, (0.5, 0.8))  # the 6 s recordings are left out
+    with pytest.raises(sources.DemoDataError, match="3 spoken names in 'be', 4 needed"):
+        devsets.languages_clips(per_language=4)
+
+
+@pytest.fixture(scope="module")
+def fluid() -> Path:
+    """The real FluidR3_GM font (installed, or fetched once into the calm cache; 120 MB)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        pytest.skip("needs apt-get and dpkg (Debian) to fetch fluid-soundfont-gm")
+    try:
+        return devsets.debian_file(*devsets.FLUID)
+    except sources.DemoDataError as error:  # no mirror reachable: offline
+        pytest.skip(f"cannot fetch fluid-soundfont-gm: {error}")
+
+
+def test_real_fluidr3_holds_both_instrument_tasks(fluid):
+    devsets._soundfont.cache_clear()
+    plan = devsets.instruments_shift_clips()  # raises if a family has too few samples on a side
+    assert Counter(c.split for c in plan) == {"support": 16 * 9, "query": 20 * 9}
+    assert len({c.content for c in plan}) == len(plan)  # no recording on both sides
+    clips = devsets.instruments_clips()
+    assert Counter(c.label for c in clips) == {name: 40 for name in devsets.INSTRUMENT_FAMILIES}
+    audio, rate = clips[0].samples()
+    assert rate == 44100 and devsets.MIN_SECONDS * rate <= len(audio) <= devsets.NOTE_SECONDS * rate
+    assert np.abs(audio).max() > 0.01
+
+
+def _load_script(monkeypatch):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "devsets.py"
+    spec = importlib.util.spec_from_file_location("devsets_script", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_devsets_script_writes_rows_aligned_with_labels(tmp_path, monkeypatch):
+    import json
+
+    import calm
+
+    monkeypatch.setenv("CALM_CACHE", str(tmp_path / "cache"))
+
+    def tiny(out_dir: Path, verbose: bool = True) -> Path:
+        (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+        lines = ["id,path,label,split,source"]
+        for k in range(6):
+            t = np.arange(int(0.3 * 16000)) / 16000
+            sf.write(out_dir / "audio" / f"c{k}.wav", 0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t), 16000)
+            lines.append(f"c{k},audio/c{k}.wav,{'ab'[k % 2]},{'support' if k < 4 else 'query'},{'xy'[k // 3]}")
+        (out_dir / "metadata.csv").write_text("\n".join(lines) + "\n")
+        return out_dir / "metadata.csv"
+
+    monkeypatch.setitem(recipes.RECIPES, "tiny", tiny)
+    script = _load_script(monkeypatch)
+    task = script.DevTask("tiny", "shifted", "A sound.", "fixed split")
+    backbone = calm.load_backbone("tiny:whisper")
+    summary = script.write_task(task, backbone, tmp_path / "out", tmp_path / "store", batch_size=4)
+    saved = np.load(tmp_path / "out" / "tiny.npz")
+    rows = {i: k for k, i in enumerate(saved["ids"])}
+    assert sorted(rows) == [f"c{k}" for k in range(6)] and saved["X"].dtype == np.float16
+    for k in range(6):
+        row = rows[f"c{k}"]
+        assert (saved["y"][row], saved["split"][row], saved["source"][row]) == (
+            "ab"[k % 2], "support" if k < 4 else "query", "xy"[k // 3])
+    items = calm.load_dataset(tmp_path / "cache" / "data" / "tiny" / "metadata.csv")
+    direct = calm.extract(backbone, items, "A sound.", batch_size=1)
+    for item_id, x in zip(direct.ids, direct.X):
+        assert np.allclose(saved["X"][rows[item_id]].astype(np.float32), x.astype(np.float32), atol=2e-3)
+    written = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert written == summary and written["n_per_class"] == {"query": {"a": 1, "b": 1}, "support": {"a": 2, "b": 2}}
+    assert written["shape"] == list(saved["X"].shape) and written["encoder_seconds"] == script.ENCODER_SECONDS
