@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "load_backbone": "calm.backbones",
     "Backbone": "calm.backbones.base",
     "extract": "calm.heads",
+    "extract_ray": "calm.distributed",
     "FeatureStore": "calm.store",
     "evaluate_features": "calm.evaluate.protocol",
     "EvaluationReport": "calm.evaluate.report",

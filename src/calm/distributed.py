@@ -138,7 +138,8 @@ def extract_ray(
         num_cpus_per_actor: CPUs each actor reserves (also its torch threads).
         loader_threads: threads in each actor that decode a batch's clips while the model runs
             the previous batch (0: decode inline), as in :func:`calm.heads.extract`.
-        progress: print what is done and to do, and Ray Data's progress bars.
+        progress: print what is stored already and what is to do, and Ray Data's progress bars
+            and logs (without it, the ``ray.data`` logger is set to warnings only).
 
     Returns:
         HeadFeatures read back from the store (float16, memory-mapped), ``failed`` as recorded.
