@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import soundfile
 
+from calm.audio import AudioLoadError
+from calm.cli import main as calm_main
+from calm.data.items import Item
+from calm.distributed import BackboneSpec, extract_ray
+from calm.heads import extract, feature_fingerprint
+from calm.store import FeatureStore
+from calm.testing import tiny_backbone
+
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'calm-audio[ray]'")
 pytest.importorskip("ray.data", reason="the Ray tests need Ray Data (pyarrow): pip install 'calm-audio[ray]'")
-
-from calm.audio import AudioLoadError  # noqa: E402
-from calm.cli import main as calm_main  # noqa: E402
-from calm.data.items import Item  # noqa: E402
-from calm.distributed import BackboneSpec, extract_ray  # noqa: E402
-from calm.heads import extract, feature_fingerprint  # noqa: E402
-from calm.store import FeatureStore  # noqa: E402
-from calm.testing import tiny_backbone  # noqa: E402
 
 MODEL = "tiny:qwen2_audio"
 PROMPT = "What sound is this?"

@@ -234,7 +234,7 @@ def _write_results(results: Iterator[bytes], run: _Run) -> None:
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401  (needs pyarrow, part of the extra)
+        import ray.data  # needs pyarrow, part of the extra
     except ImportError as error:
         raise ImportError(f"extraction on Ray needs the ray extra: pip install 'calm-audio[ray]' ({error})") from None
     return ray

@@ -331,7 +331,6 @@ class _Run:
         else:
             self.rows.update(zip(ids, X.astype(self.dtype)))
 
-
     def _pass(self, loaded: _LoadedBatch, capture: HeadCapture) -> np.ndarray:
         """The forward pass of a built batch: its [B, K, D] float32 rows."""
         with torch.inference_mode():
