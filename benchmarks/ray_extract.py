@@ -35,16 +35,16 @@ import numpy as np
 import soundfile
 import torch
 
+import calm.distributed as distributed
+from calm.media import content_hash, duration
+from calm.backbones import load_backbone
+from calm.data.items import Item
+from calm.features import HeadIndex
+from calm.heads import extract
+from calm.store import FeatureStore
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_throughput import cpu_name, make_clips  # noqa: E402  (the same synthetic clips)
-
-import calm.distributed as distributed  # noqa: E402
-from calm.media import content_hash, duration  # noqa: E402
-from calm.backbones import load_backbone  # noqa: E402
-from calm.data.items import Item  # noqa: E402
-from calm.features import HeadIndex  # noqa: E402
-from calm.heads import extract  # noqa: E402
-from calm.store import FeatureStore  # noqa: E402
 
 PROMPT = "What is the sound in this recording? Answer in one word."
 RATE = 16000

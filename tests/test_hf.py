@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile
 
-datasets = pytest.importorskip("datasets", reason="the Hugging Face loader needs the hf extra: pip install 'calm-audio[hf]'")
+from calm.data.loaders import DatasetError, load_dataset
+from calm.heads import extract
+from calm.backbones.tiny import tiny_backbone
 
-from calm.data.loaders import DatasetError, load_dataset  # noqa: E402
-from calm.heads import extract  # noqa: E402
-from calm.backbones.tiny import tiny_backbone  # noqa: E402
+datasets = pytest.importorskip("datasets", reason="the Hugging Face loader needs the hf extra: pip install 'calm-audio[hf]'")
 
 CLASSES = ["high", "low"]
 

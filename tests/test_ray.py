@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import soundfile
 
+from calm.media import MediaLoadError
+from calm.cli import main as calm_main
+from calm.data.items import Item
+from calm.distributed import BackboneSpec, extract_ray
+from calm.heads import extract, feature_fingerprint
+from calm.store import FeatureStore
+from calm.backbones.tiny import tiny_backbone
+
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'calm-audio[ray]'")
 pytest.importorskip("ray.data", reason="the Ray tests need Ray Data (pyarrow): pip install 'calm-audio[ray]'")
-
-from calm.media import MediaLoadError  # noqa: E402
-from calm.cli import main as calm_main  # noqa: E402
-from calm.data.items import Item  # noqa: E402
-from calm.distributed import BackboneSpec, extract_ray  # noqa: E402
-from calm.heads import extract, feature_fingerprint  # noqa: E402
-from calm.store import FeatureStore  # noqa: E402
-from calm.backbones.tiny import tiny_backbone  # noqa: E402
 
 MODEL = "tiny:qwen2_audio"
 PROMPT = "What sound is this?"
@@ -139,15 +139,16 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_stored_twice(tmp_path, 
     log = tmp_path / "passes.log"
     spec = CountingSpec(MODEL, log=str(log), pause=0.5)
     killed: list[int] = []
+    seen_before_kill: set[int] = set()
 
     def kill_one_actor_mid_run() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             passes = _passes(log)
-            if len(passes) >= 2:  # both actors busy or one well under way: kill the latest
-                pid = passes[-1][0]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            if len(passes) >= 2:  # kill the actor of the latest pass, in its forward pass's pause
+                seen_before_kill.update(pid for pid, _ in passes)
+                os.kill(passes[-1][0], signal.SIGKILL)
+                killed.append(passes[-1][0])
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_actor_mid_run)
@@ -157,6 +158,7 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_stored_twice(tmp_path, 
     finally:
         killer.join()
     assert killed, "no actor was killed"
+    assert {pid for pid, _ in _passes(log)} - seen_before_kill, "no replacement actor ran the retried batch"
     assert len(_passes(log)) < 2 * N_CLIPS  # the run went on after the kill, it did not start over
     assert not features.failed
     _same_as_reference(features, reference)
@@ -172,7 +174,7 @@ class InterruptingStore(FeatureStore):
     def append(self, *args, **kwargs) -> None:
         if self.limit == 0:
             raise KeyboardInterrupt
-        type(self).limit -= 1
+        self.limit -= 1
         super().append(*args, **kwargs)
 
 

@@ -140,7 +140,8 @@ def extract_ray(
         num_cpus_per_actor: CPUs each actor reserves (also its torch threads).
         loader_threads: threads in each actor that decode a batch's clips while the model runs
             the previous batch (0: decode inline), as in :func:`calm.heads.extract`.
-        progress: print what is done and to do, and Ray Data's progress bars.
+        progress: print what is stored already and what is to do, and Ray Data's progress bars
+            and logs (without it, the ``ray.data`` logger is set to warnings only).
 
     Returns:
         HeadFeatures read back from the store (float16, memory-mapped), ``failed`` as recorded.
@@ -234,7 +235,7 @@ def _write_results(results: Iterator[bytes], run: _Run) -> None:
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401  (needs pyarrow, part of the extra)
+        import ray.data  # needs pyarrow, part of the extra
     except ImportError as error:
         raise ImportError(f"extraction on Ray needs the ray extra: pip install 'calm-audio[ray]' ({error})") from None
     return ray

@@ -69,7 +69,6 @@ def load_hf(root: Path | str, split: str | None = None, audio_column: str | None
 
 def _splits(root: Path) -> Iterator[tuple[str | None, Path, Any]]:
     """(split name or None, source file or folder, ``datasets.Dataset``) for each part of ``root``."""
-    _import_datasets()  # a clear ImportError before any file is read
     if root.is_file():
         yield None, root, _read_file(root)
     elif (root / "dataset_dict.json").is_file():
