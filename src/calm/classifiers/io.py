@@ -2,9 +2,11 @@
 
 The metadata records the file format and version, the estimator class and its parameters, the
 classes, the head index and the fingerprint of the backbone and prompt that produced the
-features. Loading checks all of it: an unreadable file, another format or version, an unknown
-estimator, arrays of the wrong shape, or a fingerprint that differs from the one asked for
-raise ValueError saying which.
+features. A :class:`~calm.classifiers.trust.Calibrated` classifier is its fitted estimator's file
+plus a ``calibration`` entry (settings, temperature, threshold) and its arrays under
+``calibration.``; such files are version 2, plain ones stay version 1 (both are read). Loading
+checks all of it: an unreadable file, another format or version, an unknown estimator, arrays of
+the wrong shape, or a fingerprint that differs from the one asked for raise ValueError saying which.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentr
 from calm.classifiers.calm import CALMClassifier
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.sav import SAVClassifier
+from calm.classifiers.trust import LOGIT_SOURCES, Calibrated, check_settings, clone
 from calm.classifiers.tuning import TunedCALMClassifier
 from calm.features import HeadIndex
 
 FORMAT = "calm-classifier"
 VERSION = 1
+CALIBRATED_VERSION = 2
+CALIBRATION_PREFIX = "calibration."
 ESTIMATORS: dict[str, type[Estimator]] = {cls.__name__: cls for cls in (
     SAVClassifier, CALMClassifier, TunedCALMClassifier, UniformVoteClassifier, TopNSoftVoteClassifier,
     ClassAgnosticCALMClassifier, ConcatCentroidClassifier, LogisticProbe)}
@@ -52,6 +57,10 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         fingerprint: what produced the features, e.g. ``HeadFeatures.fingerprint`` (default: the
             one recorded at fit, if any); :func:`load` can then refuse features from elsewhere.
     """
+    calibrated = clf if isinstance(clf, Calibrated) else None
+    if calibrated is not None:
+        calibrated._check_fitted()
+        clf = calibrated.estimator_
     name = type(clf).__name__
     if ESTIMATORS.get(name) is not type(clf):
         raise ValueError(f"cannot save a {name}; known classifiers: {sorted(ESTIMATORS)}")
@@ -70,6 +79,12 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         "fingerprint": None if fingerprint is None else _json_round_trip(dict(fingerprint), "the fingerprint"),
         "fitted": _json_round_trip(clf._get_meta(), f"{name}'s fitted metadata"),
     }
+    if calibrated is not None:
+        meta["version"] = CALIBRATED_VERSION
+        settings = {k: v for k, v in calibrated.get_params().items() if k != "estimator"}
+        meta["calibration"] = {"params": settings, "fitted": calibrated._get_meta()}
+        arrays.update({CALIBRATION_PREFIX + key: np.ascontiguousarray(getattr(calibrated, key), dtype=np.float64)
+                       for key in calibrated._state_shapes()})
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -108,18 +123,24 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
         raise ValueError(f"{path}: damaged calm metadata: {error}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if version != VERSION:
-        raise ValueError(f"{path}: classifier file format version {version}; this calm reads version {VERSION}")
+    if version not in (VERSION, CALIBRATED_VERSION) or (version == CALIBRATED_VERSION) != ("calibration" in meta):
+        raise ValueError(f"{path}: classifier file format version {version}; this calm reads versions "
+                         f"{VERSION} and {CALIBRATED_VERSION} (with calibration)")
     cls = ESTIMATORS.get(name)
     if cls is None:
         raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(ESTIMATORS)}")
     if estimator is not None and cls is not estimator:
         raise ValueError(f"{path}: holds a {name}, not a {estimator.__name__}")
+    calibration = {k[len(CALIBRATION_PREFIX):]: v for k, v in arrays.items() if k.startswith(CALIBRATION_PREFIX)}
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(CALIBRATION_PREFIX)}
     clf = _restore(cls, meta, arrays, path)
+    if "calibration" in meta:
+        clf = _restore_calibration(clf, meta["calibration"], calibration, path)
     if fingerprint is not None:
-        if clf.fingerprint_ is None:
+        recorded = getattr(clf, "estimator_", clf).fingerprint_
+        if recorded is None:
             raise ValueError(f"{path}: the file records no feature fingerprint to check against {dict(fingerprint)}")
-        check_fingerprint(clf.fingerprint_, _json_round_trip(dict(fingerprint), "the fingerprint"), str(path))
+        check_fingerprint(recorded, _json_round_trip(dict(fingerprint), "the fingerprint"), str(path))
     return clf
 
 
@@ -147,4 +168,32 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
     heads = arrays.get("heads_")
     if heads is not None and (heads.size == 0 or heads.min() < 0 or heads.max() >= clf.n_heads_in_):
         raise ValueError(f"{path}: selected heads out of range 0..{clf.n_heads_in_ - 1}")
+    return clf
+
+
+def _restore_calibration(estimator: Estimator, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                         path: Path) -> Calibrated:
+    """The Calibrated wrapper around a restored estimator, its settings and arrays checked."""
+    try:
+        clf = Calibrated(clone(estimator), **meta["params"])
+        check_settings(clf.target_frr, clf.open_score, clf.n_folds)
+        clf._set_meta(meta["fitted"])
+        clf.n_calibration_ = int(clf.n_calibration_)
+        clf.temperature_ = float(clf.temperature_)
+        if not (clf.temperature_ > 0 and np.isfinite(clf.temperature_)) or clf.logit_source_ not in LOGIT_SOURCES:
+            raise ValueError(f"temperature {clf.temperature_!r}, scores {clf.logit_source_!r}")
+        if (clf.threshold_ is None) != (clf.n_calibration_ == 0):
+            raise ValueError("a rejection threshold needs calibration items, and calibration items give one")
+    except (TypeError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: damaged calibration metadata: {error!r}") from None
+    expected = clf._state_shapes()
+    if set(arrays) != set(expected):
+        raise ValueError(f"{path}: calibration arrays {sorted(arrays)}, expected {sorted(expected)}")
+    for key, (size,) in expected.items():
+        values = arrays[key]
+        if values.shape != (size,) or not np.isfinite(values).all():
+            raise ValueError(f"{path}: calibration array {key!r} has shape {values.shape} or non-finite values, "
+                             f"expected {size} finite values")
+        setattr(clf, key, np.array(values))
+    clf.estimator_, clf.classes_ = estimator, estimator.classes_
     return clf
