@@ -121,9 +121,10 @@ class Calibrated(Estimator):
     Args:
         estimator: an unfitted calm classifier (its class and parameters are copied; it is not fitted itself).
         target_frr: share of known-class clips that rejection may turn away (default 5%).
-        open_score: the "is it one of these classes?" score: ``msp`` (largest calibrated
-            probability), ``energy`` (log-sum-exp of the calibrated class scores) or ``margin``
-            (largest minus second calibrated probability). Higher means more known.
+        open_score: the "is it one of these classes?" score, higher meaning more known: ``energy``
+            (default: log-sum-exp of the calibrated class scores, the best of the three in every
+            configuration of ``benchmarks/trust.py``, see docs/trust.md), ``msp`` (largest
+            calibrated probability) or ``margin`` (largest minus second calibrated probability).
         n_folds: most folds of the cross-fitting.
         random_state: seed of the fold assignment.
 
@@ -135,7 +136,7 @@ class Calibrated(Estimator):
 
     _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_")
 
-    def __init__(self, estimator: Any, target_frr: float = 0.05, open_score: str = "msp", n_folds: int = 5,
+    def __init__(self, estimator: Any, target_frr: float = 0.05, open_score: str = "energy", n_folds: int = 5,
                  random_state: int = 0):
         self.estimator = estimator
         self.target_frr = target_frr
