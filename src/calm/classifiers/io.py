@@ -124,8 +124,8 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if version not in (VERSION, CALIBRATED_VERSION) or (version == CALIBRATED_VERSION) != ("calibration" in meta):
-        raise ValueError(f"{path}: classifier file format version {version}; this calm reads versions "
-                         f"{VERSION} and {CALIBRATED_VERSION} (with calibration)")
+        raise ValueError(f"{path}: classifier file format version {version}; this calm reads version {VERSION} "
+                         f"(and {CALIBRATED_VERSION} with calibration)")
     cls = ESTIMATORS.get(name)
     if cls is None:
         raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(ESTIMATORS)}")

@@ -199,6 +199,15 @@ class Calibrated(Estimator):
                 scores[source][held] = class_scores(model, part, source)
         return folds >= 0, scores
 
+    def __getattr__(self, name: str) -> Any:
+        """Public attributes of the wrapped estimator (fitted ones such as ``fingerprint_``,
+        ``head_index_``, ``weights_``, and its parameters) read through, so a calibrated classifier
+        stands in for its estimator."""
+        inner = self.__dict__.get("estimator_", self.__dict__.get("estimator"))
+        if inner is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(inner, name)
+
     # ---- prediction
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):

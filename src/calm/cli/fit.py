@@ -36,7 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         backbone = load_model(args)
         clf = fit_classifier(backbone, items, args.prompt, args.method, batch_size=args.batch_size, store=args.store,
-                             on_error=args.on_error, progress=not args.quiet, **dict(args.param))
+                             on_error=args.on_error, progress=not args.quiet, calibrate=not args.no_calibrate,
+                             target_frr=args.target_frr, **dict(args.param))
     except (OSError, StoreError, ValueError, TypeError) as error:
         print(f"calm fit: {error}", file=sys.stderr)
         if args.on_error == "raise" and isinstance(error, AudioLoadError):
@@ -63,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="estimator parameter, repeatable (e.g. --param tau=0.1 --param top_k=50)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
+    parser.add_argument("--target-frr", type=float, default=0.05,
+                        help="share of known-class clips `calm predict --reject` may call unknown (default: 0.05)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="save the plain classifier: normalised-vote probabilities, no --reject or --sets")
     add_backbone_arguments(parser)
     add_on_error_argument(parser, "is left out with a warning")
     parser.set_defaults(func=_run)

@@ -16,6 +16,11 @@ Tasks (detected from the labels unless given):
   method, fitted on the support (positives: items that carry the label); its decision value
   scores the queries (mAP) and its prediction decides the label (per-label F1, macro-F1 = their mean).
 
+Trust (``trust=True``, the default): every single-label method is also wrapped in
+:class:`~calm.classifiers.Calibrated` (calibrated from its support alone) and scored for
+calibration, 90% prediction sets and, on multiclass tasks, open-set rejection; see
+:mod:`calm.evaluate.trust` for which metrics apply to which task.
+
 Methods (:data:`METHODS`): the feature classifiers of :mod:`calm.classifiers`, and two that need
 the model's answers (:class:`~calm.evaluate.zeroshot.ModelAnswers`, made by :func:`evaluate`):
 ``zero-shot`` (the greedy answer mapped to a class; unmappable answers count as wrong) and
@@ -40,6 +45,7 @@ from calm.data.items import Item
 from calm.evaluate import metrics
 from calm.evaluate.answers import AnswerMatch, match_answer, warn_label_leaks
 from calm.evaluate.report import EvaluationReport
+from calm.evaluate.trust import OPEN_SET_SHARE, SET_LEVEL, TrustRecorder
 from calm.evaluate.zeroshot import ModelAnswers, answer_prompt, generate_answers, pseudo_label
 from calm.features import HeadFeatures
 
@@ -123,6 +129,7 @@ def evaluate(
     samples: int = 5,
     temperature: float = 1.0,
     max_new_tokens: int = 16,
+    trust: bool = True,
 ) -> EvaluationReport:
     """Extract once, then evaluate every method on the same episodes.
 
@@ -137,6 +144,7 @@ def evaluate(
         answer_template: the question both ask (default by task, see :func:`~calm.evaluate.zeroshot.answer_prompt`).
         samples, temperature: sampled answers per support clip for the pseudo-labels.
         max_new_tokens: answer length limit.
+        trust: as in :func:`evaluate_features`.
 
     Items whose files cannot be loaded are left out and listed in the report's ``failed``.
     """
@@ -170,7 +178,7 @@ def evaluate(
             answers.failed.update(failed)
             answers.params.update(samples=samples, temperature=temperature)
     return evaluate_features(features, labelled, shots=shots, seeds=seeds, methods=chosen, task=task,
-                             query_fold=query_fold, progress=progress, answers=answers, params=params)
+                             query_fold=query_fold, progress=progress, answers=answers, params=params, trust=trust)
 
 
 def evaluate_features(
@@ -185,6 +193,7 @@ def evaluate_features(
     progress: bool = False,
     answers: ModelAnswers | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    trust: bool = True,
 ) -> EvaluationReport:
     """Evaluate methods on precomputed features (no model runs).
 
@@ -201,6 +210,8 @@ def evaluate_features(
         progress: show a progress bar.
         answers: the model's answers, needed by ``zero-shot`` and ``pseudo-label``.
         params: method name -> parameters overriding its defaults (e.g. ``{"calm": {"tau": 0.1}}``).
+        trust: also calibrate each method on its support and report calibration, prediction-set
+            and open-set metrics (:mod:`calm.evaluate.trust`; not for multilabel tasks).
     """
     chosen = _resolve_methods(methods)
     params = params or {}
@@ -214,7 +225,7 @@ def evaluate_features(
     labelled = [i for i in items if i.label is not None]
     task = _check_task(task, labelled)
     settings = {name: METHODS[name].split(params.get(name, {})) for name in chosen}
-    runner = _Runner(task, _classes(labelled), answers, features)
+    runner = _Runner(task, _classes(labelled), answers, features, trust)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = _plan(features, labelled, shots, seeds, query_fold)
@@ -231,6 +242,7 @@ def evaluate_features(
         config=_config(features, labelled, plan, settings, task, answers),
         results=runner.results, confusion=runner.confusion, calm_weights=runner.mean_calm_weights(),
         zero_shot=runner.zero_shot_summary(), notes=runner.notes,
+        reliability=runner.trust.largest_shot_bins() if runner.trust is not None else {},
     )
 
 
@@ -314,7 +326,8 @@ def _plan(features: HeadFeatures, items: Sequence[Item], shots: Iterable[int], s
 class _Runner:
     """Fits and scores methods episode by episode, collecting results, confusion counts and notes."""
 
-    def __init__(self, task: str, classes: list[str], answers: ModelAnswers | None, features: HeadFeatures) -> None:
+    def __init__(self, task: str, classes: list[str], answers: ModelAnswers | None, features: HeadFeatures,
+                 trust: bool = False) -> None:
         self.task = task
         self.classes = classes
         self.answers = answers
@@ -324,6 +337,7 @@ class _Runner:
         self.calm_weights: dict[int, list[np.ndarray]] = {}
         self.notes: list[str] = []
         self._matches: dict[str, AnswerMatch] = {}
+        self.trust = TrustRecorder(task, classes) if trust and task != "multilabel" else None
 
     def note(self, caught: list[warnings.WarningMessage], where: str) -> None:
         """Move caught warnings into the notes (each message once)."""
@@ -342,7 +356,7 @@ class _Runner:
         for name, (params, options) in settings.items():
             started = time.perf_counter()
             try:
-                outcome = self.run(name, k, params, options, support, query, Xs, Xq)
+                outcome = self.run(name, k, params, options, support, query, Xs, Xq, episode.seed)
             except ValueError as error:  # e.g. tuning by LOO needs 2 shots: report it, go on
                 outcome = {"metrics": {}, "error": str(error)}
                 warnings.warn(f"not evaluated: {error}")
@@ -353,7 +367,7 @@ class _Runner:
             bar.update(1)
 
     def run(self, name: str, k: int, params: dict[str, Any], options: dict[str, Any], support: list[Item],
-            query: list[Item], Xs: HeadFeatures, Xq: HeadFeatures) -> dict[str, Any]:
+            query: list[Item], Xs: HeadFeatures, Xq: HeadFeatures, seed: int = 0) -> dict[str, Any]:
         """One method on one episode: ``{"metrics": {...}, ...extras}``."""
         y_true = [i.label for i in query]
         if name == "zero-shot":
@@ -372,7 +386,15 @@ class _Runner:
             if skipped:
                 extra["labels_without_classifier"] = skipped
             return {"metrics": self._multilabel_metrics(y_true, scores, decisions), **extra}
-        clf = method.make(**params).fit(Xs, np.asarray(ys))
+        if self.trust is not None:
+            from calm.classifiers import Calibrated
+
+            calibrated = Calibrated(method.make(**params)).fit(Xs, np.asarray(ys))
+            clf = calibrated.estimator_
+            extra["trust"] = self.trust.score(name, k, seed, calibrated, lambda: method.make(**params), Xs, ys, Xq,
+                                              y_true)
+        else:
+            clf = method.make(**params).fit(Xs, np.asarray(ys))
         pred = clf.predict(Xq).tolist()
         score = None
         if self.task == "spoof":
@@ -536,6 +558,7 @@ def _config(features: HeadFeatures, items: Sequence[Item], plan: dict[int, list[
         "shots": list(plan),
         "seeds": [ep.seed for ep in first],
         "methods": methods,
+        "trust": {"open_set_share": OPEN_SET_SHARE, "set_level": SET_LEVEL} if task != "multilabel" else None,
         "protocol": {
             "name": first[0].protocol,
             "support_query_disjoint": all({i.id for i in ep.support}.isdisjoint(i.id for i in ep.query)

@@ -18,12 +18,14 @@ Which apply where:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from calm.classifiers.trust import OPEN_SCORES, Calibrated, open_set_score, take_rows
 from calm.evaluate import calibration
+
+if TYPE_CHECKING:  # calm.classifiers imports torch: only when a method is scored
+    from calm.classifiers.trust import Calibrated
 
 OPEN_SET_SHARE = 0.25
 SET_LEVEL = 0.9
@@ -63,6 +65,8 @@ class TrustRecorder:
               Xs: Any, ys: Sequence[Any], Xq: Any, y_true: Sequence[Any]) -> dict[str, Any]:
         """Trust metrics of a fitted ``calibrated`` on the queries; ``make`` gives a new, unfitted
         estimator of the method for the open-set episode."""
+        from calm.classifiers.trust import take_rows
+
         known = np.isin(np.asarray(y_true, dtype=object), np.asarray(calibrated.classes_, dtype=object))
         if not known.all():  # pseudo-labels can miss a class: score the queries of the classes it has
             Xq, y_true = take_rows(Xq, np.flatnonzero(known)), [y for y, k in zip(y_true, known) if k]
@@ -88,6 +92,8 @@ class TrustRecorder:
     def _open_set(self, seed: int, make: Callable[[], Any], Xs: Any, ys: Sequence[Any], Xq: Any,
                   y_true: Sequence[Any]) -> dict[str, Any]:
         """Fit on the support without the held-out classes; their queries are the unknowns."""
+        from calm.classifiers.trust import OPEN_SCORES, Calibrated, open_set_score, take_rows
+
         dropped = set(held_out_classes(self.classes, seed))
         kept = np.array([y not in dropped for y in ys])
         if len({y for y in ys if y not in dropped}) < 2:
