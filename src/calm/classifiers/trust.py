@@ -233,13 +233,12 @@ class Calibrated(Estimator):
         return softmax(self.calibrated_logits(X))
 
     def predict_open(self, X: Any, unknown: Any = "unknown") -> tuple[np.ndarray, np.ndarray]:
-        """Labels [N] (object array; ``unknown`` where the open-set score is below ``threshold_``)
-        and the open-set scores [N]. Every item keeps its row."""
+        """Labels [N] (object array: :meth:`predict`'s label, or ``unknown`` where the open-set
+        score is below ``threshold_``) and the open-set scores [N]. Every item keeps its row."""
         self._require_calibration("rejection")
-        logits = self.calibrated_logits(X)
-        score = open_set_score(logits, self.open_score)
+        score = open_set_score(self.calibrated_logits(X), self.open_score)
         labels = np.empty(len(score), dtype=object)
-        labels[:] = self.classes_[np.argmax(logits, axis=1)].tolist()
+        labels[:] = self.predict(X).tolist()
         labels[score < self.threshold_] = unknown
         return labels, score
 

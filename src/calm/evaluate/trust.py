@@ -78,6 +78,7 @@ class TrustRecorder:
             "nll": calibration.nll(proba, labels), "nll_uncalibrated": calibration.nll(raw, labels),
             "brier": calibration.brier(proba, labels), "brier_uncalibrated": calibration.brier(raw, labels),
             "temperature": calibrated.temperature_, "calibration_items": calibrated.n_calibration_,
+            "threshold": calibrated.threshold_,
         }
         self._add_bins(name, shots, raw, proba, labels)
         if calibrated.threshold_ is None:
