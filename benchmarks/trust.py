@@ -4,8 +4,10 @@ mean over seeds.
 
     PYTHONPATH=src python benchmarks/trust.py /work/devfeatures/spoken-numbers.npz /work/devfeatures/spoof.npz
 
-Each .npz holds X [N, K, D], y, ids and split ("support"/"query"): support sets of K shots per
-class are drawn from the support split with each seed; the queries are the whole query split.
+Each .npz holds X [N, K, D], y, ids and split: with a "query" split (a shifted set), support sets
+of K shots per class are drawn from the "support" split with each seed and the queries are the
+whole query split; without one (in-domain), the support is drawn from every clip and the queries
+are all the others.
 """
 
 from __future__ import annotations
@@ -37,22 +39,22 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
     X, y, split = data["X"], data["y"].astype(str), data["split"].astype(str)
     classes = sorted(set(y.tolist()))
     task = "spoof" if set(classes) == {"bonafide", "spoof"} else "multiclass"
-    pool = np.flatnonzero(split == "support")
-    queries = np.flatnonzero(split == "query")
-    print(f"\n## {path.stem}: {len(classes)} classes, support pool {len(pool)}, queries {len(queries)}, "
-          f"features {X.shape}\n")
+    fixed = bool((split == "query").any())
+    pool = np.flatnonzero(split == "support") if fixed else np.arange(len(y))
+    print(f"\n## {path.stem}: {len(classes)} classes, support pool {len(pool)}, "
+          f"queries {int((split == 'query').sum()) if fixed else 'the rest'}, features {X.shape}\n")
     print("| method | shots | " + " | ".join(SHOWN) + " | " + " | ".join(f"auroc_{k}" for k in OPEN_SCORES)
           + " | seconds |")
     print("|---|---|" + "---|" * (len(SHOWN) + len(OPEN_SCORES) + 1))
-    Xq, yq = X[queries], y[queries].tolist()
     for name in methods:
         for k in shots:
             recorder = TrustRecorder(task, classes)
             rows, started = [], time.perf_counter()
             for seed in range(seeds):
                 support = draw_support(y, pool, k, seed)
-                Xs, ys = X[support], y[support]
-                make = lambda: METHODS[name].make()  # noqa: E731
+                queries = np.flatnonzero(split == "query") if fixed else np.setdiff1d(np.arange(len(y)), support)
+                Xs, ys, Xq, yq = X[support], y[support], X[queries], y[queries].tolist()
+                make = METHODS[name].make
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     clf = Calibrated(make()).fit(Xs, ys)

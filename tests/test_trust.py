@@ -13,8 +13,17 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from calm.classifiers import (CALMClassifier, Calibrated, ConcatCentroidClassifier, LogisticProbe, SAVClassifier,
-                              TunedCALMClassifier, UniformVoteClassifier, load, save)
+from calm.classifiers import (
+    Calibrated,
+    CALMClassifier,
+    ConcatCentroidClassifier,
+    LogisticProbe,
+    SAVClassifier,
+    TunedCALMClassifier,
+    UniformVoteClassifier,
+    load,
+    save,
+)
 from calm.classifiers.conformal import conformal_quantile, rejection_threshold
 from calm.classifiers.trust import fit_inverse_temperature, fold_assignment
 from calm.data.items import Item
@@ -211,7 +220,7 @@ def test_save_load_keeps_calibration_and_threshold(tmp_path):
 
     with safe_open(str(path), framework="numpy") as handle:
         meta = json.loads(handle.metadata()["calm"])
-        arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+        arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     meta["calibration"]["fitted"]["temperature_"] = -1.0
     save_file(arrays, str(tmp_path / "bad.safetensors"), metadata={"calm": json.dumps(meta)})
     with pytest.raises(ValueError, match="damaged calibration metadata"):

@@ -56,7 +56,7 @@ def test_reject_labels_unknown_below_the_threshold_and_drops_nothing(fitted, tmp
     assert cli("predict", "--classifier", str(model), "--model", "tiny:qwen2_audio", *files, "--out", str(plain)) == 0
     assert cli("predict", "--classifier", str(model), "--model", "tiny:qwen2_audio", *files, "--reject",
                "--unknown-label", "none-of-these", "--out", str(rejecting)) == 0
-    before, after = (list(csv.DictReader(open(p, newline=""))) for p in (plain, rejecting))
+    before, after = (list(csv.DictReader(p.read_text().splitlines())) for p in (plain, rejecting))
     assert [r["path"] for r in after] == [r["path"] for r in before] == files  # nothing dropped, same order
     for old, new in zip(before, after):
         rejected = float(new["score"]) < clf.threshold_

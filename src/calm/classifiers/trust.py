@@ -144,7 +144,7 @@ class Calibrated(Estimator):
         self.n_folds = n_folds
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> "Calibrated":
+    def fit(self, X: Any, y: Any) -> Calibrated:
         """Fit the estimator on (X, y), then the temperature, threshold and conformal scores out of fold."""
         check_settings(self.target_frr, self.open_score, self.n_folds)
         n_items = len(X) if isinstance(X, HeadFeatures) else int(X.shape[0])

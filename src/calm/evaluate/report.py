@@ -108,9 +108,10 @@ class EvaluationReport:
         columns = [("ece_uncalibrated", "ECE raw"), ("ece", "ECE"), ("nll_uncalibrated", "NLL raw"), ("nll", "NLL"),
                    ("brier", "Brier"), ("coverage_90", "coverage@90"), ("set_size_90", "set size"),
                    ("auroc", "open-set AUROC"), ("fpr_at_95_tpr", "FPR@95TPR")]
-        lines = ["", "Trust (mean over seeds; ECE/NLL/Brier of the calibrated probabilities, raw = before "
-                 "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
-                 "their queries unknown, energy score):", "",
+        caption = ("Trust (mean over seeds; ECE/NLL/Brier of the calibrated probabilities, raw = before "
+                   "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
+                   "their queries unknown, energy score):")
+        lines = ["", caption, "",
                  "| method | shots | " + " | ".join(label for _, label in columns) + " |",
                  "|" + "---|" * (len(columns) + 2)]
         for row in rows:
