@@ -122,8 +122,8 @@ class Calibrated(Estimator):
         estimator: an unfitted calm classifier (its class and parameters are copied; it is not fitted itself).
         target_frr: share of known-class clips that rejection may turn away (default 5%).
         open_score: the "is it one of these classes?" score, higher meaning more known: ``energy``
-            (default: log-sum-exp of the calibrated class scores, the best of the three in every
-            configuration of ``benchmarks/trust.py``, see docs/trust.md), ``msp`` (largest
+            (default: log-sum-exp of the calibrated class scores; the best of the three for CALM
+            at 16 shots on every multiclass dev set, see docs/trust.md), ``msp`` (largest
             calibrated probability) or ``margin`` (largest minus second calibrated probability).
         n_folds: most folds of the cross-fitting.
         random_state: seed of the fold assignment.

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
             print("calm fit: use --on-error record to leave unreadable clips out and go on", file=sys.stderr)
         return 1
     path = save(clf, args.out)
-    print(f"{path}: {type(clf).__name__} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
+    calibrated = " (calibrated)" if hasattr(clf, "estimator_") else ""
+    print(f"{path}: {type(getattr(clf, 'estimator_', clf)).__name__}{calibrated} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
           f"{', ...' if len(clf.classes_) > 8 else ''}); prompt {args.prompt!r}")
     return 0
 
