@@ -111,7 +111,8 @@ def test_classify_is_predict_files_and_save_load_keeps_predictions(session, back
 
 def test_a_classifier_of_another_model_is_refused_on_load(session, tmp_path):
     quiet_fit(session)
-    session.classifier.fingerprint_ = {**session.classifier.fingerprint_, "model_id": "tiny:whisper"}
+    fitted = getattr(session.classifier, "estimator_", session.classifier)  # calibrated: its estimator's file
+    fitted.fingerprint_ = {**fitted.fingerprint_, "model_id": "tiny:whisper"}
     path = save(session.classifier, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="model_id: expected 'tiny:whisper', got 'tiny:qwen2_audio'"):
         session.load(path)

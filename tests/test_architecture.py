@@ -148,8 +148,8 @@ def test_a_registered_method_reaches_evaluate_fit_and_save(toy_method, tmp_path,
     clf_path = tmp_path / "toy.safetensors"
     assert main(["fit", "--data", str(data), "--model", "tiny:qwen2_audio", "--method", "toy", "--out",
                  str(clf_path), "--quiet"]) == 0
-    loaded = load(clf_path)
-    assert type(loaded) is ToyCentroid and len(loaded.heads_) == 3
+    loaded = load(clf_path)  # calibrated by default: the toy estimator inside
+    assert type(loaded.estimator_) is ToyCentroid and len(loaded.heads_) == 3
     capsys.readouterr()
     assert main(["predict", "--classifier", str(clf_path), str(data / "low" / "0.wav"), "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split(",")[1] == "low"

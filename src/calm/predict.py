@@ -4,6 +4,10 @@
     >>> clf = fit_classifier(backbone, calm.load_dataset("my_clips/"), prompt="What sound is this?")
     >>> calm.classifiers.save(clf, "clf.safetensors")       # heads and fingerprint recorded at fit
     >>> rows = predict_files(backbone, calm.classifiers.load("clf.safetensors"), ["new.wav"])
+    >>> rows = predict_files(backbone, clf, ["new.wav"], reject=True, sets=0.9)  # "unknown", prediction sets
+
+:func:`fit_classifier` calibrates by default (:class:`~calm.classifiers.Calibrated`): the
+probabilities are calibrated on the support set, and rejection and prediction sets are available.
 
 The classifier records the feature fingerprint (model, revision, dtype, prompt, sites) it was fit
 on; :func:`predict_files` reads the prompt from it and refuses a backbone that would produce other
@@ -30,12 +34,18 @@ from calm.heads import extract, feature_fingerprint
 @dataclass(frozen=True)
 class Prediction:
     """One file's result: ``label`` and per-class ``probabilities``, or ``error``, why the file
-    could not be read (label None)."""
+    could not be read (label None).
+
+    With rejection, ``label`` may be the unknown label and ``score`` is the open-set score (higher:
+    more like a known class); with prediction sets, ``prediction_set`` lists the set's classes.
+    """
 
     path: str
     label: str | None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    score: float | None = None
+    prediction_set: tuple[str, ...] | None = None
 
 
 def fit_classifier(
@@ -48,6 +58,8 @@ def fit_classifier(
     store: Any = None,
     on_error: str = "raise",
     progress: bool = False,
+    calibrate: bool = True,
+    target_frr: float = 0.05,
     **params: Any,
 ) -> Any:
     """Extract features of the labelled ``items`` under ``prompt`` and fit ``method`` on all of them.
@@ -57,6 +69,8 @@ def fit_classifier(
             ``probe`` ...); default :data:`calm.methods.DEFAULT_METHOD`.
         batch_size, store, on_error, progress: as in :func:`calm.heads.extract` (with
             ``on_error="record"`` unreadable clips are left out, with a warning naming them).
+        calibrate: wrap the estimator in :class:`~calm.classifiers.Calibrated` (calibrated
+            probabilities, rejection at ``target_frr``, prediction sets), fitted on these items.
         params: the estimator's parameters (e.g. ``tau=0.1``).
 
     Returns:
@@ -84,7 +98,12 @@ def fit_classifier(
         warnings.warn(f"{len(features.failed)} clip(s) could not be loaded and were left out, e.g. {first[0]}: "
                       f"{first[1]}", stacklevel=2)
     label = {i.id: i.label for i in labelled}
-    return registry.get(method).make(**params).fit(features, [label[i] for i in features.ids])
+    estimator = registry.get(method).make(**params)
+    if calibrate:
+        from calm.classifiers import Calibrated
+
+        estimator = Calibrated(estimator, target_frr=target_frr)
+    return estimator.fit(features, [label[i] for i in features.ids])
 
 
 def load_backbone_for(classifier: Any, model: str | None = None, **options: Any) -> Backbone:
@@ -112,6 +131,9 @@ def predict_files(
     batch_size: int = 8,
     on_error: str = "raise",
     progress: bool = False,
+    reject: bool = False,
+    unknown_label: str = "unknown",
+    sets: float | None = None,
 ) -> list[Prediction]:
     """Label audio (or video) files with a fitted classifier, one :class:`Prediction` per path, in order.
 
@@ -121,7 +143,14 @@ def predict_files(
             or from another backbone than the classifier's raise ValueError naming both.
         on_error: ``"raise"``: a file that cannot be loaded raises an error naming it;
             ``"record"``: its row has ``error`` set and no label (never dropped).
+        reject: label a file ``unknown_label`` when its open-set score is below the classifier's
+            threshold (the row stays, with its score and probabilities).
+        sets: a coverage level (e.g. 0.9): also give each file's conformal prediction set.
+        Rejection and sets need a calibrated classifier (:class:`~calm.classifiers.Calibrated`).
     """
+    if (reject or sets is not None) and not hasattr(classifier, "predict_open"):
+        raise ValueError("rejection and prediction sets need a calibrated classifier; refit it with calm fit "
+                         "(which calibrates by default) or wrap it in calm.classifiers.Calibrated")
     recorded = getattr(classifier, "fingerprint_", None) or {}
     if prompt is None:
         if "prompt" not in recorded:
@@ -136,10 +165,16 @@ def predict_files(
     if len(features):
         labels = classifier.predict(features)
         probabilities = classifier.predict_proba(features)
+        scores = [None] * len(labels)
+        if reject:
+            labels, scores = classifier.predict_open(features, unknown=unknown_label)
+        members = [None] * len(labels)
+        if sets is not None:
+            members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
         names = [str(c) for c in classifier.classes_]
-        for item_id, label, p in zip(features.ids, labels, probabilities):
-            rows[item_id] = Prediction(str(paths[int(item_id)]), str(label),
-                                       {c: float(v) for c, v in zip(names, p)})
+        for item_id, label, p, score, in_set in zip(features.ids, labels, probabilities, scores, members):
+            rows[item_id] = Prediction(str(paths[int(item_id)]), str(label), {c: float(v) for c, v in zip(names, p)},
+                                       score=None if score is None else float(score), prediction_set=in_set)
     for item_id, reason in features.failed.items():
         path = str(paths[int(item_id)])
         rows[item_id] = Prediction(path, None, {}, reason.removeprefix(f"{path}: "))

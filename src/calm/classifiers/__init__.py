@@ -16,10 +16,11 @@ from calm.classifiers.plots import plot_weight_maps, weight_maps
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.reliability_vote import CALMClassifier
 from calm.classifiers.sav import SAVClassifier
+from calm.classifiers.trust import Calibrated
 from calm.classifiers.tuning import DEFAULT_GRID, TunedCALMClassifier, TuningResult, tune_calm
 
 __all__ = [
-    "CALMClassifier", "CONSTANT_TOL", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",
+    "CALMClassifier", "CONSTANT_TOL", "Calibrated", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",
     "LogisticProbe", "NotFittedError", "SAVClassifier", "SCHEMES", "TopNSoftVoteClassifier", "TunedCALMClassifier",
     "TuningResult", "UniformVoteClassifier", "load", "plot_weight_maps", "save", "tune_calm", "weight_maps",
 ]

@@ -2,7 +2,9 @@
 
 The metadata records the file format and version, the estimator class and its parameters, the
 classes, the head index, the fingerprint of the backbone and prompt that produced the features,
-and a SHA-256 checksum of the arrays. Loading checks all of it: an unreadable file, another
+and a SHA-256 checksum of the arrays. A :class:`~calm.classifiers.trust.Calibrated` classifier is
+its fitted estimator's file plus a ``calibration`` entry (settings, temperature, threshold) and
+its arrays under ``calibration.``. Loading checks all of it: an unreadable file, another
 format or version, an unknown estimator, invalid parameters, a head index of the wrong length,
 arrays of the wrong shape or whose checksum differs (an edited file), or a fingerprint that
 differs from the one asked for raise ValueError naming the file and saying which.
@@ -20,16 +22,19 @@ from typing import Any, Mapping
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from sklearn.base import clone
 
 from calm.classifiers._base import Estimator
+from calm.classifiers.trust import LOGIT_SOURCES, Calibrated, check_settings
 from calm.features import HeadIndex
 from calm.fingerprint import as_json, check_fingerprint
 from calm.methods import estimator_classes
 
 FORMAT = "calm-classifier"
 VERSION = 2
-"""Version 2 added the arrays' checksum; version 1 files (without it) still load."""
+"""Version 2 added the arrays' checksum and calibration; version 1 files (without them) still load."""
 READABLE_VERSIONS = (1, 2)
+CALIBRATION_PREFIX = "calibration."
 
 
 def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None,
@@ -42,6 +47,10 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         fingerprint: what produced the features, e.g. ``HeadFeatures.fingerprint`` (default: the
             one recorded at fit, if any); :func:`load` can then refuse features from elsewhere.
     """
+    calibrated = clf if isinstance(clf, Calibrated) else None
+    if calibrated is not None:
+        calibrated._check_fitted()
+        clf = calibrated.estimator_
     name = type(clf).__name__
     known = estimator_classes()
     if known.get(name) is not type(clf):
@@ -60,8 +69,14 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         "heads": None if heads is None else heads.to_dict(),
         "fingerprint": None if fingerprint is None else as_json(dict(fingerprint), "the fingerprint"),
         "fitted": as_json(clf._get_meta(), f"{name}'s fitted metadata"),
-        "sha256": _checksum(arrays),
     }
+    if calibrated is not None:
+        settings = {k: v for k, v in calibrated.get_params(deep=False).items() if k != "estimator"}
+        meta["calibration"] = {"params": as_json(settings, "the calibration settings"),
+                               "fitted": as_json(calibrated._get_meta(), "the calibration")}
+        arrays.update({CALIBRATION_PREFIX + key: np.ascontiguousarray(getattr(calibrated, key), dtype=np.float64)
+                       for key in calibrated._state_shapes()})
+    meta["sha256"] = _checksum(arrays)
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -109,11 +124,20 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
         raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(known)}")
     if estimator is not None and cls is not estimator:
         raise ValueError(f"{path}: holds a {name}, not a {estimator.__name__}")
-    clf = _restore(cls, meta, arrays, path)
+    intact = meta["version"] < 2 or meta.get("sha256") == _checksum(arrays)
+    calibration = {k[len(CALIBRATION_PREFIX):]: v for k, v in arrays.items() if k.startswith(CALIBRATION_PREFIX)}
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(CALIBRATION_PREFIX)}
+    clf = _restore(cls, meta, arrays, path)  # names a wrong shape first: the more telling error
+    if not intact:
+        raise ValueError(f"{path}: the arrays do not match the checksum in the metadata (edited or damaged file)")
     if fingerprint is not None:
         if clf.fingerprint_ is None:
             raise ValueError(f"{path}: the file records no feature fingerprint to check against {dict(fingerprint)}")
         check_fingerprint(clf.fingerprint_, fingerprint, str(path))
+    if "calibration" in meta:
+        return _restore_calibration(clf, meta["calibration"], calibration, path)
+    if calibration:
+        raise ValueError(f"{path}: calibration arrays without calibration metadata (edited or damaged file)")
     return clf
 
 
@@ -141,11 +165,37 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
         if arrays[key].dtype.kind == "f" and not np.isfinite(arrays[key]).all():
             raise ValueError(f"{path}: array {key!r} holds NaN or inf")
         setattr(clf, key, np.array(arrays[key], order="C"))  # an aligned, writeable copy
-    if meta["version"] >= 2 and meta.get("sha256") != _checksum(arrays):
-        raise ValueError(f"{path}: the arrays do not match the checksum in the metadata (edited or damaged file)")
     heads = arrays.get("heads_")
     if heads is not None and (heads.size == 0 or heads.min() < 0 or heads.max() >= clf.n_heads_in_):
         raise ValueError(f"{path}: selected heads out of range 0..{clf.n_heads_in_ - 1}")
+    return clf
+
+
+def _restore_calibration(estimator: Estimator, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                         path: Path) -> Calibrated:
+    """The Calibrated wrapper around a restored estimator, its settings and arrays checked."""
+    try:
+        clf = Calibrated(clone(estimator), **meta["params"])
+        check_settings(clf.target_frr, clf.open_score, clf.n_folds)
+        clf._set_meta(meta["fitted"])
+        clf.n_calibration_ = int(clf.n_calibration_)
+        clf.temperature_ = float(clf.temperature_)
+        if not (clf.temperature_ > 0 and np.isfinite(clf.temperature_)) or clf.logit_source_ not in LOGIT_SOURCES:
+            raise ValueError(f"temperature {clf.temperature_!r}, scores {clf.logit_source_!r}")
+        if (clf.threshold_ is None) != (clf.n_calibration_ == 0):
+            raise ValueError("a rejection threshold needs calibration items, and calibration items give one")
+    except (TypeError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: damaged calibration metadata: {error!r}") from None
+    expected = clf._state_shapes()
+    if set(arrays) != set(expected):
+        raise ValueError(f"{path}: calibration arrays {sorted(arrays)}, expected {sorted(expected)}")
+    for key, (size,) in expected.items():
+        values = arrays[key]
+        if values.shape != (size,) or not np.isfinite(values).all():
+            raise ValueError(f"{path}: calibration array {key!r} has shape {values.shape} or non-finite values, "
+                             f"expected {size} finite values")
+        setattr(clf, key, np.array(values))
+    clf.estimator_, clf.classes_ = estimator, estimator.classes_
     return clf
 
 

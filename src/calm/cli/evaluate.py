@@ -21,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
         zero_shot=False if args.no_zero_shot else (None if named else True),
         pseudo_label=False if args.no_pseudo_label else (None if named else True),
         progress=not args.quiet, query_fold=args.query_fold,
-        samples=args.samples, max_new_tokens=args.max_new_tokens,
+        samples=args.samples, max_new_tokens=args.max_new_tokens, trust=not args.no_trust,
     )
     paths = report.write(args.out)
     print(report.markdown())
@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
     parser.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot baseline")
     parser.add_argument("--no-pseudo-label", action="store_true", help="leave out the pseudo-label variant")
+    parser.add_argument("--no-trust", action="store_true",
+                        help="skip calibration, prediction-set and open-set metrics (they refit each method a few "
+                             "times per episode)")
     parser.add_argument("--samples", type=int, default=5, help="sampled answers per support clip for pseudo-labels")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     add_backbone_arguments(parser)

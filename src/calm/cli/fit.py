@@ -30,9 +30,11 @@ def _run(args: argparse.Namespace) -> int:
     items = load_dataset(args.data)
     backbone = load_model(args)
     clf = fit_classifier(backbone, items, args.prompt, args.method, batch_size=args.batch_size, store=args.store,
-                         on_error=args.on_error, progress=not args.quiet, **dict(args.param))
+                         on_error=args.on_error, progress=not args.quiet, calibrate=not args.no_calibrate,
+                         target_frr=args.target_frr, **dict(args.param))
     path = save(clf, out)
-    print(f"{path}: {type(clf).__name__} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
+    calibrated = " (calibrated)" if hasattr(clf, "estimator_") else ""
+    print(f"{path}: {type(getattr(clf, 'estimator_', clf)).__name__}{calibrated} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
           f"{', ...' if len(clf.classes_) > 8 else ''}); prompt {args.prompt!r}")
     return 0
 
@@ -53,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="estimator parameter, repeatable (e.g. --param tau=0.1 --param top_k=50)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
+    parser.add_argument("--target-frr", type=float, default=0.05,
+                        help="share of known-class clips calm predict --reject may call unknown (default: 0.05)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="save the plain classifier: uncalibrated probabilities, no --reject or --sets")
     add_backbone_arguments(parser)
     add_on_error_argument(parser, "is left out with a warning")
     parser.set_defaults(func=_run)

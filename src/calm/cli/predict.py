@@ -12,18 +12,38 @@ from typing import Any, Sequence, TextIO
 from calm.cli._common import add_backbone_arguments, add_on_error_argument, check_writable_file
 
 
-def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str) -> None:
-    """Predictions as CSV (path, label, error, one probability column per class) or JSON lines."""
+def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str, score: bool = False,
+               sets: bool = False) -> None:
+    """Predictions as CSV (path, label, error, [score], [set: a JSON list], one probability column
+    per class) or JSON lines (with ``score`` and ``set`` keys when asked for)."""
     if fmt == "jsonl":
         for row in rows:
-            handle.write(json.dumps({"path": row.path, "label": row.label, "probabilities": row.probabilities,
-                                     "error": row.error}) + "\n")
+            record = {"path": row.path, "label": row.label, "probabilities": row.probabilities, "error": row.error}
+            if score:
+                record["score"] = row.score
+            if sets:
+                record["set"] = None if row.prediction_set is None else list(row.prediction_set)
+            handle.write(json.dumps(record) + "\n")
         return
     writer = csv.writer(handle)
-    writer.writerow(["path", "label", "error", *(f"p_{c}" for c in classes)])
+    writer.writerow(["path", "label", "error", *(["score"] if score else []), *(["set"] if sets else []),
+                     *(f"p_{c}" for c in classes)])
     for row in rows:
-        writer.writerow([row.path, row.label or "", row.error or "",
+        extra = [f"{row.score:.6g}" if row.score is not None else ""] if score else []
+        if sets:
+            extra.append(json.dumps(list(row.prediction_set)) if row.prediction_set is not None else "")
+        writer.writerow([row.path, row.label or "", row.error or "", *extra,
                          *(f"{row.probabilities[c]:.6g}" if c in row.probabilities else "" for c in classes)])
+
+
+def _level(text: str) -> float:
+    try:
+        level = float(text)
+    except ValueError:
+        level = float("nan")
+    if not 0 < level < 1:
+        raise argparse.ArgumentTypeError(f"a coverage level strictly between 0 and 1, got {text!r}")
+    return level
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,9 +55,11 @@ def _run(args: argparse.Namespace) -> int:
     backbone = load_backbone_for(clf, args.model, device=args.device, dtype=args.dtype, fast=args.fast,
                                  compile=args.compile or None, encoder_seconds=args.encoder_seconds)
     rows = predict_files(backbone, clf, args.files, prompt=args.prompt, batch_size=args.batch_size,
-                         on_error=args.on_error, progress=not args.quiet)
+                         on_error=args.on_error, progress=not args.quiet, reject=args.reject,
+                         unknown_label=args.unknown_label, sets=args.sets)
     with open(out, "w", newline="") if out else nullcontext(sys.stdout) as handle:
-        write_rows(rows, [str(c) for c in clf.classes_], handle, args.format)
+        write_rows(rows, [str(c) for c in clf.classes_], handle, args.format, score=args.reject,
+                   sets=args.sets is not None)
     failed = sum(row.error is not None for row in rows)
     if failed:
         print(f"calm predict: {failed} of {len(rows)} file(s) could not be read (see their rows' error)",
@@ -56,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="feature prompt, only for a classifier that records none (default: the classifier's)")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="default: csv")
     parser.add_argument("--out", default=None, help="output file (default: standard output)")
+    parser.add_argument("--reject", action="store_true",
+                        help="label clips unlike every class (open-set score below the threshold chosen at fit for "
+                             "its false-rejection rate, 5%% by default) as unknown; adds a score column; no clip is "
+                             "dropped")
+    parser.add_argument("--unknown-label", default="unknown", help="label of rejected clips (default: unknown)")
+    parser.add_argument("--sets", type=_level, default=None, metavar="LEVEL",
+                        help="also print each clip's conformal prediction set at this coverage, e.g. 0.9")
     add_backbone_arguments(parser, model_required=False,
                            model_help="the model (default: the one the classifier records; if given, it must "
                                       "give the same features)")

@@ -1,4 +1,5 @@
-"""Report figures (PNG): a metric against shots per method, CALM's head weights, a confusion matrix.
+"""Report figures (PNG): a metric against shots per method, CALM's head weights, a confusion
+matrix, a reliability diagram.
 
 matplotlib is imported only to draw, through its object API (no pyplot state, no display needed).
 """
@@ -86,6 +87,33 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     if title:
         ax.set_title(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_reliability(bins: dict[str, dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per
+    method, before (left) and after (right) calibration, from
+    :meth:`~calm.evaluation.trust.TrustRecorder.largest_shot_bins` (bins summed over seeds)."""
+    from calm.evaluation.calibration import ece_from_bins
+
+    fig = _figure(10.0, 4.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key in zip(axes, ("uncalibrated", "calibrated")):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for method, entry in bins.items():
+            count, confidence, correct = np.asarray(entry[key], dtype=float)
+            used = count > 0
+            ax.plot(confidence[used] / count[used], correct[used] / count[used], marker="o", markersize=3,
+                    label=f"{method} ({entry['shots']}-shot, ECE {ece_from_bins(count, confidence, correct):.3f})")
+        ax.set_title(f"{key} probabilities")
+        ax.set_xlabel("confidence (largest probability)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("accuracy")
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path

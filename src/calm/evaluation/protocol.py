@@ -24,6 +24,11 @@ support's true labels are used only for the class-balanced draw that all methods
 report the pseudo-labels' accuracy). On a backbone that answers no questions (Whisper) they are
 skipped, with a note.
 
+Trust (``trust=True``, the default): every single-label method is also wrapped in
+:class:`~calm.classifiers.Calibrated` (calibrated from its support alone) and scored for
+calibration, 90% prediction sets and, on multiclass tasks, open-set rejection; see
+:mod:`calm.evaluation.trust` for which metrics apply to which task.
+
 Identical clips (same content hash) never sit on both sides of an episode: a query that duplicates
 a support clip is left out, with a note.
 """
@@ -69,6 +74,7 @@ def evaluate(
     samples: int = 5,
     temperature: float = 1.0,
     max_new_tokens: int = 16,
+    trust: bool = True,
 ) -> EvaluationReport:
     """Extract once, then evaluate every method on the same episodes.
 
@@ -84,6 +90,7 @@ def evaluate(
         answer_template: the question both ask (default by task, see :func:`~calm.evaluation.zeroshot.answer_prompt`).
         samples, temperature: sampled answers per support clip for the pseudo-labels.
         max_new_tokens: answer length limit.
+        trust: as in :func:`evaluate_features`.
 
     Items whose files cannot be loaded are left out and listed in the report's ``failed``.
     """
@@ -114,7 +121,7 @@ def evaluate(
                                       batch_size=batch_size, progress=progress))
     return evaluate_features(features, labelled, shots=shots, seeds=seeds, methods=chosen, task=task,
                              query_fold=query_fold, progress=progress, answers=answers, params=params,
-                             content=content, notes=notes)
+                             content=content, notes=notes, trust=trust)
 
 
 def _model_answers(backbone: Backbone, labelled: list[Item], episodes_plan: dict, chosen: list[str], task: str,
@@ -155,6 +162,7 @@ def evaluate_features(
     params: dict[str, dict[str, Any]] | None = None,
     content: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    trust: bool = True,
 ) -> EvaluationReport:
     """Evaluate methods on precomputed features (no model runs).
 
@@ -173,6 +181,8 @@ def evaluate_features(
         params: method name -> parameters overriding its defaults (e.g. ``{"calm": {"tau": 0.1}}``).
         content: item id -> content hash; identical clips are kept on one side of every episode.
         notes: notes to start the report's notes with.
+        trust: also calibrate each method on its support and report calibration, prediction-set
+            and open-set metrics (:mod:`calm.evaluation.trust`; not for multilabel tasks).
     """
     chosen = resolve_methods(methods)
     params = params or {}
@@ -185,7 +195,7 @@ def evaluate_features(
     labelled = [i for i in items if i.label is not None]
     task = check_task(task, labelled)
     settings = {name: registry.get(name).split(params.get(name, {})) for name in chosen}
-    runner = Runner(task, classes_of(labelled), answers, features, settings)
+    runner = Runner(task, classes_of(labelled), answers, features, settings, trust)
     for message in notes:
         runner.add_note(message)
     if content is not None:
@@ -206,7 +216,8 @@ def evaluate_features(
         warnings.warn(message, stacklevel=2)
     return EvaluationReport(
         task=task, classes=runner.classes, heads=features.heads,
-        config=configuration(features, labelled, episodes_plan, settings, task, answers),
+        config=configuration(features, labelled, episodes_plan, settings, task, answers, trust),
         results=runner.results, confusion=runner.confusion, calm_weights=runner.mean_calm_weights(),
         zero_shot=runner.zero_shot_summary(), notes=runner.notes,
+        reliability=runner.trust.largest_shot_bins() if runner.trust is not None else {},
     )

@@ -11,6 +11,7 @@ import torch
 from calm import methods as registry
 from calm.data.episodes import Episode
 from calm.data.items import Item
+from calm.evaluation.trust import OPEN_SET_SHARE, SET_LEVEL
 from calm.evaluation.zeroshot import ModelAnswers
 from calm.features import HeadFeatures
 
@@ -31,7 +32,7 @@ def constant_heads(features: HeadFeatures) -> list[int]:
 
 def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int, list[Episode]],
                   settings: dict[str, tuple[dict[str, Any], dict[str, Any]]], task: str,
-                  answers: ModelAnswers | None) -> dict[str, Any]:
+                  answers: ModelAnswers | None, trust: bool) -> dict[str, Any]:
     """Everything that produced the numbers."""
     import calm
 
@@ -57,6 +58,7 @@ def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int,
         "shots": list(plan),
         "seeds": [ep.seed for ep in first],
         "methods": methods,
+        "trust": {"open_set_share": OPEN_SET_SHARE, "set_level": SET_LEVEL} if trust and task != "multilabel" else None,
         "protocol": {
             "name": first[0].protocol,
             "support_query_disjoint": all({i.id for i in ep.support}.isdisjoint(i.id for i in ep.query)

@@ -41,6 +41,8 @@ class EvaluationReport:
         calm_weights: (shots, CALM's weights [K, C] averaged over seeds) at the largest shot count.
         zero_shot: the question, how answers mapped, unmappable examples.
         notes: warnings raised while evaluating (each once).
+        reliability: method -> reliability bins at its largest shot count, before and after
+            calibration (:meth:`calm.evaluation.trust.TrustRecorder.largest_shot_bins`).
     """
 
     task: str
@@ -52,6 +54,7 @@ class EvaluationReport:
     calm_weights: tuple[int, np.ndarray] | None = None
     zero_shot: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    reliability: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -81,6 +84,41 @@ class EvaluationReport:
             out.append(summary)
         return out
 
+    def trust_rows(self) -> list[dict[str, Any]]:
+        """Per method and shot count, the mean over seeds of each trust metric (None where none applied)."""
+        from calm.evaluation.trust import TRUST_METRICS
+
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in self.results:
+            if "trust" in row:
+                groups.setdefault((row["method"], row["shots"]), []).append(row["trust"])
+        out = []
+        for (method, shots), rows in groups.items():
+            summary: dict[str, Any] = {"method": method, "shots": shots}
+            for name in TRUST_METRICS:
+                values = [r[name] for r in rows if _finite(r.get(name))]
+                summary[name] = float(np.mean(values)) if values else None
+            out.append(summary)
+        return out
+
+    def _trust_markdown(self) -> list[str]:
+        rows = self.trust_rows()
+        if not rows:
+            return []
+        columns = [("ece_uncalibrated", "ECE raw"), ("ece", "ECE"), ("nll_uncalibrated", "NLL raw"), ("nll", "NLL"),
+                   ("brier", "Brier"), ("coverage_90", "coverage@90"), ("set_size_90", "set size"),
+                   ("auroc", "open-set AUROC"), ("fpr_at_95_tpr", "FPR@95TPR")]
+        caption = ("Trust (mean over seeds; ECE/NLL/Brier of the calibrated probabilities, raw = before "
+                   "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
+                   "their queries unknown, energy score):")
+        lines = ["", caption, "",
+                 "| method | shots | " + " | ".join(label for _, label in columns) + " |",
+                 "|" + "---|" * (len(columns) + 2)]
+        for row in rows:
+            cells = ["—" if row[key] is None else f"{row[key]:.3f}" for key, _ in columns]
+            lines.append(f"| {row['method']} | {row['shots']} | " + " | ".join(cells) + " |")
+        return lines
+
     def markdown(self) -> str:
         """A Markdown table (method x shots, mean ± 95% interval over seeds, in %) and notes."""
         seeds = len(self.config.get("seeds", ()))
@@ -102,6 +140,7 @@ class EvaluationReport:
             lines.append(f"Constant heads (carry nothing, left out of votes): {len(constant)} of "
                          f"{self.config['heads']['count']}, e.g. {', '.join(constant[:4])}.")
         lines += self._answer_notes()
+        lines += self._trust_markdown()
         if self.notes:
             lines += ["", "Notes:"] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
@@ -133,6 +172,7 @@ class EvaluationReport:
             "summary": self.summary_rows(), "results": self.results,
             "confusion": {m: {str(k): v.tolist() for k, v in by.items()} for m, by in self.confusion.items()},
             "calm_weights": weights, "zero_shot": self.zero_shot, "notes": self.notes,
+            "trust": self.trust_rows(), "reliability": self.reliability,
         })
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
@@ -154,6 +194,8 @@ class EvaluationReport:
             paths["weights_plot"] = plots.plot_class_weights(weights, self.classes, self.heads,
                                                              out / "calm_weights.png",
                                                              title=f"CALM head weights, {shots}-shot, mean over seeds")
+        if self.reliability:
+            paths["reliability_plot"] = plots.plot_reliability(self.reliability, out / "reliability.png")
         if "calm" in self.confusion:
             shots = max(self.confusion["calm"])
             paths["confusion_plot"] = plots.plot_confusion(self.confusion["calm"][shots], self.classes,

@@ -15,6 +15,7 @@ from calm.data.episodes import Episode
 from calm.evaluation import metrics
 from calm.evaluation.answers import AnswerMatch
 from calm.evaluation.strategies import EpisodeData, answer_match
+from calm.evaluation.trust import TrustRecorder
 from calm.evaluation.zeroshot import ModelAnswers
 from calm.features import HeadFeatures
 
@@ -26,7 +27,7 @@ class Runner:
     """Fits and scores methods episode by episode, collecting results, confusion counts and notes."""
 
     def __init__(self, task: str, classes: list[str], answers: ModelAnswers | None, features: HeadFeatures,
-                 settings: Settings) -> None:
+                 settings: Settings, trust: bool = False) -> None:
         self.task = task
         self.classes = classes
         self.answers = answers
@@ -38,6 +39,7 @@ class Runner:
         self.calm_weights: dict[int, list[np.ndarray]] = {}
         self.notes: list[str] = []
         self._matches: dict[str, AnswerMatch | None] = {}
+        self.trust = TrustRecorder(task, classes) if trust and task != "multilabel" else None
 
     def note(self, caught: list[warnings.WarningMessage], where: str) -> None:
         """Move caught warnings into the notes (each message once)."""
@@ -53,7 +55,7 @@ class Runner:
         """Every method on one episode. A method that cannot run on it (too few shots to tune, a
         missing optional package ...) is reported as not evaluated, with the reason; the others go on."""
         support, query = episode
-        data = EpisodeData(shots, support, query, self.features.select([i.id for i in support]),
+        data = EpisodeData(shots, episode.seed, support, query, self.features.select([i.id for i in support]),
                            self.features.select([i.id for i in query]))
         for name, (params, options) in self.settings.items():
             started = time.perf_counter()

@@ -25,6 +25,7 @@ class EpisodeData:
     """One episode as a method sees it: shots, support and query items and their features."""
 
     shots: int
+    seed: int
     support: list[Item]
     query: list[Item]
     Xs: HeadFeatures
@@ -54,7 +55,15 @@ class EstimatorStrategy:
             if skipped:
                 extra["labels_without_classifier"] = skipped
             return {"metrics": runner.multilabel_metrics(data.y_true, scores, decisions), **extra}
-        clf = self.method.make(**params).fit(Xs, np.asarray(ys))
+        if runner.trust is not None:
+            from calm.classifiers import Calibrated
+
+            calibrated = Calibrated(self.method.make(**params)).fit(Xs, np.asarray(ys))
+            clf = calibrated.estimator_
+            extra["trust"] = runner.trust.score(self.method.name, data.shots, data.seed, calibrated,
+                                                lambda: self.method.make(**params), Xs, ys, data.Xq, data.y_true)
+        else:
+            clf = self.method.make(**params).fit(Xs, np.asarray(ys))
         pred = clf.predict(data.Xq).tolist()
         score = difference(clf, data.Xq, "bonafide", "spoof") if runner.task == "spoof" else None
         runner.record_fit(self.method.name, data.shots, clf)
