@@ -21,6 +21,7 @@ import soundfile
 from calm.app import AppSession, BusyError, make_server
 from calm.media import MediaLoadError
 from calm.backbones import load_backbone
+from calm.classifiers.trust import describe
 from calm.classifiers import save
 from calm.classifiers.profile import layer_profile
 from calm.cli import build_parser, main
@@ -90,7 +91,7 @@ def test_fit_is_fit_classifier_and_a_new_clip_is_the_only_one_extracted(session,
     assert len(store) == 5
     store.close()
     direct = fit_classifier(backbone, session.items(), PROMPT)
-    assert result.method == type(direct).__name__
+    assert result.method == describe(direct)
     assert np.allclose(session.classifier.weights_, direct.weights_, atol=1e-6)
 
 

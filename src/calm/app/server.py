@@ -43,6 +43,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from calm.app.session import AppSession, BusyError
+from calm.classifiers.trust import describe
 
 log = logging.getLogger("calm.app")
 
@@ -143,7 +144,7 @@ class AppHandler(BaseHTTPRequestHandler):
             "model": session.backbone.model_id,
             "progress": asdict(session.progress),
             "classifier": None if classifier is None else {
-                "method": type(classifier).__name__,
+                "method": describe(classifier),
                 "classes": [str(c) for c in classifier.classes_],
                 "prompt": (getattr(classifier, "fingerprint_", None) or {}).get("prompt"),
             },

@@ -26,6 +26,7 @@ from calm.media import MediaLoadError, load_audio
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
 from calm.classifiers.profile import layer_profile
+from calm.classifiers.trust import describe
 from calm.data.items import Item
 from calm.data.loaders import load_dataset, media_item
 from calm.heads import extract, feature_fingerprint
@@ -153,7 +154,7 @@ class AppSession:
                 classifier = fit_classifier(self.backbone, items, self.prompt, batch_size=self.batch_size,
                                             store=store)
             self.classifier = classifier
-        return FitResult(type(classifier).__name__, [str(c) for c in classifier.classes_], len(items),
+        return FitResult(describe(classifier), [str(c) for c in classifier.classes_], len(items),
                          list(dict.fromkeys(str(w.message) for w in caught)))
 
     def classify(self, filename: str, data: bytes) -> Prediction:
@@ -191,7 +192,7 @@ class AppSession:
     def weight_map_png(self, path: str | Path) -> Path:
         """The head x class weight maps of the classifier as a PNG (:func:`calm.classifiers.plot_weight_maps`)."""
         classifier = self._fitted()
-        return plot_weight_maps(classifier, path, title=f"{type(classifier).__name__}: head weight per class")
+        return plot_weight_maps(classifier, path, title=f"{describe(classifier)}: head weight per class")
 
     def layer_profile(self) -> dict[str, list[float]]:
         """Share of the head weight per layer, per site (:func:`calm.classifiers.profile.layer_profile`)."""

@@ -294,3 +294,11 @@ def check_settings(target_frr: Any, open_score: str, n_folds: Any) -> None:
         raise ValueError(f"open_score must be one of {OPEN_SCORES}, got {open_score!r}")
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+
+
+def describe(classifier: Any) -> str:
+    """The classifier's name for people: its estimator's class, with "(calibrated)" when it is
+    wrapped in :class:`Calibrated`."""
+    if isinstance(classifier, Calibrated) and hasattr(classifier, "estimator_"):
+        return f"{type(classifier.estimator_).__name__} (calibrated)"
+    return type(classifier).__name__

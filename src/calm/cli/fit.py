@@ -23,6 +23,7 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     from calm.classifiers import save
+    from calm.classifiers.trust import describe
     from calm.data.loaders import load_dataset
     from calm.predict import fit_classifier
 
@@ -33,8 +34,7 @@ def _run(args: argparse.Namespace) -> int:
                          on_error=args.on_error, progress=not args.quiet, calibrate=not args.no_calibrate,
                          target_frr=args.target_frr, **dict(args.param))
     path = save(clf, out)
-    calibrated = " (calibrated)" if hasattr(clf, "estimator_") else ""
-    print(f"{path}: {type(getattr(clf, 'estimator_', clf)).__name__}{calibrated} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
+    print(f"{path}: {describe(clf)} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
           f"{', ...' if len(clf.classes_) > 8 else ''}); prompt {args.prompt!r}")
     return 0
 
