@@ -48,10 +48,13 @@ def run_demo(
     batch_size: int = 16,
     progress: bool = True,
     encoder_seconds: float | None = 5.0,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """Prepare the demo data (if missing), extract, evaluate every method over ``seeds`` seeds and
     write one report per task under ``out_dir`` (``methods``: default every registered method
-    that needs no chat model). Returns task name -> EvaluationReport."""
+    that needs no chat model). ``trust`` adds the calibration, open-set and prediction-set
+    metrics (each method is then refit on folds of its support: minutes more on a CPU). Returns
+    task name -> EvaluationReport."""
     from calm.backbones import load_backbone
     from calm.data.recipes import RECIPES
     from calm.data.loaders import load_dataset
@@ -78,6 +81,7 @@ def run_demo(
             zero_shot=False,
             pseudo_label=False,
             progress=progress,
+            trust=trust,
         )
         report.write(out / task.recipe)
         reports[task.recipe] = report

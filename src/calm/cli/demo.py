@@ -15,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--encoder-seconds", type=float, default=5.0,
                         help="Whisper encoder window in seconds (default 5: the clips' length); 30 = the reference")
+    parser.add_argument("--trust", action="store_true",
+                        help="also calibration, open-set and prediction-set metrics (refits each method per fold)")
     parser.set_defaults(func=_run)
 
 
@@ -22,5 +24,5 @@ def _run(args: argparse.Namespace) -> int:
     from calm.demo import run_demo
 
     run_demo(args.out, model=args.model, seeds=args.seeds, batch_size=args.batch_size,
-             encoder_seconds=None if args.encoder_seconds >= 30 else args.encoder_seconds)
+             encoder_seconds=None if args.encoder_seconds >= 30 else args.encoder_seconds, trust=args.trust)
     return 0
