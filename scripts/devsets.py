@@ -46,7 +46,8 @@ DEV_TASKS: tuple[DevTask, ...] = (
     DevTask("instruments", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("instruments-shift", "shifted", "A short recording of a sound.",
-            "fixed split: support = FluidR3 notes of even GM programs (16 per class), query = notes of the other programs of each family (20 per class)"),
+            "fixed split: each family's instruments in two groups (odd/even GM programs); "
+            "support = the larger group (20 per class), query = the other (16 per class)"),
     DevTask("languages", "in-domain", "A short recording of a sound.",
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("languages-shift", "shifted", "A short recording of a sound.",
@@ -75,7 +76,8 @@ def write_task(task: DevTask, backbone, out: Path, store: Path, batch_size: int)
     features = calm.extract(backbone, items, task.prompt, batch_size=batch_size, store=store,
                             on_error="record", order="store")
     if features.failed:
-        raise RuntimeError(f"{task.name}: {len(features.failed)} clips failed, e.g. {list(features.failed.items())[:3]}")
+        failed = list(features.failed.items())
+        raise RuntimeError(f"{task.name}: {len(failed)} clips failed, e.g. {failed[:3]}")
     by_id = {item.id: item for item in items}
     rows = [by_id[i] for i in features.ids]
     y = np.array([str(item.label) for item in rows])

@@ -59,7 +59,8 @@ def write_sf2(path: Path, presets: list[tuple[int, int, list[tuple[str, np.ndarr
                  _chunk(b"pmod", b"\0" * 10), _chunk(b"pgen", b"".join(pgen)), _chunk(b"inst", b"".join(inst)),
                  _chunk(b"ibag", b"".join(ibag)), _chunk(b"imod", b"\0" * 10), _chunk(b"igen", b"".join(igen)),
                  _chunk(b"shdr", b"".join(headers)))
-    body = b"sfbk" + _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1))) + _list(b"sdta", _chunk(b"smpl", smpl)) + pdta
+    info = _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)))
+    body = b"sfbk" + info + _list(b"sdta", _chunk(b"smpl", smpl)) + pdta
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
 
@@ -132,14 +133,15 @@ def test_instrument_families_leave_out_synthesised_samples(tmp_path):
         "guitar": ["Nylon"], "bass": ["Finger"], "strings": ["Violin"]}
 
 
-def _fake_font(path: Path, per_side: int) -> Path:
-    """Per instrument family, ``per_side`` samples of a support-side and of a query-side program."""
+def _fake_font(path: Path) -> Path:
+    """Per instrument family, 3 samples of one program and 2 of another: the piano's first program
+    (0) has more, elsewhere the program in GROUP_PROGRAMS (8i+1) has more than 8i."""
     presets = []
     for i, name in enumerate(GM_FAMILIES):
         if name in devsets.INSTRUMENT_FAMILIES:
-            for program in (8 * i, 4 if i == 0 else 8 * i + 1):
+            for program, count in ((0, 3), (4, 2)) if i == 0 else ((8 * i, 2), (8 * i + 1, 3)):
                 presets.append((program, 0, [(f"{name}{program}-{k}", _tone(2400, 1000 * program + k), 0, 0, MONO)
-                                             for k in range(per_side)]))
+                                             for k in range(count)]))
     return write_sf2(path, presets)
 
 
@@ -147,7 +149,7 @@ def _fake_font(path: Path, per_side: int) -> Path:
 def fake_packages(tmp_path, monkeypatch):
     """The recipes' Debian files replaced by hand-made fonts and a Tux Paint stamps tree (no network)."""
     devsets._soundfont.cache_clear()
-    files = {devsets.FLUID: _fake_font(tmp_path / "fluid.sf2", 3), devsets.TUXPAINT: tmp_path / "stamps"}
+    files = {devsets.FLUID: _fake_font(tmp_path / "fluid.sf2"), devsets.TUXPAINT: tmp_path / "stamps"}
     rng = np.random.default_rng(0)
     for lang in devsets.TUXPAINT_LANGUAGES:
         for k in range(4):
@@ -196,11 +198,13 @@ def test_instruments_shift_tiny_build(fake_packages, tmp_path):
     by_split = {split: [i for i in items if i.fold == split] for split in ("support", "query")}
     assert Counter(i.label for i in by_split["support"]) == {name: 3 for name in devsets.INSTRUMENT_FAMILIES}
     assert Counter(i.label for i in by_split["query"]) == {name: 2 for name in devsets.INSTRUMENT_FAMILIES}
-    programs = {split: {int(i.meta["content"].split(":")[0].split()[1]) for i in part} for split, part in by_split.items()}
-    assert programs["query"] <= devsets.QUERY_PROGRAMS and not programs["support"] & devsets.QUERY_PROGRAMS
-    assert 4 in programs["query"] and 0 in programs["support"]  # pianos: Electric Piano 1 is asked about
-    with pytest.raises(sources.DemoDataError, match="3 samples of family 'piano', 4 needed"):
-        devsets.instruments_shift_clips(support=4, query=2)
+    programs = {split: {int(i.meta["content"].split(":")[0].removeprefix("program ")) for i in part}
+                for split, part in by_split.items()}
+    families = [i for i, name in enumerate(GM_FAMILIES) if name in devsets.INSTRUMENT_FAMILIES][1:]
+    assert programs["support"] == {0} | {8 * i + 1 for i in families}  # the larger group of each family
+    assert programs["query"] == {4} | {8 * i for i in families}
+    with pytest.raises(sources.DemoDataError, match="2 samples of family 'piano', 3 needed"):
+        devsets.instruments_shift_clips(support=3, query=3)
 
 
 def test_languages_tiny_build(fake_packages, tmp_path):
@@ -228,7 +232,7 @@ def fluid() -> Path:
 def test_real_fluidr3_holds_both_instrument_tasks(fluid):
     devsets._soundfont.cache_clear()
     plan = devsets.instruments_shift_clips()  # raises if a family has too few samples on a side
-    assert Counter(c.split for c in plan) == {"support": 16 * 9, "query": 20 * 9}
+    assert Counter(c.split for c in plan) == {"support": 20 * 9, "query": 16 * 9}
     assert len({c.content for c in plan}) == len(plan)  # no recording on both sides
     clips = devsets.instruments_clips()
     assert Counter(c.label for c in clips) == {name: 40 for name in devsets.INSTRUMENT_FAMILIES}

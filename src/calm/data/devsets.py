@@ -53,10 +53,11 @@ _REUSING_FAMILIES = frozenset({"ensemble", "synth-lead", "synth-pad", "synth-eff
 _SYNTH_PROGRAMS = frozenset({5, 38, 39, 62, 63})
 _WAVEFORM = re.compile(r"wave|saw|square|sine|pulse", re.IGNORECASE)
 FLUID = ("fluid-soundfont-gm", "usr/share/sounds/sf2/FluidR3_GM.sf2")
-# instruments-shift: a sample is on the query side when the first program of its family that plays
-# it is one of these (the odd GM programs; for pianos Electric Piano 1 and Harpsichord, as the odd
-# ones share the grand piano's recordings), else on the support side.
-QUERY_PROGRAMS = frozenset(range(9, 80, 2)) | {4, 6}
+# instruments-shift splits each family's instruments in two groups: the samples whose first program
+# in the family is one of these (the odd GM programs; for pianos Electric Piano 1 and Harpsichord,
+# as the odd piano programs reuse the grand piano's recordings), and the others. The larger group
+# of each family is the support side, the other one the query side.
+GROUP_PROGRAMS = frozenset(range(9, 80, 2)) | {4, 6}
 TUXPAINT = ("tuxpaint-stamps-default", "usr/share/tuxpaint/stamps")
 # Tux Paint stamp languages with 300+ spoken names (most have 650-930).
 TUXPAINT_LANGUAGES: tuple[str, ...] = ("be", "bg", "ca", "da", "el", "es", "fr", "ro", "ru")
@@ -106,16 +107,25 @@ def _main_program(sample: Sample, name: str) -> int:
     return min(p for p in sample.programs if family(p) == name)
 
 
-def _note_clips(per_family: int, split: str, rng: random.Random, query_side: bool | None = None) -> list[Clip]:
-    """``per_family`` FluidR3 notes per instrument family; with ``query_side``, only samples of that side."""
+def _side(samples: list[Sample], name: str, split: str) -> list[Sample]:
+    """The samples of family ``name`` on the ``split`` side of instruments-shift (see GROUP_PROGRAMS)."""
+    grouped = [s for s in samples if _main_program(s, name) in GROUP_PROGRAMS]
+    others = [s for s in samples if _main_program(s, name) not in GROUP_PROGRAMS]
+    larger, smaller = (grouped, others) if len(grouped) > len(others) else (others, grouped)
+    return larger if split == "support" else smaller
+
+
+def _note_clips(per_family: int, split: str, rng: random.Random) -> list[Clip]:
+    """``per_family`` FluidR3 notes per instrument family: of any instrument (no ``split``), or of the
+    instruments of the ``split`` side of instruments-shift."""
     from calm.data.sources import Clip, DemoDataError
 
     path = debian_file(*FLUID)
     by_family, data, smpl = _soundfont(path)
     clips = []
     for name in INSTRUMENT_FAMILIES:
-        pool = [s for s in by_family.get(name, [])
-                if query_side is None or (_main_program(s, name) in QUERY_PROGRAMS) == query_side]
+        pool = by_family.get(name, [])
+        pool = _side(pool, name, split) if split else pool
         if len(pool) < per_family:
             raise DemoDataError(f"{path}: {len(pool)} samples of family {name!r}, {per_family} needed")
         for i, sample in enumerate(sorted(rng.sample(pool, per_family), key=lambda s: s.index)):
@@ -143,24 +153,24 @@ def prepare_instruments(out_dir: Path, verbose: bool = True) -> Path:
     return build_dataset("instruments", 4, instruments_clips, out_dir, verbose, SAMPLE_RATE)
 
 
-def instruments_shift_clips(support: int = 16, query: int = 20) -> list[Clip]:
+def instruments_shift_clips(support: int = 20, query: int = 16) -> list[Clip]:
     """The plan of ``instruments-shift``; see :func:`prepare_instruments_shift`."""
     rng = random.Random(SEED + 1)
-    return _note_clips(support, "support", rng, query_side=False) + _note_clips(query, "query", rng, query_side=True)
+    return _note_clips(support, "support", rng) + _note_clips(query, "query", rng)
 
 
 def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
     """Instrument family of a note played by instruments the support set never heard (FluidR3_GM).
 
-    The same 9 GM families as ``instruments``: support from even-numbered GM programs (e.g.
-    trumpet, tuba, horn; cello, tremolo strings, harp), query from the others (trombone, muted
-    trumpet, brass section; viola, contrabass, pizzicato); 16 support and 20 query notes per
-    family (324 clips).
+    The same 9 GM families as ``instruments``; each family's instruments are split in two groups
+    (odd and even GM programs, see GROUP_PROGRAMS), the larger group giving the support side
+    and the other the query side, e.g. brass: support trombone, muted trumpet, brass section;
+    query trumpet, tuba, horn. 20 support and 16 query notes per family (324 clips).
     Returns the path of ``metadata.csv``.
     """
     from calm.data.demo import build_dataset
 
-    return build_dataset("instruments-shift", 4, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
+    return build_dataset("instruments-shift", 5, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------------------- languages
