@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 from conftest import demo_sounds
 
-from calm.data import demo, sources
+from calm.data import speech as demo
+from calm.data import sources
 from calm.data.recipes import RECIPES
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm.data import demo, devsets, recipes, sources
+from calm.data import devsets, recipes, sources
+from calm.data import speech as demo
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
 from calm.data.soundfont import GM_FAMILIES, SoundFontError, read_samples, sample_audio

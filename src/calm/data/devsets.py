@@ -10,11 +10,11 @@ Every clip is a human-made recording, written as 16-bit mono WAV at 16 kHz, peak
 * ``tuxpaint-stamps-default`` (GPL-2): the Tux Paint stamps' spoken names, recorded by volunteer
   speakers of each language (``<stamp>_desc_<lang>.ogg``).
 * ``asterisk-core-sounds-{es,fr,ru}-wav`` (CC BY-SA 3.0): telephone prompts read by professional
-  speakers (:mod:`calm.data.demo`), the query side of ``languages-shift``.
+  speakers (:mod:`calm.data.speech`), the query side of ``languages-shift``.
 
 Packages are taken from the system when installed, else fetched with ``apt-get download`` and
 unpacked into ``<cache>/debian/<package>`` (no root needed). The recipes are registered in
-``calm.data.recipes.RECIPES`` and build with the demo's helpers (:func:`calm.data.demo.build_dataset`).
+``calm.data.recipes.RECIPES`` and build with the demo's helpers (:func:`calm.data.speech.build_dataset`).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def prepare_instruments(out_dir: Path, verbose: bool = True) -> Path:
     recorded, 0.2-1.5 s; no split column (support and query drawn at random per seed). Returns
     the path of ``metadata.csv``.
     """
-    from calm.data.demo import build_dataset
+    from calm.data.speech import build_dataset
 
     return build_dataset("instruments", 4, instruments_clips, out_dir, verbose, SAMPLE_RATE)
 
@@ -168,7 +168,7 @@ def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
     query trumpet, tuba, horn. 20 support and 16 query notes per family (324 clips).
     Returns the path of ``metadata.csv``.
     """
-    from calm.data.demo import build_dataset
+    from calm.data.speech import build_dataset
 
     return build_dataset("instruments-shift", 5, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
 
@@ -225,7 +225,7 @@ def prepare_languages(out_dir: Path, verbose: bool = True) -> Path:
     own volunteer(s), so speaker and language go together. No split column. Returns the path of
     ``metadata.csv``.
     """
-    from calm.data.demo import build_dataset
+    from calm.data.speech import build_dataset
 
     return build_dataset("languages", 1, languages_clips, out_dir, verbose, SAMPLE_RATE)
 
@@ -235,7 +235,7 @@ SHIFT_LANGUAGES: tuple[str, ...] = ("es", "fr", "ru")
 
 def languages_shift_clips(per_language: int = 40) -> list[Clip]:
     """The plan of ``languages-shift``; see :func:`prepare_languages_shift`."""
-    from calm.data.demo import bonafide_candidates
+    from calm.data.speech import bonafide_candidates
     from calm.data.sources import LANGUAGES, Clip, asterisk_sounds
 
     rng = random.Random(SEED + 1)
@@ -256,6 +256,6 @@ def prepare_languages_shift(out_dir: Path, verbose: bool = True) -> Path:
     professional speakers, 0.5-5 s). Spanish, French, Russian; 40 clips per language and side
     (240 clips). Returns the path of ``metadata.csv``.
     """
-    from calm.data.demo import build_dataset
+    from calm.data.speech import build_dataset
 
     return build_dataset("languages-shift", 1, languages_shift_clips, out_dir, verbose, SAMPLE_RATE)

@@ -1,6 +1,6 @@
 """The recipes of ``calm data prepare``: datasets built offline from Debian packages.
 
-* the demo tasks (:mod:`calm.data.demo`): ``spoken-numbers`` and ``spoof``;
+* the demo tasks (:mod:`calm.data.speech`): ``spoken-numbers`` and ``spoof``;
 * the dev tasks that choose calm's methods and defaults (:mod:`calm.data.devsets`, described in
   docs/devsets.md): ``instruments``, ``instruments-shift``, ``languages``, ``languages-shift``.
 
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import cache_dir
-from calm.data import demo, devsets
+from calm.data import devsets, speech
 
 RECIPES: dict[str, Callable[..., Path]] = {
-    "spoken-numbers": demo.prepare_spoken_numbers,
-    "spoof": demo.prepare_spoof,
+    "spoken-numbers": speech.prepare_spoken_numbers,
+    "spoof": speech.prepare_spoof,
     "instruments": devsets.prepare_instruments,
     "instruments-shift": devsets.prepare_instruments_shift,
     "languages": devsets.prepare_languages,

@@ -1,4 +1,4 @@
-"""Demo datasets made offline from Debian packages: human recordings and espeak-ng speech
+"""The demo's speech datasets, made offline from Debian packages: human recordings and espeak-ng speech
 (:mod:`calm.data.sources`), built by the recipes of ``calm data prepare``.
 
 Every clip is written as 16-bit mono WAV at 8 kHz, peak-normalised to -6 dBFS: TTS is resampled
