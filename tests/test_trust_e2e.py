@@ -38,8 +38,7 @@ def test_left_out_numbers_are_mostly_rejected():
             by_class.setdefault(item.label, []).append(item)
         support = [i for label, group in by_class.items() if label not in LEFT_OUT for i in group[:SHOTS]]
         new = [i for group in by_class.values() for i in group[SHOTS:SHOTS + NEW_PER_CLASS]]
-        backbone = load_backbone("whisper-base")
-        backbone.encoder_seconds = 5.0  # as the demo: its feature store already holds the support clips
+        backbone = load_backbone("whisper-base", encoder_seconds=5.0)  # as the demo: its store holds the support
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf = fit_classifier(backbone, support, "Someone says a number.", "calm", batch_size=16,
