@@ -17,9 +17,10 @@ model's own call. Generation always takes the model's own path.
 ``dtype="bfloat16"`` on a CPU is a mixed mode, not a bfloat16 copy of the model: the weights stay
 float32, the encoder (nearly all the work) runs under ``torch.autocast`` in bfloat16 (its matrix
 products use the CPU's bfloat16 units; residual stream and norms stay float32) and the decoder runs
-in float32 (about 2x faster than float32, per-head cosine ~0.9997 with it; a pure bfloat16 model
-was no faster and far less accurate, cosine ~0.99; see ``docs/benchmarks.md``). Its fingerprint
-says bfloat16, so its features never mix with float32 ones. On a GPU, bfloat16 is the plain model in bfloat16.
+in float32 (whisper-base on a Zen 4 core: 1.75x the float32 loop, min per-head cosine 0.9989 with
+it; a pure bfloat16 model was 2.07x but far less accurate, cosine 0.989; see
+``docs/benchmarks.md``). Its fingerprint says bfloat16, so its features never mix with float32
+ones. On a GPU, bfloat16 is the plain model in bfloat16.
 
 ``BackboneOptions.encoder_seconds`` (off by default) trades exactness for speed: clips are cut to that many
 seconds and the encoder runs on only that window of log-mel frames (position embeddings sliced to
@@ -156,6 +157,8 @@ class WhisperBackbone(Backbone):
         return {"encoder_outputs": (hidden,)}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> None:
+        """The model's own call (``fast=False``) or the encoder then :func:`decoder_sites` (the
+        decoder's layers run piece by piece there, so ``compile`` speeds up only the encoder)."""
         if not self.fast:
             with self.autocast():
                 super().forward(inputs)
