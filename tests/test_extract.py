@@ -195,8 +195,8 @@ def test_store_skips_finished_items(clips, tmp_path):
     assert sum(calls) == 5
     np.testing.assert_array_equal(np.asarray(again.X[:3]), np.asarray(first.X))
     plain = extract(backbone, clips[:5], PROMPT, batch_size=5)
-    # other batches: equal to float32 rounding, so at most one float16 step apart
-    np.testing.assert_allclose(np.asarray(again.X, np.float32), plain.X.astype(np.float32), rtol=2e-3, atol=1e-4)
+    # other batch sizes change GEMM blocking: float rounding, at most one float16 step apart
+    np.testing.assert_allclose(np.asarray(again.X, np.float32), plain.X.astype(np.float32), rtol=2e-3, atol=2e-3)
     assert again.ids == [item.id for item in clips[:5]]
 
 

@@ -43,6 +43,16 @@ ORDERS = ("input", "store")
 D = TypeVar("D")
 R = TypeVar("R")
 
+MAX_LOADER_THREADS = 4
+
+
+def default_loader_threads() -> int:
+    """Loader threads for this machine: one core fewer than it gives this process, at most
+    :data:`MAX_LOADER_THREADS` (so 0 on one core and 1 on two: decoding never takes a core the
+    model needs; measured in ``docs/benchmarks.md``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_LOADER_THREADS, cores - 1))
+
 
 def as_items(items: Sequence[Item | str | os.PathLike]) -> list[Item]:
     """Items as given; a path becomes an unlabelled item whose id is the path."""
@@ -76,7 +86,7 @@ def extract(
     *,
     stop_after_last_site: bool = False,
     dtype: Any = np.float16,
-    loader_threads: int = 4,
+    loader_threads: int | None = None,
     order: str = "input",
 ) -> HeadFeatures:
     """Head features of ``items`` under ``prompt`` (one forward pass per batch).
@@ -99,8 +109,8 @@ def extract(
         progress: show a progress bar (clips/s, ETA).
         stop_after_last_site: end each pass right after the last site (skips later layers).
         loader_threads: threads that decode clips in parallel while the model runs, the next
-            batches' inputs built meanwhile (0: everything inline). Results and failures are the
-            same for every value.
+            batches' inputs built meanwhile (0: everything inline; None: :func:`default_loader_threads`,
+            from the core count). Results and failures are the same for every value.
         order: ``"input"``: rows in the order of ``items``; ``"store"`` (with a store): in the
             order they were stored, so that rows stored together stay memory-mapped instead of
             being gathered into memory (for large datasets; match rows to items by ``ids``).
@@ -116,6 +126,8 @@ def extract(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if loader_threads is None:
+        loader_threads = default_loader_threads()
     if loader_threads < 0:
         raise ValueError(f"loader_threads must be at least 0, got {loader_threads}")
     items = as_items(items)

@@ -115,7 +115,7 @@ class Backbone:
         parameter = next(model.parameters())
         device = resolve_device(options.device) if options.device is not None else parameter.device
         dtype = resolve_dtype(options.dtype, device) if options.dtype is not None else parameter.dtype
-        self.model = model.to(device, dtype).eval()
+        self.model = model.to(device, self.weight_dtype(dtype, torch.device(device))).eval()
         self.processor = processor
         self.model_id = model_id
         self.revision = revision
@@ -128,6 +128,12 @@ class Backbone:
         self.sites = discover_sites(self.model, self.site_kinds)
         if options.compile:
             compile_layers(self.model)
+
+    @classmethod
+    def weight_dtype(cls, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        """The dtype the weights are held in for a backbone of ``dtype`` on ``device`` (usually
+        ``dtype``; a family may hold float32 weights and run parts in ``dtype`` under autocast)."""
+        return dtype
 
     @property
     def options(self) -> BackboneOptions:
@@ -187,7 +193,7 @@ class Backbone:
         device = resolve_device(options.device)
         options = options.replace(device=str(device))
         torch_dtype = resolve_dtype(options.dtype, device)
-        model = cls.load_model(transformers, str(name_or_path), config, torch_dtype)
+        model = cls.load_model(transformers, str(name_or_path), config, cls.weight_dtype(torch_dtype, device))
         processor = cls.load_processor(transformers, str(name_or_path))
         revision = local_revision(name_or_path) or getattr(config, "_commit_hash", None)
         return cls(model, processor, model_id=model_id or str(name_or_path), revision=revision,

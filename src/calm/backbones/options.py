@@ -22,9 +22,12 @@ class BackboneOptions:
     Attributes:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (None: cuda when a GPU is visible, else cpu).
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (short names such as ``"bf16"`` work);
-            None: float32 on a CPU, bfloat16 on a GPU.
+            None: float32 on a CPU, bfloat16 on a GPU. (Whisper's bfloat16 on a CPU is mixed:
+            float32 weights, the encoder under bfloat16 autocast.)
         fast: use the family's exact fast path where it has one (Qwen2-Audio: log-mel and audio
-            encoder on the frames that carry audio); False: the reference path, the model's own call.
+            encoder on the frames that carry audio; Qwen2.5-Omni: log-mel of those frames; Whisper:
+            cross-attention keys and values folded into the queries); False: the reference path,
+            the model's own call.
         compile: ``torch.compile`` each encoder and decoder layer (GPU; numerics change slightly).
         encoder_seconds: Whisper only: run the encoder on this many seconds instead of 30 (faster
             for short clips, but *changes* the features; None: the reference 30 s window).

@@ -14,6 +14,16 @@ resized to multiples of 28 px within a pixel budget, CLIP-normalised, 2-frame x 
 ordered by 2x2 merge groups). That needs no torchvision (the processor's video processor does)
 and gives every transformers version the same inputs. Rotary positions (3-D, per modality) are
 computed by the model from the attention mask, so left and right padding both work.
+
+The audio tower already runs only on the valid mel frames: the thinker keeps the frames the
+``feature_attention_mask`` marks (``input_features[mask]``), cuts each clip into windows of
+``2 x n_window`` frames and attends within each window (``cu_seqlens``), so padding never
+reaches the encoder and Qwen2-Audio's trimmed-encoder argument has nothing left to save. What
+the reference inputs still waste is the log-mel of 30 s per clip, in numpy on the CPU. With
+``BackboneOptions.fast`` (the default) only the first ``longest clip + 4`` mel frames are
+computed, in torch on the model's device; the kept frames equal the feature extractor's (the
+argument of :mod:`calm.backbones.qwen2_audio_fast`: the padded frames' log-mel is the floor, so
+the clamp's maximum is the same), so the features are the reference path's.
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from calm.backbones.audio_encoder import log_mel
 from calm.backbones.base import Backbone
+from calm.backbones.qwen2_audio_fast import kept_frames, mel_lengths
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -137,6 +149,11 @@ class Qwen2_5OmniBackbone(Backbone):
     full_model: tuple[str, str] = ("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration")
     """The full checkpoint's ``model_type`` and class: loaded, its thinker is kept (no talker)."""
 
+    @property
+    def fast(self) -> bool:
+        """Log-mel of the frames that carry audio only (the option; exact unless the feature extractor dithers)."""
+        return self.options.fast and not getattr(self.processor.feature_extractor, "dither", 0.0)
+
     @classmethod
     def load_model(cls, transformers: Any, name_or_path: str, config: Any, dtype: torch.dtype) -> nn.Module:
         model_type, class_name = cls.full_model
@@ -193,15 +210,11 @@ class Qwen2_5OmniBackbone(Backbone):
     ) -> dict[str, torch.Tensor]:
         if videos is not None and len(videos) != len(audios):
             raise ValueError(f"{len(videos)} videos for {len(audios)} audio clips")
-        features = self.processor.feature_extractor(
-            list(audios), sampling_rate=self.sample_rate, padding=self.audio_padding, return_attention_mask=True,
-            return_tensors="pt",
-        )
-        feature_mask = features["attention_mask"]
+        input_features, feature_mask = self.audio_features(audios)
         template = self.render_prompt(prompt, with_video=videos is not None)
         audio, video = self.audio_token, self.video_token
         texts = [template.replace(audio, audio * int(n)) for n in self.audio_token_count(feature_mask.sum(-1))]
-        batch: dict[str, Any] = {"input_features": features["input_features"], "feature_attention_mask": feature_mask}
+        batch: dict[str, Any] = {"input_features": input_features, "feature_attention_mask": feature_mask}
         if videos is not None:
             pixels, grids, counts = self.video_patches(videos)
             texts = [text.replace(video, video * n) for text, n in zip(texts, counts)]
@@ -215,6 +228,19 @@ class Qwen2_5OmniBackbone(Backbone):
     def audio_token_count(self, mel_frames: torch.Tensor) -> torch.Tensor:
         """Audio tokens for each clip's number of valid mel frames."""
         return audio_token_count(mel_frames)
+
+    def audio_features(self, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel frames [B, mels, T] and their mask [B, T]: the feature extractor's 30 s (reference)
+        or, on the fast path, only its first ``longest clip + 4`` frames, computed in torch."""
+        fe = self.processor.feature_extractor
+        if not self.fast:
+            out = fe(list(audios), sampling_rate=self.sample_rate, padding=self.audio_padding,
+                     return_attention_mask=True, return_tensors="pt")
+            return out["input_features"], out["attention_mask"]
+        lengths = torch.tensor(mel_lengths(audios, fe))
+        frames = kept_frames(int(lengths.max()), int(fe.nb_max_frames))
+        mask = (torch.arange(frames)[None, :] < lengths[:, None]).long()
+        return log_mel(audios, fe, frames, self.device), mask
 
     def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         # No position ids: the thinker derives its 3-D rotary positions from the attention mask.

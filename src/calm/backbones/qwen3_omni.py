@@ -63,5 +63,10 @@ class Qwen3OmniBackbone(Qwen2_5OmniBackbone):
 
     full_model = ("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration")
 
+    @property
+    def fast(self) -> bool:
+        """No fast path (Qwen2.5-Omni's is exact for its audio tower; this one's is not checked)."""
+        return False
+
     def audio_token_count(self, mel_frames: torch.Tensor) -> torch.Tensor:
         return audio_token_count(mel_frames, int(self.model.config.audio_config.n_window))

@@ -9,6 +9,19 @@ is ``<|startofprev|> {prompt}`` followed by the start tokens ``<|startoftranscri
 prefix is just the start tokens. Every clip gets the same prefix, so the token sequences never
 need padding; the encoder sees 30 s of (padded or cut) log-mel frames, as Whisper was trained.
 
+By default (``BackboneOptions.fast``) feature passes take the exact fast path of
+:mod:`calm.backbones.whisper_fast` (the decoder never projects the encoder's positions into
+cross-attention keys and values; same features up to float rounding); ``fast=False`` is the
+model's own call. Generation always takes the model's own path.
+
+``dtype="bfloat16"`` on a CPU is a mixed mode, not a bfloat16 copy of the model: the weights stay
+float32, the encoder (nearly all the work) runs under ``torch.autocast`` in bfloat16 (its matrix
+products use the CPU's bfloat16 units; residual stream and norms stay float32) and the decoder runs
+in float32 (whisper-base on a Zen 4 core: 1.75x the float32 loop, min per-head cosine 0.9989 with
+it; a pure bfloat16 model was 2.07x but far less accurate, cosine 0.989; see
+``docs/benchmarks.md``). Its fingerprint says bfloat16, so its features never mix with float32
+ones. On a GPU, bfloat16 is the plain model in bfloat16.
+
 ``BackboneOptions.encoder_seconds`` (off by default) trades exactness for speed: clips are cut to that many
 seconds and the encoder runs on only that window of log-mel frames (position embeddings sliced to
 match). Whisper's encoder has no padding mask, so unlike Qwen2-Audio's fast path this *changes*
@@ -23,14 +36,16 @@ questions, so methods that need a chat model's answers are skipped on it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import nullcontext
+from typing import Any, ContextManager, Sequence
 
 import numpy as np
 import torch
 from transformers import GenerationMixin
 
 from calm.backbones.audio_encoder import encoder_states, log_mel
-from calm.backbones.base import Backbone
+from calm.backbones.base import Backbone, StopForward
+from calm.backbones.whisper_fast import decoder_sites
 
 MULTILINGUAL_VOCAB = 51865
 """Whisper's multilingual checkpoints have at least this many tokens; English-only ones have fewer."""
@@ -50,6 +65,22 @@ class WhisperBackbone(Backbone):
     def encoder_seconds(self) -> float | None:
         """None: the reference 30 s encoder window. A number: the trimmed window (see the module docstring)."""
         return self.options.encoder_seconds
+
+    @classmethod
+    def weight_dtype(cls, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        """float32 weights for bfloat16 on a CPU (the mixed mode of the module docstring)."""
+        return torch.float32 if dtype == torch.bfloat16 and device.type == "cpu" else dtype
+
+    def autocast(self) -> ContextManager[Any]:
+        """bfloat16 autocast in the CPU's mixed mode; else nothing."""
+        if self.weight_dtype(self.dtype, self.device) == self.dtype:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def fast(self) -> bool:
+        """Whether feature passes take the exact fast path (the option ``fast``)."""
+        return self.options.fast
 
     @property
     def window_seconds(self) -> float | None:
@@ -121,8 +152,28 @@ class WhisperBackbone(Backbone):
         if frames is None:
             return {"input_features": inputs["input_features"]}
         encoder = self.model.get_encoder()
-        hidden = encoder_states(encoder, inputs["input_features"], frames, None)
-        return {"encoder_outputs": (encoder.layer_norm(hidden),)}
+        with self.autocast():
+            hidden = encoder.layer_norm(encoder_states(encoder, inputs["input_features"], frames, None))
+        return {"encoder_outputs": (hidden,)}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> None:
+        """The model's own call (``fast=False``) or the encoder then :func:`decoder_sites` (the
+        decoder's layers run piece by piece there, so ``compile`` speeds up only the encoder)."""
+        if not self.fast:
+            with self.autocast():
+                super().forward(inputs)
+            return
+        kwargs = self.encoder_inputs(inputs)
+        if "encoder_outputs" in kwargs:
+            encoded = kwargs["encoder_outputs"][0]
+        else:
+            with self.autocast():
+                encoded = self.model.get_encoder()(kwargs["input_features"]).last_hidden_state
+        decoder = self.model.get_decoder()
+        try:
+            decoder_sites(decoder, inputs["decoder_input_ids"], encoded.to(decoder.embed_tokens.weight.dtype))
+        except StopForward:
+            pass
 
     def forward_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {
@@ -134,13 +185,14 @@ class WhisperBackbone(Backbone):
 
     def run_generate(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         # The plain decoding loop, not Whisper's long-form generate: the prefix is ours.
-        return GenerationMixin.generate(
-            self.model,
-            **self.encoder_inputs(inputs),
-            decoder_input_ids=inputs["decoder_input_ids"],
-            pad_token_id=self.tokenizer.pad_token_id,
-            **options,
-        )
+        with self.autocast():
+            return GenerationMixin.generate(
+                self.model,
+                **self.encoder_inputs(inputs),
+                decoder_input_ids=inputs["decoder_input_ids"],
+                pad_token_id=self.tokenizer.pad_token_id,
+                **options,
+            )
 
     def prompt_length(self, inputs: dict[str, torch.Tensor]) -> int:
         return int(inputs["decoder_input_ids"].shape[1])
