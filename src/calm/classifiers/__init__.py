@@ -16,10 +16,12 @@ from calm.classifiers.io import load, save
 from calm.classifiers.plots import plot_weight_maps, weight_maps
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.sav import SAVClassifier
+from calm.classifiers.tuned_probe import TunedLogisticProbe
 from calm.classifiers.tuning import DEFAULT_GRID, TunedCALMClassifier, TuningResult, tune_calm
+from calm.classifiers.whitening import HeadWhitener
 
 __all__ = [
     "CALMClassifier", "CONSTANT_TOL", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",
     "LogisticProbe", "NotFittedError", "SAVClassifier", "SCHEMES", "TopNSoftVoteClassifier", "TunedCALMClassifier",
-    "TuningResult", "UniformVoteClassifier", "load", "plot_weight_maps", "save", "tune_calm", "weight_maps",
+    "TunedLogisticProbe", "TuningResult", "UniformVoteClassifier", "HeadWhitener", "load", "plot_weight_maps", "save", "tune_calm", "weight_maps",
 ]

@@ -23,8 +23,9 @@ class UniformVoteClassifier(SoftVoteClassifier):
         tau: posterior temperature.
     """
 
-    def __init__(self, tau: float = 0.07):
+    def __init__(self, tau: float = 0.07, geometry: str | dict = "cosine"):
         self.tau = tau
+        self.geometry = geometry
 
     def fit(self, X: Any, y: Any) -> "UniformVoteClassifier":
         check_positive("tau", self.tau)
@@ -45,7 +46,8 @@ class TopNSoftVoteClassifier(SoftVoteClassifier):
     Fitted attributes add ``head_scores_`` and ``heads_`` as in SAV, and ``weights_``.
     """
 
-    def __init__(self, n_heads: int = 20, tau: float = 0.07, scoring: str = "loo"):
+    def __init__(self, n_heads: int = 20, tau: float = 0.07, scoring: str = "loo", geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.n_heads = n_heads
         self.tau = tau
         self.scoring = scoring
@@ -71,7 +73,9 @@ class ClassAgnosticCALMClassifier(CALMClassifier):
             (shrinkage pulls each r_k toward the mean over heads with N/(N+alpha)).
     """
 
-    def __init__(self, tau: float = 0.07, tau_w: float = 1.0, shrinkage: float = 0.0, reliability: str = "loo"):
+    def __init__(self, tau: float = 0.07, tau_w: float = 1.0, shrinkage: float = 0.0, reliability: str = "loo",
+                 geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.tau = tau
         self.tau_w = tau_w
         self.shrinkage = shrinkage
@@ -102,8 +106,9 @@ class ConcatCentroidClassifier(PrototypeClassifier):
         tau: temperature of ``predict_proba`` only (predictions do not depend on it).
     """
 
-    def __init__(self, tau: float = 0.07):
+    def __init__(self, tau: float = 0.07, geometry: str | dict = "cosine"):
         self.tau = tau
+        self.geometry = geometry
 
     def fit(self, X: Any, y: Any) -> "ConcatCentroidClassifier":
         check_positive("tau", self.tau)

@@ -43,7 +43,9 @@ class CALMClassifier(SoftVoteClassifier):
     """
 
     def __init__(self, tau: float = 0.07, tau_w: float = 1.0, scheme: str = "margin_clamped",
-                 top_k: int | None = None, shrinkage: float = 0.0, reliability: str = "loo"):
+                 top_k: int | None = None, shrinkage: float = 0.0, reliability: str = "loo",
+                 geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.tau = tau
         self.tau_w = tau_w
         self.scheme = scheme
@@ -89,7 +91,7 @@ class CALMClassifier(SoftVoteClassifier):
 
     def _holdout_sums(self, features: Features, X_val: Any, y_val: Any, tau: float, scheme: str) -> ReliabilitySums:
         """Reliability sums over a labelled validation set scored against the fitted prototypes."""
-        val = Features(X_val, "X_val")
+        val = self._view(Features(X_val, "X_val"))
         if val.shape[1:] != features.shape[1:]:
             raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
                              f"{features.shape[1]} x {features.shape[2]}")

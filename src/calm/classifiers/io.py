@@ -25,6 +25,7 @@ from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentr
 from calm.classifiers.calm import CALMClassifier
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.sav import SAVClassifier
+from calm.classifiers.tuned_probe import TunedLogisticProbe
 from calm.classifiers.tuning import TunedCALMClassifier
 from calm.features import HeadIndex
 
@@ -33,6 +34,7 @@ VERSION = 1
 ESTIMATORS: dict[str, type[Estimator]] = {cls.__name__: cls for cls in (
     SAVClassifier, CALMClassifier, TunedCALMClassifier, UniformVoteClassifier, TopNSoftVoteClassifier,
     ClassAgnosticCALMClassifier, ConcatCentroidClassifier, LogisticProbe)}
+ESTIMATORS["TunedLogisticProbe"] = TunedLogisticProbe
 
 
 def _json_round_trip(value: Any, what: str) -> Any:

@@ -54,12 +54,13 @@ SPOOF_LABELS = ("bonafide", "spoof")
 class Method:
     """A method of the evaluation: the :mod:`calm.classifiers` estimator it fits (by class name;
     None for zero-shot), its own ``options`` (parameters that are not the estimator's, with their
-    defaults), and whether it needs the model's answers."""
+    defaults), whether it needs the model's answers, and estimator parameters it sets by default."""
 
     estimator: str | None
     description: str
     options: dict[str, Any] = field(default_factory=dict)
     needs_model: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def split(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``params`` as (estimator parameters, options with defaults filled in)."""
@@ -72,7 +73,7 @@ class Method:
 
         if self.estimator is None:
             raise ValueError(f"{self.description!r} fits no estimator")
-        return getattr(calm.classifiers, self.estimator)(**params)
+        return getattr(calm.classifiers, self.estimator)(**{**self.defaults, **params})
 
 
 METHODS: dict[str, Method] = {
@@ -85,6 +86,10 @@ METHODS: dict[str, Method] = {
     "topn-soft": Method("TopNSoftVoteClassifier", "ablation: equal-weight soft vote over SAV's top-n heads"),
     "agnostic": Method("ClassAgnosticCALMClassifier", "ablation: class-agnostic reliability weights"),
     "probe": Method("LogisticProbe", "logistic regression on all heads concatenated"),
+    "probe-tuned": Method("TunedLogisticProbe", "logistic probe with C chosen by cross-validation on the support"),
+    "sav-white": Method("SAVClassifier", "SAV on whitened heads", defaults={"geometry": "whitened"}),
+    "calm-white": Method("CALMClassifier", "CALM on whitened heads", defaults={"geometry": "whitened"}),
+    "calm-tuned-white": Method("TunedCALMClassifier", "tuned CALM on whitened heads", defaults={"geometry": "whitened"}),
     "pseudo-label": Method("CALMClassifier", "CALM fitted on the support clips the model labelled itself: majority "
                            "of sampled answers, kept when its share of the samples >= threshold",
                            {"threshold": 0.6}, needs_model=True),
