@@ -3,12 +3,15 @@
 A dev task is ``<dir>/<task>.npz`` (X float16 [N, K, D], y, ids, split, optional source) with
 ``<dir>/<task>.json`` (``kind``: ``in-domain`` or ``shifted``; how support and query are formed).
 The folder is read afresh on every run. Items become :class:`calm.data.items.Item` (``split`` as
-their fold, so the episodes follow the task's support/query split) and features
+their fold, so the episodes follow the task's support/query split; an empty split: support drawn
+at random per seed, query every other item) and features
 :class:`calm.features.HeadFeatures`; :func:`calm.evaluate.protocol.evaluate_features` does the rest.
 
     python benchmarks/dev_methods.py --out docs/dev-results.md
     python benchmarks/dev_methods.py --tasks spoof --methods sav sav-white --seeds 3
     python benchmarks/dev_methods.py --params '{"sav-white": {"geometry": {"shrinkage": 0.3}}}'
+    python benchmarks/dev_methods.py --tasks spoof --json a.json     # tasks in parallel processes,
+    python benchmarks/dev_methods.py --merge a.json b.json --out docs/dev-results.md   # then one table
 
 Shot counts a task cannot supply (fewer support items in some class) are skipped and said so.
 """
@@ -35,7 +38,7 @@ from calm.features import HeadFeatures, HeadIndex
 
 DEV_DIR = Path("/work/devfeatures")
 SHOTS = (1, 4, 5, 16)
-METHODS = ("sav", "calm", "calm-tuned", "probe", "probe-tuned", "sav-white", "calm-white", "calm-tuned-white", "auto")
+METHODS = ("sav", "calm", "probe", "probe-tuned", "sav-white", "calm-white", "calm-tuned-white", "auto")
 
 
 @dataclass
@@ -67,8 +70,8 @@ def load_task(npz: Path) -> DevTask:
         ("head", 0, k) for k in range(n_heads))
     fingerprint = {"model_id": info.get("model"), "prompt": info.get("prompt"), "task": npz.stem}
     features = HeadFeatures(X, heads, ids.tolist(), fingerprint)
-    items = [Item(i, None, label, fold=None if split is None else s)
-             for i, label, s in zip(ids.tolist(), y.tolist(), (split if split is not None else [None] * len(ids)))]
+    folds = split.tolist() if split is not None else [""] * len(ids)
+    items = [Item(i, None, label, fold=fold or None) for i, label, fold in zip(ids.tolist(), y.tolist(), folds)]
     return DevTask(npz.stem, kind, features, items, info)
 
 
@@ -89,8 +92,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--params", type=json.loads, default=None, help="JSON: method -> parameters")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
-    parser.add_argument("--json", type=Path, default=None, help="write the summary rows here")
+    parser.add_argument("--json", type=Path, default=None, help="write the tables and summary rows here")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, help="combine --json files of earlier runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        lines = [line for part in parts for line in part["lines"]]
+        text = "\n".join(lines + averages([r for part in parts for r in part["summary"]], "accuracy")) + "\n"
+        if args.out:
+            args.out.write_text(text)
+        print(text)
+        return
 
     tasks = [load_task(p) for p in sorted(args.dir.glob("*.npz")) if args.tasks is None or p.stem in args.tasks]
     if not tasks:
@@ -98,8 +112,8 @@ def main() -> None:
     command = "python benchmarks/dev_methods.py " + " ".join(sys.argv[1:])
     load = os.getloadavg()[0]
     lines = [f"Command: `{command}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-             f"load average {load:.1f} at start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({args.threads} "
+             f"thread(s)), load average {load:.1f} at start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     summary = []
     for task in tasks:
         most = support_counts(task)
@@ -117,12 +131,11 @@ def main() -> None:
         summary += rows
         lines += table(task, report, rows, skipped, seconds)
         print("\n".join(lines[-len(rows) - 8:]), flush=True)
-    lines += averages(summary, report.metrics[0] if len(tasks) == 1 else "accuracy")
-    text = "\n".join(lines) + "\n"
+    if args.json:
+        args.json.write_text(json.dumps({"lines": lines, "summary": summary}, indent=1))
+    text = "\n".join(lines + averages(summary, "accuracy")) + "\n"
     if args.out:
         args.out.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
     print(text)
 
 

@@ -62,7 +62,7 @@ def ref_inverse_sqrt(S, lam):
 @pytest.mark.parametrize("shrinkage", [0.3, "oas", "ledoit-wolf"])
 def test_whitening_matches_numpy(shrinkage):
     X, y, Xq, _ = make_data()
-    whitener = HeadWhitener(shrinkage=shrinkage).fit(X, y)
+    whitener = HeadWhitener(shrinkage=shrinkage, center=True).fit(X, y)
     Z = whitener.transform(Xq)
     assert Z.dtype == np.float64
     for k in range(X.shape[1]):
@@ -138,7 +138,7 @@ def test_identity_whitening_is_the_cosine_classifier(make):
 @pytest.mark.parametrize("make", PROTOTYPE_CLASSIFIERS)
 def test_whitened_classifier_is_the_classifier_on_whitened_features(make, tmp_path):
     X, y, Xq, _ = make_data(seed=4)
-    geometry = {"shrinkage": 0.4}
+    geometry = {"shrinkage": 0.4, "center": True}
     white = make(geometry).fit(X, y)
     whitener = HeadWhitener(**geometry).fit(X, y)
     plain = make("cosine").fit(whitener.transform(X), y)

@@ -12,8 +12,9 @@ from calm.classifiers._reliability import SCHEMES
 from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier,
                                         TopNSoftVoteClassifier, UniformVoteClassifier)
 from calm.classifiers.calm import CALMClassifier
+from calm.classifiers.default import DefaultClassifier
 from calm.classifiers.io import load, save
-from calm.classifiers.plots import plot_weight_maps, weight_maps
+from calm.classifiers.plots import layer_profile, plot_layer_profile, plot_weight_maps, weight_maps
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.sav import SAVClassifier
 from calm.classifiers.tuned_probe import TunedLogisticProbe
@@ -22,6 +23,8 @@ from calm.classifiers.whitening import HeadWhitener
 
 __all__ = [
     "CALMClassifier", "CONSTANT_TOL", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",
+    "DefaultClassifier",
     "LogisticProbe", "NotFittedError", "SAVClassifier", "SCHEMES", "TopNSoftVoteClassifier", "TunedCALMClassifier",
-    "TunedLogisticProbe", "TuningResult", "UniformVoteClassifier", "HeadWhitener", "load", "plot_weight_maps", "save", "tune_calm", "weight_maps",
+    "TunedLogisticProbe", "TuningResult", "UniformVoteClassifier", "HeadWhitener", "layer_profile", "load",
+    "plot_layer_profile", "plot_weight_maps", "save", "tune_calm", "weight_maps",
 ]

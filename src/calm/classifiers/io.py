@@ -23,6 +23,7 @@ from calm.classifiers._base import Estimator, check_fingerprint
 from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier,
                                         TopNSoftVoteClassifier, UniformVoteClassifier)
 from calm.classifiers.calm import CALMClassifier
+from calm.classifiers.default import DefaultClassifier
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.sav import SAVClassifier
 from calm.classifiers.tuned_probe import TunedLogisticProbe
@@ -35,6 +36,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {cls.__name__: cls for cls in (
     SAVClassifier, CALMClassifier, TunedCALMClassifier, UniformVoteClassifier, TopNSoftVoteClassifier,
     ClassAgnosticCALMClassifier, ConcatCentroidClassifier, LogisticProbe)}
 ESTIMATORS["TunedLogisticProbe"] = TunedLogisticProbe
+ESTIMATORS["DefaultClassifier"] = DefaultClassifier
 
 
 def _json_round_trip(value: Any, what: str) -> Any:

@@ -23,6 +23,20 @@ def concatenated_unit_heads(features: Features) -> np.ndarray:
     return out
 
 
+def row_space(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Coordinates of the rows of Z [N, F] in an orthonormal basis Q [F, r] of their span, and Q
+    (None, and Z itself, unless N is well below F).
+
+    An L2-penalised linear model with an unpenalised intercept has its weights in the span of its
+    training rows, and the penalty and every logit are the same in these coordinates, so fitting
+    on Z Q and mapping the weights back by Q^T gives the same model as fitting on Z, much faster
+    when there are few items and many features."""
+    if 4 * Z.shape[0] > Z.shape[1]:
+        return Z, None
+    basis, _ = np.linalg.qr(Z.T.astype(np.float64))
+    return Z.astype(np.float64) @ basis, basis
+
+
 class LogisticProbe(FeatureClassifier):
     """Multinomial logistic regression on concatenated per-head unit vectors.
 
@@ -48,12 +62,16 @@ class LogisticProbe(FeatureClassifier):
             raise ImportError("LogisticProbe needs scikit-learn: pip install 'calm-audio[probe]'") from None
         strength = check_positive("C", self.C)
         features, labels = self._start_fit(X, y)
-        model = LogisticRegression(C=strength, max_iter=int(self.max_iter))
-        model.fit(concatenated_unit_heads(features), labels.numpy())
-        self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
+        Z, basis = row_space(concatenated_unit_heads(features))
+        self._set_model(LogisticRegression(C=strength, max_iter=int(self.max_iter)).fit(Z, labels.numpy()), basis)
+        return self
+
+    def _set_model(self, model: Any, basis: np.ndarray | None) -> None:
+        """coef_, intercept_ and n_iter_ from a fitted LogisticRegression (on row-space coordinates)."""
+        coef = model.coef_ if basis is None else model.coef_ @ basis.T
+        self.coef_ = np.ascontiguousarray(coef, dtype=np.float64)
         self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
-        return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits [N, C]; with two classes the first column is 0."""

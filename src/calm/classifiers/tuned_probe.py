@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from calm.classifiers._base import check_positive
-from calm.classifiers.probe import LogisticProbe, concatenated_unit_heads
+from calm.classifiers.probe import LogisticProbe, concatenated_unit_heads, row_space
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -49,7 +49,8 @@ class TunedLogisticProbe(LogisticProbe):
         if not Cs:
             raise ValueError("Cs must name at least one value of C")
         features, labels = self._start_fit(X, y)
-        Z, target = concatenated_unit_heads(features), labels.numpy()
+        Z, basis = row_space(concatenated_unit_heads(features))
+        target = labels.numpy()
         folds = min(int(self.folds), int(np.bincount(target).min()))
         self.cv_scores_: list[float] = []
         if folds < 2:
@@ -61,8 +62,5 @@ class TunedLogisticProbe(LogisticProbe):
             self.cv_scores_ = [float(cross_val_score(LogisticRegression(C=c, max_iter=int(self.max_iter)), Z, target,
                                                      cv=split).mean()) for c in Cs]
             self.C_ = Cs[int(np.argmax(self.cv_scores_))]
-        model = LogisticRegression(C=self.C_, max_iter=int(self.max_iter)).fit(Z, target)
-        self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
-        self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
-        self.n_iter_ = int(np.max(model.n_iter_))
+        self._set_model(LogisticRegression(C=self.C_, max_iter=int(self.max_iter)).fit(Z, target), basis)
         return self

@@ -17,7 +17,7 @@ of an eigendecomposition. lambda = 1 gives L = I exactly, so with ``center=False
 
 lambda per head: a number, or ``"oas"`` (Chen et al. 2010, the closed form scikit-learn's OAS uses,
 with N - C samples) or ``"ledoit-wolf"`` (Ledoit & Wolf 2004, from the within-class residuals).
-Support statistics only. With one item per class there is no within-class spread: lambda = 1.
+Closed forms are kept at or above 0.01. Support statistics only. With one item per class there is no within-class spread: lambda = 1.
 Heads that are constant over the support get z = 0 (every classifier then leaves them out).
 """
 
@@ -32,9 +32,13 @@ from calm.classifiers._base import Estimator, encode_labels
 from calm.classifiers._cosine import Features, Scratch, constant_heads, normalise
 
 SHRINKAGE_RULES = ("oas", "ledoit-wolf")
+MIN_RULE_SHRINKAGE = 0.01
+"""The least lambda a closed-form rule may give: with fewer items than dimensions S is singular."""
 GEOMETRIES = ("cosine", "whitened")
-WHITENED_DEFAULTS: dict[str, Any] = {"shrinkage": "oas", "center": True, "normalize": True}
-"""What ``geometry="whitened"`` means; a dict ``geometry`` overrides some of these keys."""
+WHITENED_DEFAULTS: dict[str, Any] = {"shrinkage": "oas", "center": False, "normalize": True}
+"""What ``geometry="whitened"`` means; a dict ``geometry`` overrides some of these keys. Not centred:
+on the dev tasks centring on the support mean helped a little in-domain and cost up to 30 points
+when queries came from another source (docs/dev-results.md)."""
 
 
 def check_shrinkage_rule(shrinkage: Any) -> str | float:
@@ -106,7 +110,7 @@ class HeadWhitener(Estimator):
     constant heads), ``shrinkage_`` [K] (lambda per head), ``constant_heads_`` [K], ``classes_``.
     """
 
-    def __init__(self, shrinkage: str | float = "oas", center: bool = True, normalize: bool = True):
+    def __init__(self, shrinkage: str | float = "oas", center: bool = False, normalize: bool = True):
         self.shrinkage = shrinkage
         self.center = center
         self.normalize = normalize
@@ -158,10 +162,11 @@ class HeadWhitener(Estimator):
 
     @staticmethod
     def _intensity(rule: str | float, S: torch.Tensor, residuals: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """lambda per head; a closed form is kept at or above MIN_RULE_SHRINKAGE (S may be singular)."""
         if rule == "oas":
-            return oas_shrinkage(S, max(n_samples, 1))
+            return oas_shrinkage(S, max(n_samples, 1)).clamp_min(MIN_RULE_SHRINKAGE)
         if rule == "ledoit-wolf":
-            return ledoit_wolf_shrinkage(residuals)
+            return ledoit_wolf_shrinkage(residuals).clamp_min(MIN_RULE_SHRINKAGE)
         return torch.full(S.shape[:1], float(rule), dtype=S.dtype)
 
     def view(self, features: Features) -> "WhitenedFeatures":

@@ -137,7 +137,7 @@ class EvaluationReport:
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write report.json, report.md and the PNGs (metric vs shots; where CALM ran, its weight
-        heatmap and its confusion matrix at the largest shot count) into ``out_dir``."""
+        heatmap, its weight mass per layer and its confusion matrix at the largest shot count) into ``out_dir``."""
         from calm.evaluate import plots
 
         out = Path(out_dir)
@@ -154,6 +154,9 @@ class EvaluationReport:
             paths["weights_plot"] = plots.plot_class_weights(weights, self.classes, self.heads,
                                                              out / "calm_weights.png",
                                                              title=f"CALM head weights, {shots}-shot, mean over seeds")
+            paths["layer_profile_plot"] = plots.plot_layer_profile(weights, self.classes, self.heads,
+                                                                   out / "calm_layer_profile.png",
+                                                                   title=f"CALM weight mass per layer, {shots}-shot")
         if "calm" in self.confusion:
             shots = max(self.confusion["calm"])
             paths["confusion_plot"] = plots.plot_confusion(self.confusion["calm"][shots], self.classes,
