@@ -40,7 +40,7 @@ def fit_classifier(
     backbone: Backbone,
     items: Sequence[Item],
     prompt: str,
-    method: str = "calm",
+    method: str = "auto",
     *,
     batch_size: int = 8,
     store: Any = None,
@@ -51,7 +51,8 @@ def fit_classifier(
     """Extract features of the labelled ``items`` under ``prompt`` and fit ``method`` on all of them.
 
     Args:
-        method: a feature method of :data:`calm.evaluate.protocol.METHODS` (``calm``, ``sav``,
+        method: a feature method of :data:`calm.evaluate.protocol.METHODS` (default ``auto``, the
+            recommended :class:`~calm.classifiers.DefaultClassifier`; ``calm``, ``sav``,
             ``calm-tuned``, ``probe`` ...).
         batch_size, store, on_error, progress: as in :func:`calm.heads.extract` (with
             ``on_error="record"`` unreadable clips are left out, with a warning naming them).

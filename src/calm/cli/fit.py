@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
     parser.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
-    parser.add_argument("--method", choices=FEATURE_METHODS, default="calm", help="default: calm")
+    parser.add_argument("--method", choices=FEATURE_METHODS, default="auto", help="default: auto (the recommended method)")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="estimator parameter, repeatable (e.g. --param tau=0.1 --param top_k=50)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
