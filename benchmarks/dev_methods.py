@@ -154,7 +154,8 @@ def table(task: DevTask, report: EvaluationReport, rows: list[dict], skipped: li
         cells = []
         for k in shots:
             r = cell[m, k]
-            text = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} ± {100 * (r['accuracy_ci'] or 0):.1f}"
+            half = 100 * (r["accuracy_ci"] or 0)
+            text = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} ± {half:.1f}"
             cells.append(f"**{text}**" if r["accuracy"] is not None and r["accuracy"] >= best[k] - 1e-12 else text)
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return out + [""]

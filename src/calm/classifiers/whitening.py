@@ -17,7 +17,8 @@ of an eigendecomposition. lambda = 1 gives L = I exactly, so with ``center=False
 
 lambda per head: a number, or ``"oas"`` (Chen et al. 2010, the closed form scikit-learn's OAS uses,
 with N - C samples) or ``"ledoit-wolf"`` (Ledoit & Wolf 2004, from the within-class residuals).
-Closed forms are kept at or above 0.01. Support statistics only. With one item per class there is no within-class spread: lambda = 1.
+Closed forms are kept at or above 0.01. Support statistics only. With one item per class there is
+no within-class spread: lambda = 1.
 Heads that are constant over the support get z = 0 (every classifier then leaves them out).
 """
 

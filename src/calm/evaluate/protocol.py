@@ -89,8 +89,8 @@ METHODS: dict[str, Method] = {
     "probe-tuned": Method("TunedLogisticProbe", "logistic probe with C chosen by cross-validation on the support"),
     "sav-white": Method("SAVClassifier", "SAV on whitened heads", defaults={"geometry": "whitened"}),
     "calm-white": Method("CALMClassifier", "CALM on whitened heads", defaults={"geometry": "whitened"}),
-    "calm-tuned-white": Method("TunedCALMClassifier", "tuned CALM on whitened heads", defaults={"geometry": "whitened"}),
-    "auto": Method("DefaultClassifier", "the recommended method: soft vote of all heads, whitened (calm.classifiers.default)"),
+    "calm-tuned-white": Method("TunedCALMClassifier", "tuned CALM, whitened heads", defaults={"geometry": "whitened"}),
+    "auto": Method("DefaultClassifier", "the recommended method: soft vote of all whitened heads"),
     "pseudo-label": Method("CALMClassifier", "CALM fitted on the support clips the model labelled itself: majority "
                            "of sampled answers, kept when its share of the samples >= threshold",
                            {"threshold": 0.6}, needs_model=True),
