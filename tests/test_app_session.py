@@ -23,7 +23,7 @@ from calm.media import MediaLoadError
 from calm.backbones import load_backbone
 from calm.classifiers.trust import describe
 from calm.classifiers import save
-from calm.classifiers.profile import layer_profile
+from calm.classifiers.plots import layer_profile
 from calm.cli import build_parser, main
 from calm.cli.app import is_loopback
 from calm.predict import fit_classifier, predict_files

@@ -27,7 +27,7 @@ HEADS = HeadIndex.from_tuples(("self_attn", layer, head) for layer in range(2) f
 
 def synthetic(labels: list, noise: float = 0.6, seed: int = 0, folds: list | None = None
               ) -> tuple[HeadFeatures, list[Item]]:
-    """Features [N, 6, 4]: a random centre per class and head plus noise; multi-label items sum
+    """FeatureBlocks [N, 6, 4]: a random centre per class and head plus noise; multi-label items sum
     their labels' centres. Head 0 is the same for every item (constant)."""
     rng = np.random.default_rng(seed)
     names = sorted({c for label in labels for c in (label if isinstance(label, tuple) else (label,))})
@@ -272,7 +272,8 @@ def test_cli_evaluate_on_esc50_layout_writes_every_method(tmp_path, capsys):
     assert list(report["config"]["methods"]) == methods
     assert {(r["method"], r["shots"]) for r in report["summary"]} == {(m, k) for m in methods for k in (1, 2)}
     # only tuning at 1 shot cannot run (LOO needs 2 items of a class); it is reported, not dropped
-    assert {(r["method"], r["shots"]) for r in report["results"] if "error" in r} == {("calm-tuned", 1)}
+    assert {(r["method"], r["shots"]) for r in report["results"] if "error" in r} == {("calm-tuned", 1),
+                                                                                     ("calm-tuned-white", 1)}
     assert report["config"]["fingerprint"]["model_id"] == "tiny:qwen2_audio"
     assert "dog, rain, siren" in report["config"]["answer_prompt"]  # every class, in a fixed order
     protocol = report["config"]["protocol"]
@@ -289,5 +290,5 @@ def test_cli_evaluate_on_esc50_layout_writes_every_method(tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     for method in methods:
         assert f"| {method} | 2 |" in markdown
-    for name in ("accuracy_vs_shots.png", "calm_weights.png", "confusion_calm.png"):
+    for name in ("accuracy_vs_shots.png", "calm_weights.png", "calm_layer_profile.png", "confusion_calm.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

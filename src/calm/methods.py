@@ -32,6 +32,8 @@ class Method:
         options: parameters of the method that are not the estimator's, with their defaults.
         strategy: ``"module:Class"`` of how the evaluation runs it on an episode
             (:mod:`calm.evaluation.strategies`).
+        defaults: estimator parameters this method sets (e.g. ``{"geometry": "whitened"}``), under
+            the caller's.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Method:
     needs_chat_model: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     strategy: str = ESTIMATOR_STRATEGY
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def estimator_class(self) -> type:
         """The estimator class (imported on first use)."""
@@ -48,8 +51,9 @@ class Method:
         return _resolve(self.estimator)
 
     def make(self, **params: Any) -> Any:
-        """A new, unfitted estimator with these parameters (others at their defaults)."""
-        return self.estimator_class()(**params)
+        """A new, unfitted estimator with these parameters (others at the method's defaults, then the
+        estimator's)."""
+        return self.estimator_class()(**{**self.defaults, **params})
 
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``params`` as (estimator parameters, options with defaults filled in)."""
@@ -62,8 +66,9 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 
-DEFAULT_METHOD = "calm"
-"""What ``calm fit``, :func:`calm.fit_classifier` and the app use when no method is named."""
+DEFAULT_METHOD = "auto"
+"""What ``calm fit``, :func:`calm.fit_classifier` and the app use when no method is named: the
+recommended :class:`~calm.classifiers.DefaultClassifier` (chosen on the dev tasks, docs/dev-results.md)."""
 
 
 def register(method: Method) -> Method:
@@ -125,6 +130,16 @@ register(Method("topn-soft", "calm.classifiers.ablations:TopNSoftVoteClassifier"
 register(Method("agnostic", "calm.classifiers.ablations:ClassAgnosticCALMClassifier",
                 "ablation: class-agnostic reliability weights"))
 register(Method("probe", "calm.classifiers.probe:LogisticProbe", "logistic regression on all heads concatenated"))
+register(Method("probe-tuned", "calm.classifiers.tuned_probe:TunedLogisticProbe",
+                "logistic probe with C chosen by cross-validation on the support"))
+register(Method("sav-white", "calm.classifiers.sav:SAVClassifier", "SAV on whitened heads",
+                defaults={"geometry": "whitened"}))
+register(Method("calm-white", "calm.classifiers.reliability_vote:CALMClassifier", "CALM on whitened heads",
+                defaults={"geometry": "whitened"}))
+register(Method("calm-tuned-white", "calm.classifiers.tuning:TunedCALMClassifier", "tuned CALM on whitened heads",
+                defaults={"geometry": "whitened"}))
+register(Method("auto", "calm.classifiers.default:DefaultClassifier",
+                "the recommended method: soft vote of all whitened heads"))
 register(Method("pseudo-label", "calm.classifiers.reliability_vote:CALMClassifier",
                 "CALM fitted on the support clips the model labelled itself: majority of sampled answers, kept when "
                 "its share of the samples >= threshold", needs_chat_model=True, options={"threshold": 0.6},

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from calm.media import MediaLoadError, load_audio
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
-from calm.classifiers.profile import layer_profile
+from calm.classifiers.plots import layer_profile
 from calm.classifiers.trust import describe
 from calm.data.items import Item
 from calm.data.loaders import load_dataset, media_item
@@ -195,7 +195,7 @@ class AppSession:
         return plot_weight_maps(classifier, path, title=f"{describe(classifier)}: head weight per class")
 
     def layer_profile(self) -> dict[str, list[float]]:
-        """Share of the head weight per layer, per site (:func:`calm.classifiers.profile.layer_profile`)."""
+        """Share of the head weight per layer, per site (:func:`calm.classifiers.layer_profile`)."""
         return {site: mass.tolist() for site, mass in layer_profile(self._fitted()).items()}
 
     # -- helpers ----------------------------------------------------------------------------

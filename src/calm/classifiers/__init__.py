@@ -11,16 +11,21 @@ from calm.classifiers._cosine import CONSTANT_TOL
 from calm.classifiers._reliability import SCHEMES
 from calm.classifiers.ablations import (ClassAgnosticCALMClassifier, ConcatCentroidClassifier, TopNSoftVoteClassifier,
                                         UniformVoteClassifier)
+from calm.classifiers.default import DefaultClassifier
 from calm.classifiers.io import load, save
-from calm.classifiers.plots import plot_weight_maps, weight_maps
+from calm.classifiers.plots import layer_profile, plot_layer_profile, plot_weight_maps, weight_maps
 from calm.classifiers.probe import LogisticProbe
 from calm.classifiers.reliability_vote import CALMClassifier
 from calm.classifiers.sav import SAVClassifier
 from calm.classifiers.trust import Calibrated
+from calm.classifiers.tuned_probe import TunedLogisticProbe
 from calm.classifiers.tuning import DEFAULT_GRID, TunedCALMClassifier, TuningResult, tune_calm
+from calm.classifiers.whitening import HeadWhitener
 
 __all__ = [
-    "CALMClassifier", "CONSTANT_TOL", "Calibrated", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier", "DEFAULT_GRID",
+    "CALMClassifier", "CONSTANT_TOL", "Calibrated", "ClassAgnosticCALMClassifier", "ConcatCentroidClassifier",
+    "DEFAULT_GRID", "DefaultClassifier",
     "LogisticProbe", "NotFittedError", "SAVClassifier", "SCHEMES", "TopNSoftVoteClassifier", "TunedCALMClassifier",
-    "TuningResult", "UniformVoteClassifier", "load", "plot_weight_maps", "save", "tune_calm", "weight_maps",
+    "TunedLogisticProbe", "TuningResult", "UniformVoteClassifier", "HeadWhitener", "layer_profile", "load",
+    "plot_layer_profile", "plot_weight_maps", "save", "tune_calm", "weight_maps",
 ]

@@ -11,6 +11,7 @@ import torch
 from calm.classifiers._base import Estimator, encode_labels
 from calm.classifiers._cosine import (Block, ClassStats, FeatureBlocks, check_scores, iter_cosines, posteriors,
                                       support_pass)
+from calm.classifiers.whitening import HeadWhitener, WhitenedBlocks, whitener_options
 from calm.features import HeadFeatures
 from calm.fingerprint import check_fingerprint
 
@@ -32,7 +33,7 @@ class FeatureClassifier(Estimator):
         return features, labels
 
     def _features(self, X: Any) -> FeatureBlocks:
-        """FeatureBlocks to predict on, checked against what the classifier was fit on."""
+        """The features to predict on, checked against what the classifier was fit on."""
         self._check_fitted()
         features = FeatureBlocks(X)
         expected = (self.n_heads_in_, self.head_dim_in_)
@@ -47,10 +48,36 @@ class FeatureClassifier(Estimator):
 class PrototypeClassifier(FeatureClassifier):
     """Fits per-head class prototypes; subclasses add how heads vote.
 
+    Every subclass takes ``geometry``: ``"cosine"`` (raw head vectors) or ``"whitened"`` (or a dict
+    of :class:`~calm.classifiers.whitening.HeadWhitener` options): head vectors are whitened with
+    support statistics before prototypes, cosines and votes (:mod:`calm.classifiers.whitening`).
+
     Fitted attributes besides :class:`FeatureClassifier`'s: ``prototypes_`` [K, C, D] (normalised
-    class means) and ``constant_heads_`` [K] (heads that do not vary over the support set; they are
-    left out of every vote).
+    class means, in the chosen geometry) and ``constant_heads_`` [K] (heads that do not vary over
+    the support set; they are left out of every vote); when whitened, ``whiten_mean_`` [K, D],
+    ``whiten_matrix_`` [K, D, D] and ``whiten_shrinkage_`` [K] (lambda per head).
     """
+
+    def _start_fit(self, X: Any, y: Any) -> tuple[FeatureBlocks, torch.Tensor]:
+        """The features (whitened with the support's statistics if the geometry says so) and labels."""
+        features, labels = super()._start_fit(X, y)
+        options = whitener_options(self.geometry)
+        if options is None:
+            return features, labels
+        whitener = HeadWhitener(**options).fit(features, labels.numpy())
+        self.whiten_mean_, self.whiten_matrix_ = whitener.mean_, whitener.matrix_
+        self.whiten_shrinkage_ = whitener.shrinkage_
+        return self._view(features), labels
+
+    def _view(self, features: FeatureBlocks) -> FeatureBlocks:
+        """``features`` in the fitted geometry."""
+        options = whitener_options(self.geometry)
+        if options is None:
+            return features
+        return WhitenedBlocks(features, self.whiten_mean_, self.whiten_matrix_, options["normalize"])
+
+    def _features(self, X: Any) -> FeatureBlocks:
+        return self._view(super()._features(X))
 
     def _fit_prototypes(self, features: FeatureBlocks, labels: torch.Tensor, cos: str | None = None,
                         consume: Callable[[Block], None] | None = None) -> ClassStats:
@@ -76,7 +103,10 @@ class PrototypeClassifier(FeatureClassifier):
 
     def _base_shapes(self) -> dict[str, tuple[int | None, ...]]:
         K, C, D = self.n_heads_in_, len(self.classes_), self.head_dim_in_
-        return {"prototypes_": (K, C, D), "constant_heads_": (K,)}
+        shapes: dict[str, tuple[int | None, ...]] = {"prototypes_": (K, C, D), "constant_heads_": (K,)}
+        if whitener_options(self.geometry) is not None:
+            shapes.update(whiten_mean_=(K, D), whiten_matrix_=(K, D, D), whiten_shrinkage_=(K,))
+        return shapes
 
 
 class SoftVoteClassifier(PrototypeClassifier):

@@ -23,8 +23,9 @@ class UniformVoteClassifier(SoftVoteClassifier):
         tau: posterior temperature.
     """
 
-    def __init__(self, tau: float = 0.07):
+    def __init__(self, tau: float = 0.07, geometry: str | dict = "cosine"):
         self.tau = tau
+        self.geometry = geometry
 
     def _validate_params(self) -> None:
         check_positive("tau", self.tau)
@@ -48,7 +49,8 @@ class TopNSoftVoteClassifier(SoftVoteClassifier):
     Fitted attributes add ``head_scores_`` and ``heads_`` as in SAV, and ``weights_``.
     """
 
-    def __init__(self, n_heads: int = 20, tau: float = 0.07, scoring: str = "loo"):
+    def __init__(self, n_heads: int = 20, tau: float = 0.07, scoring: str = "loo", geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.n_heads = n_heads
         self.tau = tau
         self.scoring = scoring
@@ -77,7 +79,9 @@ class ClassAgnosticCALMClassifier(ReliabilityVote):
             (shrinkage pulls each r_k toward the mean over heads with N/(N+alpha)).
     """
 
-    def __init__(self, tau: float = 0.07, tau_w: float = 1.0, shrinkage: float = 0.0, reliability: str = "loo"):
+    def __init__(self, tau: float = 0.07, tau_w: float = 1.0, shrinkage: float = 0.0, reliability: str = "loo",
+                 geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.tau = tau
         self.tau_w = tau_w
         self.shrinkage = shrinkage
@@ -113,8 +117,9 @@ class ConcatCentroidClassifier(PrototypeClassifier):
         tau: temperature of ``predict_proba`` only (predictions do not depend on it).
     """
 
-    def __init__(self, tau: float = 0.07):
+    def __init__(self, tau: float = 0.07, geometry: str | dict = "cosine"):
         self.tau = tau
+        self.geometry = geometry
 
     def _validate_params(self) -> None:
         check_positive("tau", self.tau)

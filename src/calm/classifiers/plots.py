@@ -99,3 +99,48 @@ def plot_weight_maps(source: Any, path: str | os.PathLike, heads: HeadIndex | No
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
+
+
+def layer_profile(source: Any, heads: HeadIndex | None = None) -> dict[str, np.ndarray]:
+    """Where the weight lives: per site, an array [layers] of the weight mass of each layer's heads,
+    averaged over classes (each class's weights sum to 1, so all sites together sum to 1).
+
+    ``source`` and ``heads`` as in :func:`weight_maps`: CALM's reliability weights, SAV's voting
+    heads (1/n each), or any [K, C] array (e.g. reliabilities: the mass is then their share).
+    """
+    weights, heads, _ = _weights_and_heads(source, heads)
+    column = weights.sum(axis=0, keepdims=True)
+    shares = np.divide(weights, column, out=np.zeros_like(weights), where=column > 0).mean(axis=1)  # [K]
+    sites, layers = np.asarray(heads.sites), np.asarray(heads.layers)
+    profile: dict[str, np.ndarray] = {}
+    n_layers = int(layers.max()) + 1
+    for site in dict.fromkeys(heads.sites):
+        rows = sites == site
+        profile[site] = np.bincount(layers[rows], weights=shares[rows], minlength=n_layers)
+    return profile
+
+
+def plot_layer_profile(source: Any, path: str | os.PathLike, heads: HeadIndex | None = None,
+                       title: str | None = None) -> Path:
+    """Draw :func:`layer_profile` as grouped bars (one colour per site) over layers into a PNG."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plot_layer_profile needs matplotlib: pip install 'calm-audio[plots]'") from None
+    profile = layer_profile(source, heads)
+    n_layers = max(len(v) for v in profile.values())
+    fig = Figure(figsize=(max(4.0, 0.35 * n_layers + 2.0), 3.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(profile)
+    for i, (site, mass) in enumerate(profile.items()):
+        ax.bar(np.arange(len(mass)) + (i - (len(profile) - 1) / 2) * width, mass, width=width, label=site)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("weight mass")
+    ax.set_xticks(range(n_layers))
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path

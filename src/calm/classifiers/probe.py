@@ -23,41 +23,33 @@ def concatenated_unit_heads(features: FeatureBlocks) -> np.ndarray:
     return out
 
 
-class LogisticProbe(FeatureClassifier):
-    """Multinomial logistic regression on concatenated per-head unit vectors.
+def row_space(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Coordinates of the rows of Z [N, F] in an orthonormal basis Q [F, r] of their span, and Q
+    (None, and Z itself, unless N is well below F).
 
-    Predictions are computed here from ``coef_`` and ``intercept_`` (they equal scikit-learn's):
-    ``decision_function`` gives logits [N, C] (for two classes, [0, z]), ``predict_proba`` their
-    softmax.
+    An L2-penalised linear model with an unpenalised intercept has its weights in the span of its
+    training rows, and the penalty and every logit are the same in these coordinates, so fitting
+    on Z Q and mapping the weights back by Q^T gives the same model as fitting on Z, much faster
+    when there are few items and many features."""
+    if 4 * Z.shape[0] > Z.shape[1]:
+        return Z, None
+    basis, _ = np.linalg.qr(Z.T.astype(np.float64))
+    return Z.astype(np.float64) @ basis, basis
 
-    Args:
-        C: inverse L2 regularisation strength, as in scikit-learn.
-        max_iter: iterations of the lbfgs solver.
-    """
+
+class LinearProbe(FeatureClassifier):
+    """Base of the logistic probes: a linear model on concatenated per-head unit vectors, computed
+    here from ``coef_`` and ``intercept_`` (they equal scikit-learn's): ``decision_function`` gives
+    logits [N, C] (for two classes, [0, z]), ``predict_proba`` their softmax."""
 
     _fitted_meta = ("n_iter_",)
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000):
-        self.C = C
-        self.max_iter = max_iter
-
-    def _validate_params(self) -> None:
-        check_positive("C", self.C)
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-
-    def fit(self, X: Any, y: Any) -> "LogisticProbe":
-        from sklearn.linear_model import LogisticRegression
-
-        self._validate_params()
-        strength = float(self.C)
-        features, labels = self._start_fit(X, y)
-        model = LogisticRegression(C=strength, max_iter=int(self.max_iter))
-        model.fit(concatenated_unit_heads(features), labels.numpy())
-        self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
+    def _set_model(self, model: Any, basis: np.ndarray | None) -> None:
+        """coef_, intercept_ and n_iter_ from a fitted LogisticRegression (on row-space coordinates)."""
+        coef = model.coef_ if basis is None else model.coef_ @ basis.T
+        self.coef_ = np.ascontiguousarray(coef, dtype=np.float64)
         self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
-        return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits [N, C]; with two classes the first column is 0."""
@@ -71,3 +63,35 @@ class LogisticProbe(FeatureClassifier):
     def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
         rows = 1 if len(self.classes_) == 2 else len(self.classes_)
         return {"coef_": (rows, self.n_heads_in_ * self.head_dim_in_), "intercept_": (rows,)}
+
+
+def check_max_iter(max_iter: Any) -> int:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return int(max_iter)
+
+
+class LogisticProbe(LinearProbe):
+    """Multinomial logistic regression on concatenated per-head unit vectors.
+
+    Args:
+        C: inverse L2 regularisation strength, as in scikit-learn.
+        max_iter: iterations of the lbfgs solver.
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        self.C = C
+        self.max_iter = max_iter
+
+    def _validate_params(self) -> None:
+        check_positive("C", self.C)
+        check_max_iter(self.max_iter)
+
+    def fit(self, X: Any, y: Any) -> "LogisticProbe":
+        from sklearn.linear_model import LogisticRegression
+
+        self._validate_params()
+        features, labels = self._start_fit(X, y)
+        Z, basis = row_space(concatenated_unit_heads(features))
+        self._set_model(LogisticRegression(C=float(self.C), max_iter=int(self.max_iter)).fit(Z, labels.numpy()), basis)
+        return self

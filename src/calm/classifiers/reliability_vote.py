@@ -65,7 +65,7 @@ class ReliabilityVote(SoftVoteClassifier):
 
     def _holdout_sums(self, features: FeatureBlocks, X_val: Any, y_val: Any, tau: float, scheme: str) -> ReliabilitySums:
         """Reliability sums over a labelled validation set scored against the fitted prototypes."""
-        val = FeatureBlocks(X_val, "X_val")
+        val = self._view(FeatureBlocks(X_val, "X_val"))
         if val.shape[1:] != features.shape[1:]:
             raise ValueError(f"X_val has {val.shape[1]} heads x {val.shape[2]} dims, X has "
                              f"{features.shape[1]} x {features.shape[2]}")
@@ -120,13 +120,15 @@ class CALMClassifier(ReliabilityVote):
     """
 
     def __init__(self, tau: float = 0.07, tau_w: float = 1.0, scheme: str = "margin_clamped",
-                 top_k: int | None = None, shrinkage: float = 0.0, reliability: str = "loo"):
+                 top_k: int | None = None, shrinkage: float = 0.0, reliability: str = "loo",
+                 geometry: str | dict = "cosine"):
         self.tau = tau
         self.tau_w = tau_w
         self.scheme = scheme
         self.top_k = top_k
         self.shrinkage = shrinkage
         self.reliability = reliability
+        self.geometry = geometry
 
     def _validate_params(self) -> None:
         check_hyperparameters(self.tau, self.tau_w, self.scheme, self.top_k)

@@ -88,9 +88,10 @@ class SAVClassifier(PrototypeClassifier):
     head's vote) and ``heads_`` (indices of the voting heads, best first; constant heads never vote).
     """
 
-    def __init__(self, n_heads: int = 20, scoring: str = "loo"):
+    def __init__(self, n_heads: int = 20, scoring: str = "loo", geometry: str | dict = "cosine"):
         self.n_heads = n_heads
         self.scoring = scoring
+        self.geometry = geometry
 
     def _validate_params(self) -> None:
         check_n_heads(self.n_heads)

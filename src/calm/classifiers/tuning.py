@@ -185,7 +185,9 @@ class TunedCALMClassifier(ReliabilityVote):
 
     _fitted_meta = ("best_params_", "tuning_")
 
-    def __init__(self, grid: Mapping[str, Sequence] | None = None, shrinkage: float = 0.0, reliability: str = "loo"):
+    def __init__(self, grid: Mapping[str, Sequence] | None = None, shrinkage: float = 0.0, reliability: str = "loo",
+                 geometry: str | dict = "cosine"):
+        self.geometry = geometry
         self.grid = grid
         self.shrinkage = shrinkage
         self.reliability = reliability

@@ -1,5 +1,5 @@
-"""Report figures (PNG): a metric against shots per method, CALM's head weights, a confusion
-matrix, a reliability diagram.
+"""Report figures (PNG): a metric against shots per method, CALM's head weights and their mass per
+layer, a confusion matrix, a reliability diagram.
 
 matplotlib is imported only to draw, through its object API (no pyplot state, no display needed).
 """
@@ -61,6 +61,15 @@ def plot_class_weights(weights: np.ndarray, classes: Sequence[str], heads: HeadI
 
     source = SimpleNamespace(classes_=np.asarray(classes), weights_=np.asarray(weights), head_index_=heads)
     return plot_weight_maps(source, path, heads=heads, title=title)
+
+
+def plot_layer_profile(weights: np.ndarray, classes: Sequence[str], heads: HeadIndex, path: str | os.PathLike,
+                       title: str | None = None) -> Path:
+    """The weight mass [K, C] per layer and site (:func:`calm.classifiers.plot_layer_profile`)."""
+    from calm.classifiers import plot_layer_profile as plot
+
+    source = SimpleNamespace(classes_=np.asarray(classes), weights_=np.asarray(weights), head_index_=heads)
+    return plot(source, path, heads=heads, title=title)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
