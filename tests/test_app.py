@@ -164,8 +164,8 @@ def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_p
 
     browser.find_element(By.ID, "fit").click()
     wait(browser, lambda d: text(d, "fit-status").startswith("fitted"))
-    assert text(browser, "fit-status") == "fitted CALMClassifier (calibrated) on 6 clips."
-    assert "CALMClassifier (calibrated) on 2 classes (high, low)" in text(browser, "classifier-info")
+    assert text(browser, "fit-status") == "fitted DefaultClassifier (calibrated) on 6 clips."
+    assert "DefaultClassifier (calibrated) on 2 classes (high, low)" in text(browser, "classifier-info")
 
     classify(browser, clips["query"][0])
     label = text(browser, "result-label")

@@ -27,7 +27,7 @@ HEADS = HeadIndex.from_tuples(("self_attn", layer, head) for layer in range(2) f
 
 def synthetic(labels: list, noise: float = 0.6, seed: int = 0, folds: list | None = None
               ) -> tuple[HeadFeatures, list[Item]]:
-    """FeatureBlocks [N, 6, 4]: a random centre per class and head plus noise; multi-label items sum
+    """Features [N, 6, 4]: a random centre per class and head plus noise; multi-label items sum
     their labels' centres. Head 0 is the same for every item (constant)."""
     rng = np.random.default_rng(seed)
     names = sorted({c for label in labels for c in (label if isinstance(label, tuple) else (label,))})

@@ -2,7 +2,7 @@
 
 Two tasks built from Debian packages (:mod:`calm.data.speech`): spoken numbers (support spoken by
 many espeak-ng voices, queries by the human Asterisk speakers) and spoofing (bona fide human
-speech vs espeak-ng). FeatureBlocks come from the offline Whisper base
+speech vs espeak-ng). Features come from the offline Whisper base
 (:mod:`calm.backbones.ct2_whisper`), extracted once into a feature store, so a rerun only
 refits the classifiers. Whisper answers no questions, so the demo has no zero-shot or
 pseudo-label rows: those need a chat LALM such as Qwen2-Audio.

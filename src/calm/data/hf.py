@@ -100,7 +100,7 @@ def _read_file(path: Path) -> Any:
 
             table = pyarrow.parquet.read_table(path)
             return datasets.Dataset(table, info=datasets.DatasetInfo(
-                features=datasets.FeatureBlocks.from_arrow_schema(table.schema)))
+                features=datasets.Features.from_arrow_schema(table.schema)))
         if path.suffix == ".arrow":
             return datasets.Dataset.from_file(str(path))
     except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
