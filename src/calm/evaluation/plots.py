@@ -32,14 +32,18 @@ def plot_metric_vs_shots(rows: Sequence[dict[str, Any]], metric: str, path: str 
     ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     shots = sorted({r["shots"] for r in rows})
-    for method in methods:
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20"].colors  # 20 distinct colours: more methods than the default cycle's 10
+    for n, method in enumerate(methods):
         own = sorted((r for r in rows if r["method"] == method and r[metric] is not None), key=lambda r: r["shots"])
         if not own:
             continue
         x = [r["shots"] for r in own]
         y = [100 * r[metric] for r in own]
         err = [100 * (r[f"{metric}_ci"] or 0.0) for r in own]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method,
+        ax.errorbar(x, y, yerr=err, marker="osD^v"[n // 4 % 5], capsize=3, label=method,
+                    color=colours[2 * n % 20 + n // 10 % 2],
                     linestyle="--" if method in ("zero-shot", "pseudo-label") else "-")
     if len(shots) > 1 and shots[-1] / max(shots[0], 1) >= 8:
         ax.set_xscale("log", base=2)
