@@ -52,7 +52,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="list and prepare demo datasets; describe a dataset")
+    parser = subparsers.add_parser("data", help="list and prepare the demo and dev datasets; describe a dataset")
     commands = parser.add_subparsers(dest="data_command", required=True)
     commands.add_parser("list", help="list the dataset recipes").set_defaults(func=_list)
     prepare = commands.add_parser("prepare", help="build a recipe's dataset; prints the path of its CSV")
