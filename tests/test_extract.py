@@ -213,3 +213,11 @@ def test_store_order_keeps_the_memory_map(clips, tmp_path):
     np.testing.assert_array_equal(stored.select(given.ids).X, given.X)
     with pytest.raises(ValueError, match="order"):
         extract(backbone, items, PROMPT, order="sorted")
+
+
+def test_store_hashes_come_back_so_evaluation_reads_no_file_twice(clips, tmp_path):
+    from calm.media import content_hash
+
+    features = extract(tiny_backbone("whisper"), clips[:3], PROMPT, batch_size=2, store=tmp_path)
+    assert features.content == {item.id: content_hash(item.audio) for item in clips[:3]}
+    assert extract(tiny_backbone("whisper"), clips[:3], PROMPT).content == {}  # no store: nothing was hashed

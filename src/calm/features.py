@@ -66,6 +66,8 @@ class HeadFeatures:
         fingerprint: what determined the features (model, revision, dtype, prompt, sites);
             classifiers keep it to refuse features from another backbone or prompt.
         failed: item id -> reason, for items that could not be processed.
+        content: item id -> SHA-256 of the file whose audio was used, where extraction read it
+            (with a store, whose keys rest on it), so evaluation need not read the files again.
     """
 
     X: np.ndarray
@@ -73,6 +75,7 @@ class HeadFeatures:
     ids: list[str]
     fingerprint: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    content: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.X.ndim != 3:

@@ -151,7 +151,8 @@ def extract(
             X = np.stack([run.rows[i] for i in finished])
         else:
             X = np.zeros((0, len(heads), backbone.sites[0].head_dim), dtype=dtype)
-    return HeadFeatures(X, heads, finished, fingerprint, dict(run.failed))
+    content = {i: run.content[i] for i in finished if i in run.content}
+    return HeadFeatures(X, heads, finished, fingerprint, dict(run.failed), content)
 
 
 @contextmanager
@@ -181,6 +182,7 @@ class _Run:
         self.done: set[str] = store.done_keys() if store is not None else set()
         self.keys: dict[str, str] = {}
         self.items: dict[str, Item] = {}
+        self.content: dict[str, str] = {}
         self.failed: dict[str, str] = {}
         self.rows: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}
@@ -205,7 +207,8 @@ class _Run:
                 continue
             try:
                 video = content_hash(item.video) if self.uses_video(item) else None
-                self.keys[item.id] = self.store.item_key(item.id, content_hash(media_path(item)), video)
+                self.content[item.id] = content_hash(media_path(item))
+                self.keys[item.id] = self.store.item_key(item.id, self.content[item.id], video)
             except MediaLoadError as error:
                 self.fail(item, error)
 
@@ -285,7 +288,8 @@ class _Run:
         fails instead, and the rest of the batch is kept. Rows of items already stored are not
         stored again."""
         with np.errstate(over="ignore"):
-            finite = np.isfinite(np.asarray(X).astype(np.float16)).reshape(len(X), -1).all(axis=1)
+            half = np.asarray(X).astype(np.float16)  # what the store keeps: cast once
+        finite = np.isfinite(half).reshape(len(X), -1).all(axis=1)
         for item_id in [i for i, ok in zip(ids, finite) if not ok]:
             item = self.items[item_id]
             self.fail(item, MediaLoadError(media_path(item), "its features are not finite (NaN, inf or beyond "
@@ -294,7 +298,7 @@ class _Run:
         if not kept:
             return
         if self.store is not None:
-            self.store.append([self.keys[i] for i in kept], kept, X[finite])
+            self.store.append([self.keys[i] for i in kept], kept, half[finite])
             self.done.update(self.keys[i] for i in kept)
         else:
             self.rows.update(zip(kept, X[finite].astype(self.dtype)))

@@ -67,15 +67,6 @@ def plot_class_weights(weights: np.ndarray, classes: Sequence[str], heads: HeadI
     return plot_weight_maps(source, path, heads=heads, title=title)
 
 
-def plot_layer_profile(weights: np.ndarray, classes: Sequence[str], heads: HeadIndex, path: str | os.PathLike,
-                       title: str | None = None) -> Path:
-    """The weight mass [K, C] per layer and site (:func:`calm.classifiers.plot_layer_profile`)."""
-    from calm.classifiers import plot_layer_profile as plot
-
-    source = SimpleNamespace(classes_=np.asarray(classes), weights_=np.asarray(weights), head_index_=heads)
-    return plot(source, path, heads=heads, title=title)
-
-
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
                    title: str | None = None) -> Path:
     """A confusion matrix (rows: true class, columns: predicted), row-normalised colours and counts."""

@@ -112,7 +112,8 @@ def evaluate(
     warn_label_leaks(prompt, labelled)
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
                        progress=progress, order="store")  # episodes select rows by id
-    content = item_content([i for i in labelled if i.id not in features.failed])
+    unhashed = [i for i in labelled if i.id not in features.failed and i.id not in features.content]
+    content = {**item_content(unhashed), **features.content}  # the store's hashes are not read again
     answers = None
     if any(registry.get(m).needs_chat_model for m in chosen):
         episodes_plan = quiet_plan(features, labelled, shots, seeds, query_fold, content)

@@ -179,6 +179,7 @@ class EvaluationReport:
         """Write report.json, report.md and the PNGs (metric vs shots; where CALM ran, its weight
         heatmap, its weight mass per layer and its confusion matrix at the largest shot count; the
         reliability diagram where trust ran) into ``out_dir``."""
+        from calm.classifiers.plots import plot_layer_profile
         from calm.evaluation import plots
 
         out = Path(out_dir)
@@ -195,9 +196,8 @@ class EvaluationReport:
             paths["weights_plot"] = plots.plot_class_weights(weights, self.classes, self.heads,
                                                              out / "calm_weights.png",
                                                              title=f"CALM head weights, {shots}-shot, mean over seeds")
-            paths["layer_profile_plot"] = plots.plot_layer_profile(weights, self.classes, self.heads,
-                                                                   out / "calm_layer_profile.png",
-                                                                   title=f"CALM weight mass per layer, {shots}-shot")
+            paths["layer_profile_plot"] = plot_layer_profile(weights, out / "calm_layer_profile.png", heads=self.heads,
+                                                             title=f"CALM weight mass per layer, {shots}-shot")
         if self.reliability:
             paths["reliability_plot"] = plots.plot_reliability(self.reliability, out / "reliability.png")
         if "calm" in self.confusion:
