@@ -9,8 +9,8 @@
 #    every layer compiled, 5 s and 10 s clips, min per-head cosine with the plain path's features
 #    (benchmarks/extract_throughput.py). Targets: >= 200 clips/s at 5 s, >= 2.5x plain at 5 s,
 #    >= 1.8x at 10 s.
-# 2. The Ray multi-GPU extraction, only where calm.extract_ray and its benchmark (RAY_BENCH,
-#    default benchmarks/ray_extract.py, arguments RAY_ARGS) exist.
+# 2. The Ray multi-GPU extraction (benchmarks/ray_extract.py --gpus: 1 actor vs one per GPU;
+#    RAY_BENCH and RAY_ARGS override), where calm.extract_ray and ray import.
 # Each step has its own time limit out of the total (BUDGET_S, default 470 s), so a slow step
 # cannot push the whole past 8 minutes; a step that fails or times out says so and the rest run.
 set -u
@@ -56,8 +56,11 @@ fi
 step "Qwen2-Audio-7B shape: plain vs fast vs fast+compile, 5 s and 10 s" 400 \
     "$PYTHON" benchmarks/extract_throughput.py --device cuda --seconds 5 10 --batches 3 --warmup 1 --compile
 
-RAY_BENCH=${RAY_BENCH:-benchmarks/ray_extract.py}  # its arguments: RAY_ARGS (default: none)
-if [ "$DRY" = 1 ] || "$PYTHON" -c "import calm.extract_ray, ray" 2>/dev/null; then
+RAY_BENCH=${RAY_BENCH:-benchmarks/ray_extract.py}
+GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c "^GPU" || true)
+[ "${GPUS:-0}" -gt 0 ] || GPUS=1
+RAY_ARGS=${RAY_ARGS:---gpus --actors 1 $GPUS}  # 1 GPU actor vs one per GPU of this machine
+if [ "$DRY" = 1 ] || "$PYTHON" -c "from calm import extract_ray; import ray" 2>/dev/null; then
     if [ -f "$RAY_BENCH" ]; then
         # shellcheck disable=SC2086
         step "Ray multi-GPU extraction" 120 "$PYTHON" "$RAY_BENCH" ${RAY_ARGS:-}
