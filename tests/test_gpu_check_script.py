@@ -12,4 +12,4 @@ def test_gpu_check_parses_and_lists_its_steps():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     out = subprocess.run(["bash", str(SCRIPT), "--dry-run"], check=True, capture_output=True, text=True).stdout
     assert "extract_throughput.py --device cuda --seconds 5 10" in out and "--compile" in out
-    assert "Ray multi-GPU" in out and "done in" in out
+    assert "Ray multi-GPU" in out and "ray_extract.py --gpus --actors 1" in out and "done in" in out
