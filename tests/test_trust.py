@@ -24,7 +24,7 @@ from calm.classifiers import (
     load,
     save,
 )
-from calm.classifiers.conformal import conformal_quantile, rejection_threshold
+from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
 from calm.classifiers.trust import fit_inverse_temperature, fold_assignment
 from calm.data.items import Item
 from calm.evaluation import calibration
@@ -80,15 +80,36 @@ def test_coverage_and_set_size():
     assert calibration.mean_set_size(sets) == pytest.approx(1.0)
 
 
-def test_conformal_quantile_and_rejection_threshold_ranks():
+def test_conformal_p_values_and_rejection_threshold_ranks():
     scores = np.arange(9.0, 0.0, -1.0)  # 1..9, unsorted
-    assert conformal_quantile(scores, 0.9) == 9.0  # rank ceil(10 * .9) = 9
-    assert conformal_quantile(scores, 0.8) == 8.0
-    assert conformal_quantile(scores[:8], 0.9) == math.inf  # rank 9 of 8: every class
+    # conservative: (#{s_i > s} + #{s_i = s} + 1) / (n + 1)
+    assert conformal_p_values(scores, np.array([9.0, 9.5, 5.0, 0.0])).tolist() == [0.2, 0.1, 0.6, 1.0]
+    assert conformal_p_values(scores[:8], 100.0) == pytest.approx(1 / 9)  # never <= 0.1 with 8 scores
+    assert conformal_p_values(scores[:8], 100.0, tiebreak=0.5) == pytest.approx(0.5 / 9)  # smoothed
+    assert conformal_p_values(scores, 5.0, tiebreak=0.5) == pytest.approx((4 + 0.5 * 2) / 10)  # a tie
     assert rejection_threshold(np.arange(19.0), 0.05) == 0.0  # rank floor(20 * .05) = 1
     assert rejection_threshold(np.arange(18.0), 0.05) == -math.inf  # rank 0: reject nothing
-    with pytest.raises(ValueError, match="strictly between"):
-        conformal_quantile(scores, 1.0)
+    with pytest.raises(ValueError, match="no calibration scores"):
+        conformal_p_values(np.zeros(0), 1.0)
+
+
+def test_smoothed_p_values_are_exactly_uniform_and_conservative_ones_are_not():
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(20000, 9))  # 8 calibration scores and a new one, exchangeable
+    u = rng.random(20000)
+    smooth = np.array([conformal_p_values(row[:8], row[8], tiebreak=t) for row, t in zip(draws, u)])
+    plain = np.array([conformal_p_values(row[:8], row[8]) for row in draws])
+    assert abs((smooth <= 0.1).mean() - 0.1) < 0.01  # exact level, even with 8 scores
+    assert (plain <= 0.1).mean() == 0.0  # 8 scores never reach 0.1: the full set
+    assert abs((plain <= 0.5).mean() - 4 / 9) < 0.015  # floor(0.5 * 9) / 9
+
+
+def test_tiebreak_is_a_fixed_uniform_number_per_row():
+    rows = np.random.default_rng(1).random((2000, 3))
+    u = tiebreak(rows)
+    assert u.shape == (2000, 1) and (u >= 0).all() and (u < 1).all()
+    assert np.array_equal(u, tiebreak(rows.copy())) and np.array_equal(tiebreak(rows[5:6]), u[5:6])
+    assert abs(u.mean() - 0.5) < 0.02 and abs((u < 0.1).mean() - 0.1) < 0.02
 
 
 def test_temperature_minimises_the_smoothed_nll():

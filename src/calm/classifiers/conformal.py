@@ -1,33 +1,50 @@
-"""Split-conformal quantiles of calibration scores: prediction sets and a rejection threshold.
+"""Split-conformal p-values and quantiles of calibration scores: prediction sets and a rejection threshold.
 
 Written here rather than taken from crepes or MAPIE: both fit their own models on 2-D feature
 tables (MAPIE through scikit-learn's checks, which refuse [N, K, D] head features), while calm
-already has the scores it needs, the support items scored out of fold, and the quantile below
-is all that remains; crepes would add pandas, SciPy and scikit-learn for these few lines.
+already has the scores it needs, the support items scored out of fold, and the ranks below
+are all that remains; crepes would add a dependency for these few lines.
 
 For n exchangeable calibration scores s_(1) <= ... <= s_(n) and a new score s, the rank of s among
-the n + 1 is uniform, so P(s <= s_(k)) >= k / (n + 1). (With cross-fitted scores, as calm's,
-the guarantee holds approximately: the fold models saw slightly fewer items than the final one.)
+the n + 1 is uniform, so P(s <= s_(k)) >= k / (n + 1), and a p-value that breaks the tie of ranks
+at random is exactly uniform (Vovk, Gammerman and Shafer 2005, smoothed conformal predictors).
+(With cross-fitted scores, as calm's, the guarantee holds approximately: the fold models saw
+slightly fewer items than the final one.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
 
-def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
-    """q such that a new exchangeable score is <= q with probability >= ``coverage``: the
-    ceil((n + 1) coverage)-th smallest score, or inf when that rank exceeds n (too few scores
-    for this level: every class goes in the set)."""
-    if not 0 < coverage < 1:
-        raise ValueError(f"coverage must be a level strictly between 0 and 1, got {coverage!r}")
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+def conformal_p_values(calibration: np.ndarray, scores: np.ndarray, tiebreak: np.ndarray | float = 1.0
+                       ) -> np.ndarray:
+    """The conformal p-value of each score (same shape as ``scores``) against n calibration scores:
+    (#{s_i > s} + u (#{s_i = s} + 1)) / (n + 1), where higher scores are stranger.
+
+    With u uniform on [0, 1) and independent of the scores (smoothed conformal prediction), a new
+    exchangeable score has P(p <= alpha) = alpha exactly; with u = 1 (conservative), at most alpha,
+    but fewer than 1/alpha - 1 calibration scores then never give p <= alpha. ``tiebreak`` is u,
+    a number or an array that broadcasts against ``scores``."""
+    ordered = np.sort(np.asarray(calibration, dtype=np.float64))
     if ordered.size == 0:
         raise ValueError("no calibration scores")
-    rank = math.ceil((ordered.size + 1) * coverage - 1e-9)
-    return float(ordered[rank - 1]) if rank <= ordered.size else math.inf
+    scores = np.asarray(scores, dtype=np.float64)
+    below_or_equal = np.searchsorted(ordered, scores, side="right")
+    equal = below_or_equal - np.searchsorted(ordered, scores, side="left")
+    return (ordered.size - below_or_equal + np.asarray(tiebreak) * (equal + 1)) / (ordered.size + 1)
+
+
+def tiebreak(rows: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) per row [N, 1], from a hash of the row's bytes: spread uniformly over
+    clips and unrelated to their scores, yet the same every time for one clip, so a clip's
+    smoothed prediction set does not change between runs or batches."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+    return np.array([int.from_bytes(d, "little") / 2.0**64 for d in digests]).reshape(-1, 1)
 
 
 def rejection_threshold(scores: np.ndarray, rate: float) -> float:

@@ -31,9 +31,10 @@ from calm.fingerprint import as_json, check_fingerprint
 from calm.methods import estimator_classes
 
 FORMAT = "calm-classifier"
-VERSION = 2
-"""Version 2 added the arrays' checksum and calibration; version 1 files (without them) still load."""
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+"""Version 2 added the arrays' checksum and calibration, version 3 the support sketch of a
+calibrated classifier; older files still load (a version 2 calibrated file without its sketch)."""
+READABLE_VERSIONS = (1, 2, 3)
 CALIBRATION_PREFIX = "calibration."
 
 
@@ -74,7 +75,7 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         settings = {k: v for k, v in calibrated.get_params(deep=False).items() if k != "estimator"}
         meta["calibration"] = {"params": as_json(settings, "the calibration settings"),
                                "fitted": as_json(calibrated._get_meta(), "the calibration")}
-        arrays.update({CALIBRATION_PREFIX + key: np.ascontiguousarray(getattr(calibrated, key), dtype=np.float64)
+        arrays.update({CALIBRATION_PREFIX + key: np.ascontiguousarray(getattr(calibrated, key))
                        for key in calibrated._state_shapes()})
     meta["sha256"] = _checksum(arrays)
     path = Path(path)
@@ -158,13 +159,7 @@ def _restore(cls: type[Estimator], meta: dict[str, Any], arrays: dict[str, np.nd
     if set(arrays) != set(expected):
         raise ValueError(f"{path}: arrays {sorted(arrays)} do not match a {cls.__name__} ({sorted(expected)})")
     for key, shape in expected.items():
-        got = arrays[key].shape
-        if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
-            want = tuple("any" if e is None else e for e in shape)
-            raise ValueError(f"{path}: array {key!r} has shape {got}, expected {want}")
-        if arrays[key].dtype.kind == "f" and not np.isfinite(arrays[key]).all():
-            raise ValueError(f"{path}: array {key!r} holds NaN or inf")
-        setattr(clf, key, np.array(arrays[key], order="C"))  # an aligned, writeable copy
+        setattr(clf, key, _checked_array(path, "array", key, arrays[key], shape))
     heads = arrays.get("heads_")
     if heads is not None and (heads.size == 0 or heads.min() < 0 or heads.max() >= clf.n_heads_in_):
         raise ValueError(f"{path}: selected heads out of range 0..{clf.n_heads_in_ - 1}")
@@ -186,17 +181,26 @@ def _restore_calibration(estimator: Estimator, meta: dict[str, Any], arrays: dic
             raise ValueError("a rejection threshold needs calibration items, and calibration items give one")
     except (TypeError, KeyError, ValueError) as error:
         raise ValueError(f"{path}: damaged calibration metadata: {error!r}") from None
+    clf.support_sketch_ = arrays.get("support_sketch_")  # absent from version 2 files
     expected = clf._state_shapes()
     if set(arrays) != set(expected):
         raise ValueError(f"{path}: calibration arrays {sorted(arrays)}, expected {sorted(expected)}")
-    for key, (size,) in expected.items():
-        values = arrays[key]
-        if values.shape != (size,) or not np.isfinite(values).all():
-            raise ValueError(f"{path}: calibration array {key!r} has shape {values.shape} or non-finite values, "
-                             f"expected {size} finite values")
-        setattr(clf, key, np.array(values))
+    for key, shape in expected.items():
+        setattr(clf, key, _checked_array(path, "calibration array", key, arrays[key], shape))
     clf.estimator_, clf.classes_ = estimator, estimator.classes_
     return clf
+
+
+def _checked_array(path: Path, what: str, key: str, array: np.ndarray, shape: tuple[int | None, ...]) -> np.ndarray:
+    """An aligned, writeable copy of ``array``, or ValueError naming the file when its shape differs
+    from ``shape`` (None: any length) or it holds NaN or inf."""
+    got = array.shape
+    if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
+        want = tuple("any" if e is None else e for e in shape)
+        raise ValueError(f"{path}: {what} {key!r} has shape {got}, expected {want}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{path}: {what} {key!r} holds NaN or inf")
+    return np.array(array, order="C")
 
 
 def _checksum(arrays: Mapping[str, np.ndarray]) -> str:

@@ -15,7 +15,10 @@ support set has, give
 * the **rejection threshold**: the out-of-fold open-set scores of the (all known) support items,
   and the threshold below which a clip is called unknown, so that at most ``target_frr`` of
   known-class clips are rejected (split-conformal quantile, valid for exchangeable clips).
-* the **conformal scores** 1 - p(true class), whose quantile gives prediction sets at any level.
+* the **conformal scores** 1 - p(true class), whose ranks give prediction sets at any level.
+
+It also keeps a small sketch of every support clip (:mod:`calm.classifiers.typicality`), so that
+new clips can be checked for looking like the support at all: the premise of everything above.
 
 ``predict`` is the estimator's own. Classes with a single support item cannot be cross-fitted:
 their items are not scored (with a warning); with no scored item at all the probabilities stay
@@ -32,7 +35,8 @@ import numpy as np
 from sklearn.base import clone
 
 from calm.classifiers._base import Estimator, NotFittedError, encode_labels
-from calm.classifiers.conformal import conformal_quantile, rejection_threshold
+from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
+from calm.classifiers.typicality import SKETCH_DIM, ShiftCheck, shift_check, sketch, typicality
 from calm.features import HeadFeatures
 
 LOGIT_SOURCES = ("decision", "log_proba")
@@ -127,7 +131,8 @@ class Calibrated(Estimator):
     Fitted attributes: ``estimator_`` (fitted on every support item), ``classes_``,
     ``temperature_``, ``logit_source_``, ``n_calibration_`` (support items scored out of fold),
     ``threshold_`` (None when nothing was scored), ``conformity_scores_`` [n] and
-    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted).
+    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted), and
+    ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3).
     """
 
     _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_")
@@ -160,6 +165,7 @@ class Calibrated(Estimator):
         labels = index.numpy()
         self.estimator_ = clone(self.estimator).fit(X, y)
         self.classes_ = self.estimator_.classes_
+        self.support_sketch_ = sketch(X)
         scored, scores = self._cross_fit(X, y, labels, classes)
         self.n_calibration_ = int(scored.sum())
         if self.n_calibration_ == 0:
@@ -250,18 +256,40 @@ class Calibrated(Estimator):
         labels[score < self.threshold_] = unknown
         return labels, score
 
-    def predict_sets(self, X: Any, coverage: float = 0.9) -> list[tuple[Any, ...]]:
-        """Per item, the classes whose calibrated probability is at least 1 - q, q the conformal
-        quantile of the support's out-of-fold 1 - p(true class) at ``coverage`` (marginal: over
-        clips like the support's, the true class is in the set at least that often). A set may
-        be empty: no class fits."""
-        return [tuple(self.classes_[row].tolist()) for row in self.set_mask(X, coverage)]
+    def predict_sets(self, X: Any, coverage: float = 0.9, smooth: bool = True) -> list[tuple[Any, ...]]:
+        """Per item, its conformal prediction set: the classes c whose score 1 - p(c) has a conformal
+        p-value above 1 - ``coverage`` among the support's out-of-fold scores 1 - p(true class).
+        Over clips like the support's, the true class is in the set with probability ``coverage``
+        (marginal, not per class). ``smooth`` breaks rank ties with a number drawn from a hash of
+        the clip's probabilities, which makes the coverage exact rather than at least ``coverage``,
+        and the same clip always gets the same set; ``smooth=False`` gives the conservative sets,
+        which hold every class when fewer than 1/(1 - coverage) - 1 support items were scored. A
+        set may be empty: no class fits."""
+        return [tuple(self.classes_[row].tolist()) for row in self.set_mask(X, coverage, smooth)]
 
-    def set_mask(self, X: Any, coverage: float = 0.9) -> np.ndarray:
+    def set_mask(self, X: Any, coverage: float = 0.9, smooth: bool = True) -> np.ndarray:
         """Prediction sets as a boolean mask [N, C] (see :meth:`predict_sets`)."""
         self._require_calibration("prediction sets")
-        q = conformal_quantile(self.conformity_scores_, coverage)
-        return 1.0 - self.predict_proba(X) <= q
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must be a level strictly between 0 and 1, got {coverage!r}")
+        proba = self.predict_proba(X)
+        p_values = conformal_p_values(self.conformity_scores_, 1.0 - proba, tiebreak(proba) if smooth else 1.0)
+        return p_values > 1.0 - coverage
+
+    def typicality(self, X: Any) -> np.ndarray:
+        """Per clip [N], how much it looks like the support clips: a conformal p-value in (0, 1]
+        that needs no model (see :mod:`calm.classifiers.typicality`). Low values (<= 0.1) mark
+        clips farther from every support clip than support clips lie from each other."""
+        self._check_fitted()
+        if self.support_sketch_ is None:
+            raise ValueError("this classifier was saved without a sketch of its support set (before calm 0.3); "
+                             "refit it to check new clips against the support")
+        return typicality(self.support_sketch_, sketch(X))
+
+    def check_shift(self, X: Any) -> ShiftCheck:
+        """Whether the clips X, as a batch, still look like the support set (see
+        :class:`~calm.classifiers.typicality.ShiftCheck`; its ``message()`` explains it)."""
+        return shift_check(self.typicality(X), len(self.support_sketch_))
 
     def _require_calibration(self, what: str) -> None:
         self._check_fitted()
@@ -271,7 +299,10 @@ class Calibrated(Estimator):
     # ---- saving (see calm.classifiers.io)
     def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
         n = self.n_calibration_
-        return {"conformity_scores_": (n,), "open_scores_": (n,)}
+        shapes: dict[str, tuple[int | None, ...]] = {"conformity_scores_": (n,), "open_scores_": (n,)}
+        if getattr(self, "support_sketch_", None) is not None:
+            shapes["support_sketch_"] = (None, SKETCH_DIM)
+        return shapes
 
 
 def open_set_score(logits: np.ndarray, kind: str) -> np.ndarray:
