@@ -1,6 +1,6 @@
 """Trust benchmark on saved dev features: calibration (ECE/NLL before and after), 90% conformal
-coverage and set size, and the open-set AUROC of each rejection score, per method and shot count,
-mean over seeds.
+coverage and set size (smoothed, the default, and conservative), the shift check of the queries,
+and the open-set AUROC of each rejection score, per method and shot count, mean over seeds.
 
     PYTHONPATH=src python benchmarks/trust.py /work/devfeatures/spoken-numbers.npz /work/devfeatures/spoof.npz
 
@@ -21,10 +21,12 @@ import numpy as np
 
 from calm.classifiers.trust import OPEN_SCORES, Calibrated
 from calm import methods as registry
+from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder
 
 SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
-         "fpr_at_95_tpr", "unknown_rejected", "known_rejected")
+         "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
+         "set_size_90_conservative")
 
 
 def draw_support(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -59,6 +61,11 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
                     warnings.simplefilter("ignore")
                     clf = Calibrated(make()).fit(Xs, ys)
                     rows.append(recorder.score(name, k, seed, clf, make, Xs, ys.tolist(), Xq, yq))
+                    if clf.threshold_ is not None:  # the sets without smoothing, for comparison
+                        conservative = clf.set_mask(Xq, 0.9, smooth=False)
+                        truth = np.searchsorted(clf.classes_, yq)
+                        rows[-1]["coverage_90_conservative"] = calibration.coverage(conservative, truth)
+                        rows[-1]["set_size_90_conservative"] = calibration.mean_set_size(conservative)
             cells = [_mean([r.get(m) for r in rows]) for m in SHOWN]
             cells += [_mean([r["auroc_by_score"][s] for r in rows if "auroc_by_score" in r]) for s in OPEN_SCORES]
             print(f"| {name} | {k} | " + " | ".join(cells) + f" | {(time.perf_counter() - started) / seeds:.1f} |",

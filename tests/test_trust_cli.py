@@ -91,3 +91,23 @@ def test_uncalibrated_file_is_refused_for_reject(fitted, tmp_path, capsys):
     capsys.readouterr()
     assert cli("predict", "--classifier", str(plain), "--model", "tiny:qwen2_audio", files[0], "--reject") == 1
     assert "need a calibrated classifier" in capsys.readouterr().err
+
+
+def test_typicality_column_and_a_warning_when_the_files_are_unlike_the_support(fitted, tmp_path, capsys):
+    model, files = fitted
+    noise = []
+    for j in range(6):
+        noise.append(tmp_path / f"noise{j}.wav")
+        soundfile.write(noise[-1], np.random.default_rng(50 + j).standard_normal(6400).astype(np.float32), 16000)
+    out = tmp_path / "typical.csv"
+    capsys.readouterr()
+    assert main(["predict", "--classifier", str(model), "--model", "tiny:qwen2_audio", *files[:3], "--sets", "0.9",
+                 "--out", str(out)]) == 0
+    assert "unlike the support set" not in capsys.readouterr().err  # three tones like the support's
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert all(0 < float(r["typicality"]) <= 1 for r in rows)
+    assert main(["predict", "--classifier", str(model), "--model", "tiny:qwen2_audio", *map(str, noise), "--reject",
+                 "--out", str(out)]) == 0
+    assert "unlike the support set" in capsys.readouterr().err  # all noise: flagged, still labelled
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 6 and all(float(r["typicality"]) <= 0.1 and r["label"] for r in rows)

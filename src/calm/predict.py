@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from calm import methods as registry
 from calm.backbones.base import Backbone
+from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.items import Item
 from calm.data.loaders import media_item
 from calm.evaluation.answers import warn_label_leaks
@@ -38,6 +39,8 @@ class Prediction:
 
     With rejection, ``label`` may be the unknown label and ``score`` is the open-set score (higher:
     more like a known class); with prediction sets, ``prediction_set`` lists the set's classes.
+    With a calibrated classifier, ``typicality`` says how much the clip looks like the support
+    clips (a conformal p-value; <= 0.1: farther from all of them than they are from each other).
     """
 
     path: str
@@ -46,6 +49,7 @@ class Prediction:
     error: str | None = None
     score: float | None = None
     prediction_set: tuple[str, ...] | None = None
+    typicality: float | None = None
 
 
 def fit_classifier(
@@ -147,6 +151,10 @@ def predict_files(
             threshold (the row stays, with its score and probabilities).
         sets: a coverage level (e.g. 0.9): also give each file's conformal prediction set.
         Rejection and sets need a calibrated classifier (:class:`~calm.classifiers.Calibrated`).
+
+    A calibrated classifier also gives each file its typicality and checks the files, as a batch,
+    against its support set: when they do not look like it, a :class:`ShiftWarning` says so,
+    since the calibrated probabilities, rejection rate and set coverage assume clips like the support.
     """
     if (reject or sets is not None) and not hasattr(classifier, "predict_open"):
         raise ValueError("rejection and prediction sets need a calibrated classifier; refit it with calm fit "
@@ -171,11 +179,25 @@ def predict_files(
         members = [None] * len(labels)
         if sets is not None:
             members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
+        typical = _typicality(classifier, features)
         names = [str(c) for c in classifier.classes_]
-        for item_id, label, p, score, in_set in zip(features.ids, labels, probabilities, scores, members):
+        for item_id, label, p, score, in_set, t in zip(features.ids, labels, probabilities, scores, members, typical):
             rows[item_id] = Prediction(str(paths[int(item_id)]), str(label), {c: float(v) for c, v in zip(names, p)},
-                                       score=None if score is None else float(score), prediction_set=in_set)
+                                       score=None if score is None else float(score), prediction_set=in_set,
+                                       typicality=None if t is None else float(t))
     for item_id, reason in features.failed.items():
         path = str(paths[int(item_id)])
         rows[item_id] = Prediction(path, None, {}, reason.removeprefix(f"{path}: "))
     return [rows[item.id] for item in items]
+
+
+def _typicality(classifier: Any, features: Any) -> list[float | None]:
+    """Each clip's typicality (None for a classifier without a support sketch), with a
+    :class:`ShiftWarning` when the clips as a batch do not look like the support set."""
+    if getattr(classifier, "support_sketch_", None) is None or not hasattr(classifier, "typicality"):
+        return [None] * len(features)
+    p_values = classifier.typicality(features)
+    check = shift_check(p_values, len(classifier.support_sketch_))
+    if check.shifted:
+        warnings.warn(check.message(), ShiftWarning, stacklevel=3)
+    return p_values.tolist()

@@ -13,9 +13,10 @@ from calm.cli._common import add_backbone_arguments, add_on_error_argument, chec
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str, score: bool = False,
-               sets: bool = False) -> None:
-    """Predictions as CSV (path, label, error, [score], [set: a JSON list], one probability column
-    per class) or JSON lines (with ``score`` and ``set`` keys when asked for)."""
+               sets: bool = False, typicality: bool = False) -> None:
+    """Predictions as CSV (path, label, error, [score], [set: a JSON list], [typicality], one
+    probability column per class) or JSON lines (with ``score``, ``set`` and ``typicality`` keys
+    when asked for)."""
     if fmt == "jsonl":
         for row in rows:
             record = {"path": row.path, "label": row.label, "probabilities": row.probabilities, "error": row.error}
@@ -23,15 +24,19 @@ def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt:
                 record["score"] = row.score
             if sets:
                 record["set"] = None if row.prediction_set is None else list(row.prediction_set)
+            if typicality:
+                record["typicality"] = row.typicality
             handle.write(json.dumps(record) + "\n")
         return
     writer = csv.writer(handle)
     writer.writerow(["path", "label", "error", *(["score"] if score else []), *(["set"] if sets else []),
-                     *(f"p_{c}" for c in classes)])
+                     *(["typicality"] if typicality else []), *(f"p_{c}" for c in classes)])
     for row in rows:
         extra = [f"{row.score:.6g}" if row.score is not None else ""] if score else []
         if sets:
             extra.append(json.dumps(list(row.prediction_set)) if row.prediction_set is not None else "")
+        if typicality:
+            extra.append(f"{row.typicality:.4g}" if row.typicality is not None else "")
         writer.writerow([row.path, row.label or "", row.error or "", *extra,
                          *(f"{row.probabilities[c]:.6g}" if c in row.probabilities else "" for c in classes)])
 
@@ -59,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
                          unknown_label=args.unknown_label, sets=args.sets)
     with open(out, "w", newline="") if out else nullcontext(sys.stdout) as handle:
         write_rows(rows, [str(c) for c in clf.classes_], handle, args.format, score=args.reject,
-                   sets=args.sets is not None)
+                   sets=args.sets is not None, typicality=args.reject or args.sets is not None)
     failed = sum(row.error is not None for row in rows)
     if failed:
         print(f"calm predict: {failed} of {len(rows)} file(s) could not be read (see their rows' error)",
@@ -71,7 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="label audio or video files with a saved classifier",
         description="Extract features of each file with the classifier's own model, options and prompt, and print "
-                    "(or write) its label and per-class probabilities. Exit status 1 when no file could be read.")
+                    "(or write) its label and per-class probabilities. With --reject or --sets, a typicality column "
+                    "says how much each clip looks like the support clips (<= 0.1: unlike all of them), and a "
+                    "calibrated classifier warns when the files as a batch do not look like its support set. Exit "
+                    "status 1 when no file could be read.")
     parser.add_argument("files", nargs="+", help="audio or video files")
     parser.add_argument("--classifier", required=True, help="file written by calm fit")
     parser.add_argument("--prompt", default=None,

@@ -107,10 +107,13 @@ class EvaluationReport:
             return []
         columns = [("ece_uncalibrated", "ECE raw"), ("ece", "ECE"), ("nll_uncalibrated", "NLL raw"), ("nll", "NLL"),
                    ("brier", "Brier"), ("coverage_90", "coverage@90"), ("set_size_90", "set size"),
-                   ("auroc", "open-set AUROC"), ("fpr_at_95_tpr", "FPR@95TPR")]
+                   ("auroc", "open-set AUROC"), ("fpr_at_95_tpr", "FPR@95TPR"), ("atypical", "atypical"),
+                   ("shifted", "shift flagged")]
         caption = ("Trust (mean over seeds; ECE/NLL/Brier of the calibrated probabilities, raw = before "
                    "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
-                   "their queries unknown, energy score):")
+                   "their queries unknown, energy score; atypical: share of queries with typicality <= 0.1; shift "
+                   "flagged: share of seeds whose queries were flagged as unlike the support, where the "
+                   "calibrated numbers may not hold):")
         lines = ["", caption, "",
                  "| method | shots | " + " | ".join(label for _, label in columns) + " |",
                  "|" + "---|" * (len(columns) + 2)]

@@ -12,6 +12,8 @@ Which apply where:
   rejected at the support-chosen threshold.
 * ``spoof``: calibration and prediction sets; no open set (with two classes, holding one out
   leaves nothing to classify, and a new attack is still "spoof", not "unknown").
+* all but ``multilabel``: the shift check of the queries against the support set (share of
+  atypical queries, and whether the batch is flagged as unlike the support; 1.0 = flagged).
 * ``multilabel``: none. The one-vs-rest yes/no classifiers could be calibrated label by label,
   but ECE, sets and rejection of a single label per clip do not describe a multi-label answer.
 """
@@ -30,7 +32,8 @@ if TYPE_CHECKING:  # calm.classifiers imports torch: only when a method is score
 OPEN_SET_SHARE = 0.25
 SET_LEVEL = 0.9
 TRUST_METRICS = ("ece", "ece_uncalibrated", "nll", "nll_uncalibrated", "brier", "brier_uncalibrated",
-                 "coverage_90", "set_size_90", "auroc", "fpr_at_95_tpr", "unknown_rejected", "known_rejected")
+                 "coverage_90", "set_size_90", "auroc", "fpr_at_95_tpr", "unknown_rejected", "known_rejected",
+                 "atypical", "shifted")
 """What :class:`TrustRecorder` reports per episode (the open-set ones only where they apply)."""
 
 
@@ -81,6 +84,8 @@ class TrustRecorder:
             "threshold": calibrated.threshold_,
         }
         self._add_bins(name, shots, raw, proba, labels)
+        check = calibrated.check_shift(Xq)
+        out["atypical"], out["shifted"] = check.atypical / check.clips, float(check.shifted)
         if calibrated.threshold_ is None:
             return out
         sets = calibrated.set_mask(Xq, SET_LEVEL)
