@@ -27,6 +27,8 @@ from calm.evaluation.trust import TrustRecorder
 SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
          "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
          "set_size_90_conservative")
+OPEN_KINDS = (*OPEN_SCORES, "typicality")
+"""Open-set scores compared: the classifier's three, and the model-free typicality."""
 
 
 def draw_support(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -45,9 +47,9 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
     pool = np.flatnonzero(split == "support") if fixed else np.arange(len(y))
     print(f"\n## {path.stem}: {len(classes)} classes, support pool {len(pool)}, "
           f"queries {int((split == 'query').sum()) if fixed else 'the rest'}, features {X.shape}\n")
-    print("| method | shots | " + " | ".join(SHOWN) + " | " + " | ".join(f"auroc_{k}" for k in OPEN_SCORES)
+    print("| method | shots | " + " | ".join(SHOWN) + " | " + " | ".join(f"auroc_{k}" for k in OPEN_KINDS)
           + " | seconds |")
-    print("|---|---|" + "---|" * (len(SHOWN) + len(OPEN_SCORES) + 1))
+    print("|---|---|" + "---|" * (len(SHOWN) + len(OPEN_KINDS) + 1))
     for name in methods:
         for k in shots:
             recorder = TrustRecorder(task, classes)
@@ -67,7 +69,7 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
                         rows[-1]["coverage_90_conservative"] = calibration.coverage(conservative, truth)
                         rows[-1]["set_size_90_conservative"] = calibration.mean_set_size(conservative)
             cells = [_mean([r.get(m) for r in rows]) for m in SHOWN]
-            cells += [_mean([r["auroc_by_score"][s] for r in rows if "auroc_by_score" in r]) for s in OPEN_SCORES]
+            cells += [_mean([r["auroc_by_score"][s] for r in rows if "auroc_by_score" in r]) for s in OPEN_KINDS]
             print(f"| {name} | {k} | " + " | ".join(cells) + f" | {(time.perf_counter() - started) / seeds:.1f} |",
                   flush=True)
 

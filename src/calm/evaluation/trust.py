@@ -115,6 +115,7 @@ class TrustRecorder:
                "unknown_rejected": float(rejected[~known].mean()), "known_rejected": float(rejected[known].mean()),
                "held_out_classes": sorted(dropped)}
         out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in OPEN_SCORES}
+        out["auroc_by_score"]["typicality"] = calibration.auroc(clf.typicality(Xq), known)
         return out
 
     def _add_bins(self, name: str, shots: int, raw: np.ndarray, proba: np.ndarray, labels: np.ndarray) -> None:
