@@ -101,7 +101,9 @@ def test_classify_is_predict_files_and_save_load_keeps_predictions(session, back
     data = tone_bytes(query, 2900.0, 7)
     shown = session.classify("query.wav", data)
     direct = predict_files(backbone, session.classifier, [query])[0]
-    assert (shown.label, shown.probabilities) == (direct.label, direct.probabilities)
+    assert (shown.label, shown.probabilities, shown.typicality) == (direct.label, direct.probabilities,
+                                                                    direct.typicality)
+    assert 0 < shown.typicality <= 1  # the page notes a clip unlike the support (<= 0.1)
 
     saved = session.save(tmp_path / "clf.safetensors")
     fresh = AppSession(backbone, tmp_path / "other", "another prompt")

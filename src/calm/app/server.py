@@ -20,7 +20,7 @@ in ``?name=``; errors are ``{"error": message}`` with status 400, 409 while the 
     POST /api/clips/delete    {"class","name"}
     POST /api/folder          {"path"}           add a folder of class subfolders (server side)
     POST /api/fit                                fit on every clip (blocks; poll /api/progress)
-    POST /api/classify?name=F        <bytes>     label, probabilities
+    POST /api/classify?name=F        <bytes>     label, probabilities, typicality
     GET  /api/classifier                         the classifier file (download)
     POST /api/classifier?name=F      <bytes>     load a classifier file
     GET  /api/weights.png                        head x class weight maps (PNG)
@@ -127,7 +127,8 @@ class AppHandler(BaseHTTPRequestHandler):
             data = self._body()
             name = _param(query, "name")
             row = session.classify(name, data)
-            return self._json({"name": name, "label": row.label, "probabilities": row.probabilities})
+            return self._json({"name": name, "label": row.label, "probabilities": row.probabilities,
+                               "typicality": row.typicality})
         elif path == "/api/classifier":
             data = self._body()
             session.load_bytes(_param(query, "name"), data)

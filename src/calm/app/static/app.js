@@ -141,6 +141,7 @@ async function classify(file) {
     const reply = await call("POST", withName("api/classify", { name: file.name }), file);
     $("result-name").textContent = reply.name;
     $("result-label").textContent = reply.label;
+    $("result-atypical").hidden = !(reply.typicality !== null && reply.typicality <= 0.1);
     const rows = Object.entries(reply.probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
       el("tr", {}, el("td", {}, label), el("td", {}, p.toFixed(3)),
         el("td", { className: "bar-cell" }, el("div", { className: "bar", style: `width: ${100 * p}%` }))));
