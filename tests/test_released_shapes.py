@@ -21,22 +21,22 @@ def _qwen2_audio() -> Any:
                                              num_key_value_heads=32))
 
 
-def _qwen2_5_omni(hidden: int, layers: int, heads: int, kv: int, ffn: int) -> Callable[[], Any]:
+def _qwen2_5_omni(vocab: int, hidden: int, layers: int, heads: int, kv: int, ffn: int) -> Callable[[], Any]:
     def config() -> Any:
         from transformers import Qwen2_5OmniThinkerConfig
 
-        return Qwen2_5OmniThinkerConfig(text_config=dict(vocab_size=152064, hidden_size=hidden, intermediate_size=ffn,
+        return Qwen2_5OmniThinkerConfig(text_config=dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
                                                          num_hidden_layers=layers, num_attention_heads=heads,
                                                          num_key_value_heads=kv))
     return config
 
 
-def _whisper(d_model: int, layers: int, heads: int) -> Callable[[], Any]:
+def _whisper(vocab: int, mel_bins: int, d_model: int, layers: int, heads: int) -> Callable[[], Any]:
     def config() -> Any:
         from transformers import WhisperConfig
 
-        return WhisperConfig(d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                             encoder_attention_heads=heads, decoder_attention_heads=heads,
+        return WhisperConfig(vocab_size=vocab, num_mel_bins=mel_bins, d_model=d_model, encoder_layers=layers,
+                             decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
                              encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model)
     return config
 
@@ -101,13 +101,19 @@ def _gemma3n(layers: int, ffn: int, kv_shared: int) -> Callable[[], Any]:
     return config
 
 
+# Every value checked (2026-12) against the checkpoint's config.json on the Hugging Face Hub or a faithful copy
+# of it: Qwen2-Audio-7B-Instruct's own (text sizes not set there are Qwen2Config's defaults), whisper-large-v3 /
+# -base and Voxtral-Small as saved by fine-tunes and mirrors, Qwen3-Omni-30B-A3B-Instruct and Phi-4-multimodal
+# as dumped or transcribed by ports; transformers' convert_audioflamingo3_to_hf.py (which wrote
+# audio-flamingo-3-hf) and its config defaults documented as GLM-ASR-Nano-2512's and Voxtral-Mini-3B-2507's;
+# for Qwen2.5-Omni, Granite Speech 3.3 and Gemma 3n, ports that transcribe the released configs.
 RELEASED: dict[str, tuple[str, Callable[[], Any], int, int]] = {
     # checkpoint: (family, its config, K heads, D)
     "Qwen/Qwen2-Audio-7B-Instruct": ("qwen2_audio", _qwen2_audio, 1024, 128),
-    "Qwen/Qwen2.5-Omni-7B (thinker)": ("qwen2_5_omni", _qwen2_5_omni(3584, 28, 28, 4, 18944), 784, 128),
-    "Qwen/Qwen2.5-Omni-3B (thinker)": ("qwen2_5_omni", _qwen2_5_omni(2048, 36, 16, 2, 11008), 576, 128),
-    "openai/whisper-large-v3": ("whisper", _whisper(1280, 32, 20), 2 * 32 * 20, 64),
-    "openai/whisper-base": ("whisper", _whisper(512, 6, 8), 2 * 6 * 8, 64),
+    "Qwen/Qwen2.5-Omni-7B (thinker)": ("qwen2_5_omni", _qwen2_5_omni(152064, 3584, 28, 28, 4, 18944), 784, 128),
+    "Qwen/Qwen2.5-Omni-3B (thinker)": ("qwen2_5_omni", _qwen2_5_omni(151936, 2048, 36, 16, 2, 11008), 576, 128),
+    "openai/whisper-large-v3": ("whisper", _whisper(51866, 128, 1280, 32, 20), 2 * 32 * 20, 64),
+    "openai/whisper-base": ("whisper", _whisper(51865, 80, 512, 6, 8), 2 * 6 * 8, 64),
     "nvidia/audio-flamingo-3-hf": ("generic", _audioflamingo3, 784, 128),
     "zai-org/GLM-ASR-Nano-2512": ("generic", _glmasr, 448, 128),
     "Qwen/Qwen3-Omni-30B-A3B-Instruct (thinker)": ("qwen3_omni", _qwen3_omni, 1536, 128),
