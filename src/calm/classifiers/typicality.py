@@ -66,16 +66,20 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def typicality(support: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Full-conformal p-value [m] of each query sketch against the n support sketches (see the module)."""
+def typicality(support: np.ndarray, queries: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Full-conformal p-value [m] of each query sketch against the n support sketches (see the
+    module), ``block`` queries at a time."""
     n = len(support)
     within = squared_distances(support, support)
     np.fill_diagonal(within, np.inf)
     nearest_other = within.min(axis=1)  # [n]; inf for a single support clip
-    to_query = squared_distances(queries, support)  # [m, n]
-    strangeness = to_query.min(axis=1)
-    support_strangeness = np.minimum(nearest_other[None, :], to_query)
-    return (1.0 + (support_strangeness >= strangeness[:, None]).sum(axis=1)) / (n + 1)
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), block):
+        to_query = squared_distances(queries[start:start + block], support)  # [b, n]
+        strangeness = to_query.min(axis=1)
+        support_strangeness = np.minimum(nearest_other[None, :], to_query)
+        out[start:start + block] = (1.0 + (support_strangeness >= strangeness[:, None]).sum(axis=1)) / (n + 1)
+    return out
 
 
 class ShiftWarning(UserWarning):
