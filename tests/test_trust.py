@@ -211,11 +211,23 @@ def test_queries_permuted_give_the_same_calibration_in_the_evaluation():
     assert [r["ece"] for r in rows[0]] != [r["ece"] for r in rows[1]]  # the queries did change
 
 
+def test_held_out_accuracy_is_the_cross_fitted_accuracy():
+    Xs, ys = draw(3, seed=5, noise=2.5)
+    clf = quiet_fit(Calibrated(CALMClassifier()), Xs, ys)
+    folds = fold_assignment(np.unique(ys, return_inverse=True)[1], 5, seed=0)
+    hits = []
+    for fold in range(folds.max() + 1):
+        model = quiet_fit(CALMClassifier(), Xs[folds != fold], ys[folds != fold])
+        hits += (model.predict(Xs[folds == fold]) == ys[folds == fold]).tolist()
+    assert 0 < np.mean(hits) < 1  # a case where the estimate says something
+    assert clf.held_out_accuracy_ == pytest.approx(np.mean(hits))
+
+
 def test_one_shot_cannot_calibrate_and_says_so():
     Xs, ys = draw(1, seed=1)
     with pytest.warns(UserWarning, match="single support item"):
         clf = Calibrated(CALMClassifier()).fit(Xs, ys)
-    assert clf.temperature_ == 1.0 and clf.threshold_ is None
+    assert clf.temperature_ == 1.0 and clf.threshold_ is None and clf.held_out_accuracy_ is None
     with pytest.raises(ValueError, match="at least 2 items per class"):
         clf.predict_open(Xs)
     with pytest.raises(ValueError, match="target_frr"):
@@ -229,7 +241,8 @@ def test_save_load_keeps_calibration_and_threshold(tmp_path):
     path = save(clf, tmp_path / "c.safetensors")
     back = load(path)
     assert isinstance(back, Calibrated) and isinstance(back.estimator_, SAVClassifier)
-    for name in ("temperature_", "threshold_", "logit_source_", "n_calibration_", "target_frr", "open_score"):
+    for name in ("temperature_", "threshold_", "logit_source_", "n_calibration_", "held_out_accuracy_", "target_frr",
+                 "open_score"):
         assert getattr(back, name) == getattr(clf, name)
     assert np.array_equal(back.predict_proba(Xq), clf.predict_proba(Xq))
     assert np.array_equal(back.predict_open(Xq)[0], clf.predict_open(Xq)[0])

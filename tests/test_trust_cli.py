@@ -111,3 +111,14 @@ def test_typicality_column_and_a_warning_when_the_files_are_unlike_the_support(f
     assert "unlike the support set" in capsys.readouterr().err  # all noise: flagged, still labelled
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 6 and all(float(r["typicality"]) <= 0.1 and r["label"] for r in rows)
+
+
+def test_fit_reports_the_held_out_accuracy(fitted, tmp_path, capsys):
+    model, _ = fitted
+    capsys.readouterr()
+    assert cli("fit", "--data", str(model.parent / "train"), "--model", "tiny:qwen2_audio", "--out",
+               str(tmp_path / "again.safetensors")) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out accuracy")]
+    accuracy = load(tmp_path / "again.safetensors").held_out_accuracy_
+    assert line == [f"held-out accuracy on the support: {accuracy:.1%} of 15 clips, each classified by a copy "
+                    "fitted without it (an estimate for new clips like these)"]

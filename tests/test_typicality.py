@@ -114,8 +114,10 @@ def test_a_file_without_the_sketch_loads_and_says_what_is_missing(tmp_path):
     from calm.classifiers.io import _checksum
 
     meta["version"], meta["sha256"] = 2, _checksum(arrays)  # as calm 0.2 wrote it
+    del meta["calibration"]["fitted"]["held_out_accuracy_"]
     save_file(arrays, str(tmp_path / "old.safetensors"), metadata={"calm": json.dumps(meta)})
     old = load(tmp_path / "old.safetensors")
+    assert old.held_out_accuracy_ is None
     assert old.predict_sets(clips(3, seed=6), 0.9)  # everything else still works
     with pytest.raises(ValueError, match="without a sketch of its support set"):
         old.typicality(clips(3, seed=6))

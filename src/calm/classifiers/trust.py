@@ -130,12 +130,14 @@ class Calibrated(Estimator):
 
     Fitted attributes: ``estimator_`` (fitted on every support item), ``classes_``,
     ``temperature_``, ``logit_source_``, ``n_calibration_`` (support items scored out of fold),
+    ``held_out_accuracy_`` (their accuracy: an estimate for clips like the support, a little
+    pessimistic since each fold model saw fewer shots; None when nothing was scored),
     ``threshold_`` (None when nothing was scored), ``conformity_scores_`` [n] and
     ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted), and
     ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3).
     """
 
-    _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_")
+    _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_", "held_out_accuracy_")
 
     def _get_meta(self) -> dict[str, Any]:
         """As saved: a threshold of -inf (too few items to reject anything) as the string "-inf"."""
@@ -145,7 +147,7 @@ class Calibrated(Estimator):
         return meta
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
-        super()._set_meta(meta)
+        super()._set_meta({"held_out_accuracy_": None, **meta})  # absent from version 2 files
         if isinstance(self.threshold_, str):
             self.threshold_ = float(self.threshold_)
 
@@ -170,6 +172,7 @@ class Calibrated(Estimator):
         self.n_calibration_ = int(scored.sum())
         if self.n_calibration_ == 0:
             self.temperature_, self.logit_source_, self.threshold_ = 1.0, "decision", None
+            self.held_out_accuracy_ = None
             self.conformity_scores_ = np.zeros(0)
             self.open_scores_ = np.zeros(0)
             return self
@@ -180,6 +183,7 @@ class Calibrated(Estimator):
         self.temperature_ = 1.0 / beta
         logits = scores[self.logit_source_][scored] * beta
         proba = softmax(logits)
+        self.held_out_accuracy_ = float((np.argmax(logits, axis=1) == truth).mean())
         self.conformity_scores_ = np.sort(1.0 - proba[np.arange(len(truth)), truth])
         self.open_scores_ = np.sort(open_set_score(logits, self.open_score))
         self.threshold_ = rejection_threshold(self.open_scores_, float(self.target_frr))
