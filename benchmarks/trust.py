@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calm.classifiers.trust import OPEN_SCORES, Calibrated
 from calm import methods as registry
+from calm.classifiers.trust import OPEN_SCORES, Calibrated
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder
 

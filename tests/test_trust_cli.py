@@ -120,5 +120,5 @@ def test_fit_reports_the_held_out_accuracy(fitted, tmp_path, capsys):
                str(tmp_path / "again.safetensors")) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out accuracy")]
     accuracy = load(tmp_path / "again.safetensors").held_out_accuracy_
-    assert line == [f"held-out accuracy on the support: {accuracy:.1%} of 15 clips, each classified by a copy "
-                    "fitted without it (an estimate for new clips like these)"]
+    assert line == [(f"held-out accuracy on the support: {accuracy:.1%} of 15 clips, each classified by a copy "
+                     "fitted without it (an estimate for new clips like these)")]

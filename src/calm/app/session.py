@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from calm.media import MediaLoadError, load_audio
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
 from calm.classifiers.plots import layer_profile
 from calm.classifiers.trust import describe
 from calm.data.items import Item
 from calm.data.loaders import load_dataset, media_item
-from calm.heads import extract, feature_fingerprint
 from calm.fingerprint import check_fingerprint
+from calm.heads import extract, feature_fingerprint
+from calm.media import MediaLoadError, load_audio
 from calm.predict import Prediction, fit_classifier, predict_files
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -51,12 +51,14 @@ class Progress:
 
 @dataclass
 class FitResult:
-    """A fit: the classifier's type, classes, how many clips it saw, and the warnings it raised."""
+    """A fit: the classifier's type, classes, how many clips it saw, the warnings it raised, and its
+    held-out accuracy on those clips (None when it could not be estimated, e.g. one clip a class)."""
 
     method: str
     classes: list[str]
     clips: int
     warnings: list[str] = field(default_factory=list)
+    held_out_accuracy: float | None = None
 
 
 class AppSession:
@@ -155,7 +157,8 @@ class AppSession:
                                             store=store)
             self.classifier = classifier
         return FitResult(describe(classifier), [str(c) for c in classifier.classes_], len(items),
-                         list(dict.fromkeys(str(w.message) for w in caught)))
+                         list(dict.fromkeys(str(w.message) for w in caught)),
+                         getattr(classifier, "held_out_accuracy_", None))
 
     def classify(self, filename: str, data: bytes) -> Prediction:
         """Label one uploaded clip; an undecodable one raises :class:`calm.MediaLoadError` naming ``filename``.

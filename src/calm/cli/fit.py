@@ -6,8 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, check_writable_file,
-                              load_model)
+from calm.cli._common import (
+    DEFAULT_PROMPT,
+    add_backbone_arguments,
+    add_on_error_argument,
+    check_writable_file,
+    load_model,
+)
 
 
 def parse_param(text: str) -> tuple[str, Any]:

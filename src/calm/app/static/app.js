@@ -122,7 +122,8 @@ async function fit() {
     const reply = await call("POST", "api/fit");
     render(reply);
     const f = reply.fit;
-    $("fit-status").textContent = `fitted ${f.method} on ${f.clips} clips.`;
+    $("fit-status").textContent = `fitted ${f.method} on ${f.clips} clips.` + (f.held_out_accuracy === null ? ""
+      : ` Held-out accuracy ${(100 * f.held_out_accuracy).toFixed(0)}% (each clip classified without it).`);
     say(f.warnings.length ? `Fitted, with warnings:\n${f.warnings.join("\n")}` : "Fitted.", "ok");
     showInterpretation();
   } catch (error) {
