@@ -86,15 +86,26 @@ def test_01_non_finite_features_fail_their_item_only(tmp_path, qwen, monkeypatch
 
 # 2 ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fast", [True, False])
-def test_02_clips_under_the_minimum_fail_per_item(tmp_path, fast):
+def test_02_clips_under_the_minimum_are_padded_and_empty_ones_fail(tmp_path, fast):
     backbone = tiny_backbone("qwen2_audio").with_options(fast=fast)
-    shorts = [Item(f"s{i}", tone(tmp_path / f"s{i}.wav", 400.0, seconds=0.02)) for i in range(3)]
+    shorts = [Item(f"s{i}", tone(tmp_path / f"s{i}.wav", 400.0 * (i + 1), seconds=0.02)) for i in range(3)]
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), RATE)
     good = Item("good", tone(tmp_path / "good.wav", 400.0))
-    features = extract(backbone, [*shorts, good], PROMPT, batch_size=4, on_error="record")
-    assert features.ids == ["good"]
-    assert all("too short (20 ms)" in features.failed[i.id] and "s" in features.failed[i.id] for i in shorts)
-    with pytest.raises(MediaLoadError, match=r"s0.wav: too short \(20 ms\); qwen2_audio backbones need at least 0.1 s"):
-        extract(backbone, shorts[:1], PROMPT)
+    with pytest.warns(UserWarning, match=r"3 clip\(s\) are shorter than 0.1 s.*padded with silence to it, e.g. s0"):
+        features = extract(backbone, [*shorts, Item("empty", empty), good], PROMPT, batch_size=5, on_error="record")
+    assert features.ids == ["s0", "s1", "s2", "good"]
+    assert "empty.wav" in features.failed["empty"] and "no audio samples" in features.failed["empty"]
+    X = features.X.astype(np.float32)
+    assert not np.allclose(X[0], X[1]) and not np.allclose(X[1], X[2])  # the padded clips' features differ
+    padded = tmp_path / "padded.wav"  # the same clip padded by hand gives the same features
+    soundfile.write(padded, np.pad(soundfile.read(shorts[0].audio, dtype="float32")[0], (0, 1600 - 320)), RATE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = extract(backbone, [Item("s0", shorts[0].audio), Item("padded", padded)], PROMPT, batch_size=1)
+    assert np.allclose(alone.X[0].astype(np.float32), alone.X[1].astype(np.float32), atol=1e-3)
+    with pytest.raises(MediaLoadError, match=r"empty.wav: holds no audio samples"):
+        extract(backbone, [Item("empty", empty)], PROMPT)
 
 
 # 3 ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import Counter, deque
@@ -96,8 +97,8 @@ def extract(
         items: clips (:class:`~calm.data.items.Item`, or file paths: unlabelled, the path as id);
             ``item.audio`` (or, without it, ``item.video``'s audio track) is loaded at the
             backbone's rate; ``item.video`` frames go to backbones that take video. Clips shorter
-            than ``backbone.min_seconds`` fail; longer than the model's window are cut (a warning
-            says how many).
+            than ``backbone.min_seconds`` are padded with silence to it, and clips longer than the
+            model's window are cut (a warning says how many of each); empty clips fail.
         prompt: the user text (rendered with the backbone's chat template).
         batch_size: clips per forward pass.
         store: None, a directory, or an open :class:`calm.store.FeatureStore`: stored items are
@@ -242,24 +243,30 @@ class _Run:
 
     def plan(self, items: Sequence[Item], batch_size: int) -> list[list[Item]]:
         """The batches of ``items``: sorted by duration, video and audio-only items apart. Items
-        whose duration cannot be read, or that are too short, fail (see :meth:`fail`); clips past
-        the model's window are counted in one warning."""
-        window, too_long = self.backbone.window_seconds, []
+        whose duration cannot be read, or that hold no audio, fail (see :meth:`fail`); clips
+        shorter than the backbone's minimum (padded when loaded) and past the model's window (cut)
+        are counted in one warning each."""
+        window, shortest, too_long, too_short = self.backbone.window_seconds, self.backbone.min_seconds, [], []
         for item in items:
             try:
                 seconds = self.seconds[item.id] = duration(media_path(item))
-                if seconds < self.backbone.min_seconds:
-                    raise MediaLoadError(media_path(item), f"too short ({1000 * seconds:.0f} ms); {self.backbone.family} "
-                                                           f"backbones need at least {self.backbone.min_seconds:g} s")
+                if seconds <= 0:
+                    raise MediaLoadError(media_path(item), "holds no audio samples")
             except ValueError as error:
                 self.seconds.pop(item.id, None)
                 self.fail(item, error)
                 continue
             if window is not None and seconds > window + 1e-3:
                 too_long.append(item.id)
+            if seconds < shortest:
+                too_short.append(item.id)
         if too_long:
             warnings.warn(f"{len(too_long)} clip(s) are longer than the model's {window:g} s window and were cut to "
                           f"it (only their first {window:g} s count), e.g. {too_long[0]}", stacklevel=5)
+        if too_short:
+            warnings.warn(f"{len(too_short)} clip(s) are shorter than {shortest:g} s, the least the "
+                          f"{self.backbone.family} audio encoder takes, and were padded with silence to it, e.g. "
+                          f"{too_short[0]}", stacklevel=5)
         todo = sorted((item for item in items if item.id in self.seconds),
                       key=lambda item: (self.uses_video(item), self.seconds[item.id]))
         batches: list[list[Item]] = []
@@ -306,7 +313,7 @@ class _Run:
     def _decode(self, item: Item) -> tuple[np.ndarray, Any] | ValueError:
         """The item's audio (and video frames, or None), or the loading error (thread-safe)."""
         try:
-            audio = load_audio(media_path(item), self.backbone.sample_rate)
+            audio = pad_to_minimum(load_audio(media_path(item), self.backbone.sample_rate), self.backbone)
             video = load_video(item.video, self.backbone.video_frames(self.seconds[item.id])) \
                 if self.uses_video(item) else None
             return audio, video
@@ -321,6 +328,12 @@ class _Run:
         inputs = self.backbone.build_inputs([audio for _, (audio, _) in loaded], self.prompt,
                                             videos=videos or None) if loaded else None
         return _LoadedBatch([item for item, _ in loaded], failures, inputs)
+
+
+def pad_to_minimum(audio: np.ndarray, backbone: Backbone) -> np.ndarray:
+    """``audio`` with trailing silence up to ``backbone.min_seconds`` (unchanged if already as long)."""
+    missing = math.ceil(backbone.min_seconds * backbone.sample_rate) - len(audio)
+    return np.pad(audio, (0, missing)) if missing > 0 else audio
 
 
 @dataclass

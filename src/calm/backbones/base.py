@@ -25,7 +25,8 @@ from calm.features import HeadIndex
 __all__ = ["Backbone", "BackboneOptions", "Site", "StopForward", "local_revision", "resolve_dtype"]
 
 MIN_SECONDS = 0.1
-"""Clips shorter than this carry too little to classify (and break the audio encoders' pooling)."""
+"""Clips shorter than this are padded with silence to it: shorter ones break the audio encoders'
+pooling, or leave them too few frames for the features to depend on the sound."""
 
 
 class StopForward(Exception):
@@ -91,7 +92,7 @@ class Backbone:
     """A chat model that answers questions (zero-shot, pseudo-labels); Whisper does not."""
     site_kinds: ClassVar[tuple[str, ...]] = ("self_attn",)
     min_seconds: ClassVar[float] = MIN_SECONDS
-    """The shortest clip accepted (shorter ones fail with a clear error)."""
+    """The shortest clip the encoder is given (shorter ones are padded with silence to it)."""
     has_encoder_window: ClassVar[bool] = False
     """Whether the option ``encoder_seconds`` applies (Whisper)."""
 
