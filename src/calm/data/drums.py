@@ -2,9 +2,9 @@
 
 The classes are the drums a drummer names (DRUM_CLASSES). Sources, all real recordings:
 
-* SoundFont drum kits, read with :mod:`calm.data.soundfont`: the 30 kits (bank 128) of FluidR3_GM
-  (``fluid-soundfont-gm``, MIT; studio, power, jazz, brush kits and recordings of the TR-808 and an
-  electronic kit), labelled by General MIDI percussion key (GM_KEYS); and the two acoustic kits of
+* SoundFont drum kits, read with :mod:`calm.data.soundfont`: the kits (bank 128) of FluidR3_GM
+  (``fluid-soundfont-gm``, MIT; standard, room, power, jazz, brush kits and recordings of the TR-808
+  and an electronic kit; not the orchestra kit), labelled by General MIDI percussion key (GM_KEYS); and the two acoustic kits of
   the AVL Drumkits (``avldrums.lv2-soundfont``, CC BY-SA 3.0, Glen MacArthur), five velocity
   layers per drum, whose key layout is GM's but for a few keys (AVL_KEYS). FluidR3 alone holds only
   2-3 distinct hi-hats and claps. A recording shared by several kits or fonts counts once.
@@ -46,7 +46,8 @@ GM_KEYS: dict[int, str] = {
     41: "tom", 43: "tom", 45: "tom", 47: "tom", 48: "tom", 50: "tom",
     49: "cymbal", 51: "cymbal", 52: "cymbal", 53: "cymbal", 55: "cymbal", 57: "cymbal", 59: "cymbal",
 }
-# The AVL kits play a hi-hat swish at 48, choked crashes and rides at 50, 52 and 58, a gong at 60.
+# The AVL kits play a hi-hat swish at 48, choked crashes and rides at 50, 52 and 58, an unnamed
+# "Paiste 2002 22" cymbal at 60 and maracas at 64 (left out).
 AVL_KEYS: dict[int, str] = {**GM_KEYS, 48: "open-hihat", 50: "cymbal", 52: "cymbal", 58: "cymbal"}
 # FluidR3 kits whose keys do not follow the drum kit: Orchestra (timpani at the tom keys) and SFX.
 _NOT_KITS = frozenset({48, 56})
