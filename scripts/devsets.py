@@ -52,6 +52,11 @@ DEV_TASKS: tuple[DevTask, ...] = (
             "no split: support drawn at random per seed, query = every other clip"),
     DevTask("languages-shift", "shifted", "A short recording of a sound.",
             "fixed split: support = Tux Paint spoken names, query = Asterisk telephone prompts (40 + 40 per class)"),
+    DevTask("drums", "in-domain", "A short recording of a sound.",
+            "no split: support drawn at random per seed, query = every other clip"),
+    DevTask("drums-shift", "shifted", "A short recording of a sound.",
+            "fixed split: support = SoundFont drum kits (FluidR3, AVL; up to 20 per class), "
+            "query = LMMS drum samples (3-16 per class)"),
 )
 
 
@@ -116,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.tasks or ()) - set(known))
     if unknown:
         parser.error(f"unknown tasks {unknown}; known: {sorted(known)}")
-    backbone = calm.load_backbone(MODEL)
-    backbone.encoder_seconds = ENCODER_SECONDS
+    backbone = calm.load_backbone(MODEL).with_options(encoder_seconds=ENCODER_SECONDS)
     for task in DEV_TASKS:
         if not args.tasks or task.name in args.tasks:
             write_task(task, backbone, args.out, cache_dir("features"), args.batch_size)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm.data import devsets, recipes, sources
+from calm.data import devsets, drums, recipes, sources
 from calm.data import speech as demo
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
-from calm.data.soundfont import GM_FAMILIES, SoundFontError, read_samples, sample_audio
+from calm.data.soundfont import GM_FAMILIES, PERCUSSION_BANK, Sample, SoundFontError, read_samples, sample_audio
 
 RATE = 8000
 
@@ -29,19 +29,23 @@ def _list(kind: bytes, *chunks: bytes) -> bytes:
     return _chunk(b"LIST", kind + b"".join(chunks))
 
 
-def write_sf2(path: Path, presets: list[tuple[int, int, list[tuple[str, np.ndarray, int, int, int]]]]) -> Path:
-    """A minimal SoundFont: each preset (program, bank, samples) plays one instrument whose zones are
-    its samples (name, int16 audio, loop start, loop end relative to the sample, sample type); a name
-    seen before names the same stored sample."""
+def write_sf2(path: Path, presets: list[tuple]) -> Path:
+    """A minimal SoundFont: each preset (program, bank, samples[, (low key, high key)]) plays one
+    instrument whose zones are its samples (name, int16 audio, loop start, loop end relative to the
+    sample, sample type[, (low key, high key)]); a name seen before names the same stored sample."""
     smpl, headers, phdr, pbag, pgen, inst, ibag, igen = b"", [], [], [], [], [], [], []
     stored: dict[str, int] = {}
-    for p, (program, bank, samples) in enumerate(presets):
+    for p, (program, bank, samples, *preset_keys) in enumerate(presets):
         phdr.append(struct.pack("<20sHHHIII", f"preset{p}".encode(), program, bank, len(pbag), 0, 0, 0))
         pbag.append(struct.pack("<HH", len(pgen), 0))
+        for low, high in preset_keys:
+            pgen.append(struct.pack("<HH", 43, low | high << 8))
         pgen.append(struct.pack("<HH", 41, len(inst)))
         inst.append(struct.pack("<20sH", f"inst{p}".encode(), len(ibag)))
-        for name, audio, loop_start, loop_end, kind in samples:
+        for name, audio, loop_start, loop_end, kind, *keys in samples:
             ibag.append(struct.pack("<HH", len(igen), 0))
+            for low, high in keys:
+                igen.append(struct.pack("<HH", 43, low | high << 8))
             igen.append(struct.pack("<HH", 53, stored.setdefault(name, len(headers))))
             if stored[name] < len(headers):
                 continue
@@ -219,6 +223,115 @@ def test_languages_tiny_build(fake_packages, tmp_path):
         devsets.languages_clips(per_language=4)
 
 
+# ---------------------------------------------------------------------------- drums
+
+
+def test_read_samples_of_the_percussion_bank_lists_kits_and_keys(tmp_path):
+    kick, snare, timpani = _tone(300, 0), _tone(300, 1), _tone(300, 2)
+    path = write_sf2(tmp_path / "f.sf2", [
+        (0, 0, [("Piano", _tone(300, 3), 0, 0, MONO)]),
+        (0, 128, [("Kick", kick, 0, 0, MONO, (35, 36)), ("Snare", snare, 0, 0, MONO, (38, 38))]),
+        (8, 128, [("Kick", kick, 0, 0, MONO, (35, 36))], (36, 60)),  # the preset plays keys 36-60 only
+        (48, 128, [("Timpani", timpani, 0, 0, MONO, (41, 53))]),
+    ])
+    samples, _, _ = read_samples(path, PERCUSSION_BANK)
+    assert [(s.name, s.programs, s.keys) for s in samples] == [
+        ("Kick", (0, 8), (35, 36)), ("Snare", (0,), (38,)), ("Timpani", (48,), tuple(range(41, 54)))]
+    assert [(s.name, s.programs) for s in read_samples(path)[0]] == [("Piano", (0,))]
+
+
+def _drum(name: str, *keys: int) -> Sample:
+    return Sample(0, name, 0, 10, RATE, 60, (0,), keys)
+
+
+def test_drum_class_follows_the_keys_of_the_layout_and_snare_names():
+    gm, avl = drums.GM_KEYS, drums.AVL_KEYS
+    assert drums.drum_class(_drum("Std Kick", 35, 36), gm) == "kick"
+    assert drums.drum_class(_drum("Hi-Hat Closed", 27, 42), gm) == "closed-hihat"  # key 27 has no class
+    assert drums.drum_class(_drum("808 Open Hat", 44, 46), gm) is None  # closed and open keys
+    assert drums.drum_class(_drum("Timpani", *range(41, 54)), gm) is None
+    assert drums.drum_class(_drum("Triangle", 80, 81), gm) is None
+    assert drums.drum_class(_drum("Brush Snr 2", 39), gm) == "snare"  # on the clap key of the brush kits
+    assert drums.drum_class(_drum("Clap", 39), gm) == "clap"
+    assert drums.drum_class(_drum("48-SabianRockHatSwis", 48), avl) == "open-hihat"
+    assert drums.drum_class(_drum("MdHi Studio", 48), gm) == "tom"
+
+
+LMMS_FILES = {
+    "bassdrum_acoustic01": "kick", "kick_hiphop01": "kick", "snare05": "snare", "nasty_snare01": "snare",
+    "snare_rim01": "rim", "sidestick01": "rim", "nasty_rim01": "rim", "clap03": "clap",
+    "hihat_closed02": "closed-hihat", "hihat_foot_pedal01": "closed-hihat", "hihat_opened01": "open-hihat",
+    "tom_low01": "tom", "crash02": "cymbal", "ride01": "cymbal",
+    "clav01": None, "shaker02": None, "wood01": None, "zap03": None, "nasty_bass01": None,
+}
+
+
+def test_lmms_file_names_map_to_drum_classes():
+    assert {name: drums.lmms_class(name) for name in LMMS_FILES} == LMMS_FILES
+
+
+@pytest.fixture
+def fake_drum_packages(tmp_path, monkeypatch):
+    """Hand-made drum fonts (two samples per class in the GM kit, one more in each AVL kit; the AVL
+    kits share their clap) and an LMMS drums folder, standing in for the Debian files."""
+    kit_samples = drums._kit_samples
+    kit_samples.cache_clear()
+    n = int(0.3 * RATE)
+    keys = {"kick": 36, "snare": 38, "rim": 37, "clap": 39, "closed-hihat": 42, "open-hihat": 46, "tom": 45,
+            "cymbal": 49}
+    gm = [(f"GM {label} {k}", _tone(n if label != "rim" else n // 10, 100 * i + k), 0, 0, MONO, (key, key))
+          for i, (label, key) in enumerate(keys.items()) for k in range(2)]
+    files = {drums.FLUID: write_sf2(tmp_path / "fluid.sf2", [
+        (0, 128, gm),
+        (25, 128, gm[:1]),  # the same kick in another kit: counted once
+        (48, 128, [("Timpani", _tone(n, 999), 0, 0, MONO, (36, 36))]),  # only in the orchestra kit
+    ])}
+    for f, (_, font, _, _) in enumerate(drums.FONTS[1:]):
+        avl = [(f"AVL{f} {label}", _tone(n, 5000 + 100 * f + i) if label != "clap" else _tone(n, 7777), 0, 0, MONO,
+                (key, key)) for i, (label, key) in enumerate(keys.items())]
+        files[font] = write_sf2(tmp_path / f"avl{f}.sf2", [(0, 0, avl)])
+    folder = files[drums.LMMS] = tmp_path / "lmms"
+    folder.mkdir()
+    for name in [*LMMS_FILES, "kick04"]:
+        sf.write(folder / f"{name}.ogg", np.random.default_rng(len(name)).uniform(-0.5, 0.5, 2205), 22050)
+    monkeypatch.setattr(drums, "debian_file", lambda package, relative: files[(package, relative)])
+    yield files
+    kit_samples.cache_clear()
+
+
+def test_drums_tiny_build(fake_drum_packages, tmp_path, monkeypatch):
+    metadata = demo.build_dataset("drums", 0, lambda: drums.drums_clips(cap=10), tmp_path / "d", False,
+                                  devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "random"
+    # 2 GM + 1 per AVL kit, the clap both AVL kits hold once; the orchestra kit's timpani is no kick
+    assert Counter(i.label for i in items) == {label: 3 if label == "clap" else 4 for label in drums.DRUM_CLASSES}
+    capped = load_dataset(demo.build_dataset("drums", 0, lambda: drums.drums_clips(cap=3), tmp_path / "c", False,
+                                             devsets.SAMPLE_RATE))
+    assert Counter(i.label for i in capped) == {label: 3 for label in drums.DRUM_CLASSES}
+    assert not any("Timpani" in i.meta["content"] for i in items)
+    _check_clips([i for i in items if i.label != "rim" or "GM" not in i.meta["content"]], (0.3, 0.3))
+    _check_clips([i for i in items if i.label == "rim" and "GM" in i.meta["content"]], (0.2, 0.2))  # padded
+    one_kick = drums._kit_samples()["kick"][:1]
+    monkeypatch.setattr(drums, "_kit_samples", lambda: {"kick": one_kick})
+    with pytest.raises(sources.DemoDataError, match="1 recordings of 'kick', 2 needed"):
+        drums.drums_clips(cap=3)
+
+
+def test_drums_shift_tiny_build(fake_drum_packages, tmp_path):
+    metadata = demo.build_dataset("drums-shift", 0, lambda: drums.drums_shift_clips(support=2), tmp_path / "s",
+                                  False, devsets.SAMPLE_RATE)
+    items = load_dataset(metadata)
+    assert protocol_of(items) == "split"
+    support = [i for i in items if i.fold == "support"]
+    query = [i for i in items if i.fold == "query"]
+    assert Counter(i.label for i in support) == {label: 2 for label in drums.DRUM_CLASSES}
+    assert {i.meta["source"] for i in support} <= {"FluidR3", "AVL-RedZeppelin", "AVL-BlackPearl"}
+    assert {i.meta["content"]: i.label for i in query} == {f"{n}.ogg": c for n, c in LMMS_FILES.items() if c}
+    assert {i.meta["source"] for i in query} == {"LMMS"}
+    _check_clips(query, (0.2, 0.2))  # 0.1 s files, padded
+
+
 @pytest.fixture(scope="module")
 def fluid() -> Path:
     """The real FluidR3_GM font (installed, or fetched once into the calm cache; 120 MB)."""
@@ -240,6 +353,14 @@ def test_real_fluidr3_holds_both_instrument_tasks(fluid):
     audio, rate = clips[0].samples()
     assert rate == 44100 and devsets.MIN_SECONDS * rate <= len(audio) <= devsets.NOTE_SECONDS * rate
     assert np.abs(audio).max() > 0.01
+
+
+def test_real_fluidr3_drum_kits_by_class(fluid):
+    samples, _, _ = read_samples(fluid, PERCUSSION_BANK)
+    kits = [s for s in samples if not set(s.programs) <= {48, 56}]  # as drums._kit_samples
+    found = Counter(drums.drum_class(s, drums.GM_KEYS) for s in kits)
+    assert {label: found[label] for label in drums.DRUM_CLASSES} == {
+        "kick": 18, "snare": 21, "rim": 1, "clap": 2, "closed-hihat": 3, "open-hihat": 1, "tom": 17, "cymbal": 8}
 
 
 def _load_script(monkeypatch):

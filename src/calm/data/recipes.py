@@ -2,7 +2,8 @@
 
 * the demo tasks (:mod:`calm.data.speech`): ``spoken-numbers`` and ``spoof``;
 * the dev tasks that choose calm's methods and defaults (:mod:`calm.data.devsets`, described in
-  docs/devsets.md): ``instruments``, ``instruments-shift``, ``languages``, ``languages-shift``.
+  docs/devsets.md): ``instruments``, ``instruments-shift``, ``languages``, ``languages-shift``,
+  and ``drums``, ``drums-shift`` (:mod:`calm.data.drums`).
 
 Adding one is a function ``prepare_<name>(out_dir, verbose=True) -> metadata CSV`` and one line in
 :data:`RECIPES`.
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import cache_dir
-from calm.data import devsets, speech
+from calm.data import devsets, drums, speech
 
 RECIPES: dict[str, Callable[..., Path]] = {
     "spoken-numbers": speech.prepare_spoken_numbers,
@@ -23,6 +24,8 @@ RECIPES: dict[str, Callable[..., Path]] = {
     "instruments-shift": devsets.prepare_instruments_shift,
     "languages": devsets.prepare_languages,
     "languages-shift": devsets.prepare_languages_shift,
+    "drums": drums.prepare_drums,
+    "drums-shift": drums.prepare_drums_shift,
 }
 """Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
 

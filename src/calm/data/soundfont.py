@@ -2,8 +2,8 @@
 
 A General MIDI SoundFont holds real recordings of instruments (one sample per few keys) and
 presets that map each GM program to them. :func:`read_samples` lists each sample with the GM
-programs (bank 0) that use it; :func:`sample_audio` gives one as recorded, cut to a few seconds
-with a short fade out. Nothing is synthesised: loops and envelopes of the font are not applied.
+programs (bank 0) that use it, or with the drum kits (bank 128) and MIDI keys that play it;
+:func:`sample_audio` gives one as recorded, cut to a few seconds with a short fade out. Nothing is synthesised: loops and envelopes of the font are not applied.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GM_FAMILIES", "Sample", "SoundFontError", "family", "read_samples", "sample_audio"]
+__all__ = ["GM_FAMILIES", "PERCUSSION_BANK", "Sample", "SoundFontError", "family", "read_samples", "sample_audio"]
 
 # General MIDI program families: programs 8*i ... 8*i+7 belong to GM_FAMILIES[i].
 GM_FAMILIES: tuple[str, ...] = (
     "piano", "chromatic-percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
     "reed", "pipe", "synth-lead", "synth-pad", "synth-effects", "ethnic", "percussive", "sound-effects",
 )
-_SAMPLE_ID, _INSTRUMENT = 53, 41  # generator operators
+_KEY_RANGE, _INSTRUMENT, _SAMPLE_ID = 43, 41, 53  # generator operators
+PERCUSSION_BANK = 128
 _ROM_SAMPLE = 0x8000
 _RIGHT_SAMPLE = 0x2  # the right half of a stereo pair (its left half is kept)
 
@@ -32,7 +33,7 @@ class SoundFontError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One recorded sample: where its data lies and the GM programs (bank 0) that play it."""
+    """One recorded sample: where its data lies, the programs of the bank read that play it, and at which keys."""
 
     index: int
     name: str
@@ -41,6 +42,7 @@ class Sample:
     rate: int
     pitch: int  # MIDI key of the recording
     programs: tuple[int, ...]
+    keys: tuple[int, ...] = ()  # MIDI keys at which those presets play it (the drum of a kit)
 
     @property
     def seconds(self) -> float:
@@ -73,18 +75,25 @@ def _records(data: bytes, chunk: tuple[int, int], fmt: str) -> list[tuple]:
     return list(struct.iter_unpack(fmt, data[start:start + size - size % struct.calcsize(fmt)]))
 
 
-def _zones(bags: list[tuple], gens: list[tuple], first: int, last: int, operator: int) -> list[int]:
-    """Values of generator ``operator`` in bags first..last-1 (one list of zones)."""
-    values = []
+def _zones(bags: list[tuple], gens: list[tuple], first: int, last: int, operator: int) -> list[tuple[int, set[int]]]:
+    """(value of generator ``operator``, keys the zone covers) of the zones in bags first..last-1 that
+    set it; a zone setting only a key range (a global zone) gives the others' default range."""
+    zones, default = [], set(range(128))
     for bag in range(first, last):
-        for oper, amount in gens[bags[bag][0]:bags[bag + 1][0]]:
-            if oper == operator:
-                values.append(amount)
-    return values
+        found = dict(gens[bags[bag][0]:bags[bag + 1][0]])
+        span = found.get(_KEY_RANGE)
+        keys = set(range(span & 0xFF, (span >> 8) + 1)) if span is not None else None
+        if operator in found:
+            zones.append((found[operator], default if keys is None else keys))
+        elif keys is not None and not zones:
+            default = keys
+    return zones
 
 
-def read_samples(path: str | Path) -> tuple[list[Sample], bytes, int]:
-    """The samples of a SoundFont that GM presets (bank 0) play, the file's bytes and where ``smpl`` starts.
+def read_samples(path: str | Path, bank: int = 0) -> tuple[list[Sample], bytes, int]:
+    """The samples of a SoundFont that the presets of ``bank`` play (0: the GM programs;
+    PERCUSSION_BANK: the drum kits, each sample with the keys it sounds at), the file's bytes and
+    where ``smpl`` starts.
 
     ROM samples and the right halves of stereo pairs (near copies of their left halves) are left out.
     """
@@ -106,14 +115,16 @@ def read_samples(path: str | Path) -> tuple[list[Sample], bytes, int]:
     ibag, igen = _records(data, pdta["ibag"], "<HH"), _records(data, pdta["igen"], "<HH")
     headers = _records(data, pdta["shdr"], "<20sIIIIIBbHH")[:-1]  # the last is the EOS terminal
     users: dict[int, set[int]] = {}
-    for p, (_, program, bank, bag, *_rest) in enumerate(presets[:-1]):
-        if bank != 0:
+    keys: dict[int, set[int]] = {}
+    for p, (_, program, preset_bank, bag, *_rest) in enumerate(presets[:-1]):
+        if preset_bank != bank:
             continue
-        for inst in _zones(pbag, pgen, bag, presets[p + 1][3], _INSTRUMENT):
+        for inst, preset_keys in _zones(pbag, pgen, bag, presets[p + 1][3], _INSTRUMENT):
             if inst + 1 >= len(insts):
                 raise SoundFontError(f"{path}: preset {program} names instrument {inst} of {len(insts) - 1}")
-            for sample in _zones(ibag, igen, insts[inst][1], insts[inst + 1][1], _SAMPLE_ID):
+            for sample, zone_keys in _zones(ibag, igen, insts[inst][1], insts[inst + 1][1], _SAMPLE_ID):
                 users.setdefault(sample, set()).add(program)
+                keys.setdefault(sample, set()).update(preset_keys & zone_keys)
     samples = []
     smpl_start, smpl_size = sdta["smpl"]
     for i, (name, start, end, _ls, _le, rate, pitch, _corr, _link, kind) in enumerate(headers):
@@ -122,7 +133,7 @@ def read_samples(path: str | Path) -> tuple[list[Sample], bytes, int]:
         if not start < end <= smpl_size // 2 or rate == 0:
             raise SoundFontError(f"{path}: sample {i} lies outside the sample data or has no rate")
         samples.append(Sample(i, name.split(b"\0")[0].decode("latin-1").strip(), start, end, rate, pitch,
-                              tuple(sorted(users[i]))))
+                              tuple(sorted(users[i])), tuple(sorted(keys[i]))))
     return samples, data, smpl_start
 
 
