@@ -295,6 +295,22 @@ def test_evaluation_reports_trust_and_open_set(tmp_path):
     assert quiet_evaluate(features, items, shots=(4,), seeds=1, methods=["calm"], trust=False).trust_rows() == []
 
 
+def test_open_set_is_skipped_when_no_query_is_of_a_held_out_class():
+    from calm.evaluation.trust import TrustRecorder
+
+    Xs, ys = draw(4, seed=1)
+    Xq, yq = draw(3, seed=2)
+    classes = sorted(set(ys.tolist()))
+    dropped = set(held_out_classes(classes, 0))
+    keep = np.array([label not in dropped for label in yq])  # every query of those classes went to the support
+    clf = quiet_fit(Calibrated(CALMClassifier()), Xs, ys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = TrustRecorder("multiclass", classes).score("calm", 4, 0, clf, CALMClassifier, Xs, ys.tolist(),
+                                                          Xq[keep], yq[keep].tolist())
+    assert "auroc" not in out and out["coverage_90"] is not None
+
+
 def test_held_out_classes_share_and_bounds():
     assert len(held_out_classes(list("abcdefgh"), 0)) == 2
     assert len(held_out_classes(list("abc"), 0)) == 1

@@ -108,6 +108,8 @@ class TrustRecorder:
         if clf.threshold_ is None:
             return {}
         known = np.array([y not in dropped for y in y_true])
+        if known.all() or not known.any():  # every query of a class was drawn into the support
+            return {}
         logits = clf.calibrated_logits(Xq)
         score = open_set_score(logits, clf.open_score)
         rejected = score < clf.threshold_
