@@ -93,7 +93,7 @@ def write_task(task: DevTask, backbone, out: Path, store: Path, batch_size: int)
     counts = {s or "all": dict(sorted(Counter(y[split == s]).items())) for s in sorted(set(split))}
     summary = {
         "task": task.name, "kind": task.kind, "prompt": task.prompt, "model": MODEL,
-        "encoder_seconds": ENCODER_SECONDS, "n": len(y), "classes": len(set(y)),
+        "encoder_seconds": backbone.encoder_seconds, "n": len(y), "classes": len(set(y)),
         "shape": list(features.X.shape), "chance": round(1 / len(set(y)), 4),
         "support_query": task.episodes, "n_per_class": counts, "metadata": str(metadata),
         "seconds": round(time.perf_counter() - started, 1),
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="*", help="task names (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--encoder-seconds", type=float, default=ENCODER_SECONDS,
+                        help=f"Whisper's encoder window (default {ENCODER_SECONDS:g}; 0: the model's full 30 s)")
     args = parser.parse_args(argv)
     import torch
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.tasks or ()) - set(known))
     if unknown:
         parser.error(f"unknown tasks {unknown}; known: {sorted(known)}")
-    backbone = calm.load_backbone(MODEL).with_options(encoder_seconds=ENCODER_SECONDS)
+    backbone = calm.load_backbone(MODEL).with_options(encoder_seconds=args.encoder_seconds or None)
     for task in DEV_TASKS:
         if not args.tasks or task.name in args.tasks:
             write_task(task, backbone, args.out, cache_dir("features"), args.batch_size)
