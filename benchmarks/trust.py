@@ -22,7 +22,7 @@ import numpy as np
 from calm import methods as registry
 from calm.classifiers.trust import OPEN_SCORES, Calibrated
 from calm.evaluation import calibration
-from calm.evaluation.trust import TrustRecorder
+from calm.evaluation.trust import TrustRecorder, column_index
 
 SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
          "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
@@ -65,7 +65,7 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
                     rows.append(recorder.score(name, k, seed, clf, make, Xs, ys.tolist(), Xq, yq))
                     if clf.threshold_ is not None:  # the sets without smoothing, for comparison
                         conservative = clf.set_mask(Xq, 0.9, smooth=False)
-                        truth = np.searchsorted(clf.classes_, yq)
+                        truth = column_index(clf, yq)
                         rows[-1]["coverage_90_conservative"] = calibration.coverage(conservative, truth)
                         rows[-1]["set_size_90_conservative"] = calibration.mean_set_size(conservative)
             cells = [_mean([r.get(m) for r in rows]) for m in SHOWN]

@@ -90,7 +90,7 @@ def test_a_shifted_batch_is_flagged_and_a_like_one_is_not():
     assert "unlike the support set" in shifted.message() and "unlike" not in like.message()
 
 
-def fitted(X: np.ndarray, seed: int = 0) -> Calibrated:
+def fitted(X: np.ndarray) -> Calibrated:
     y = np.array([f"c{i % 3}" for i in range(len(X))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -194,7 +194,7 @@ def predict_files(
 def _typicality(classifier: Any, features: Any) -> list[float | None]:
     """Each clip's typicality (None for a classifier without a support sketch), with a
     :class:`ShiftWarning` when the clips as a batch do not look like the support set."""
-    if getattr(classifier, "support_sketch_", None) is None or not hasattr(classifier, "typicality"):
+    if getattr(classifier, "support_sketch_", None) is None:  # not calibrated, or saved before the sketch
         return [None] * len(features)
     p_values = classifier.typicality(features)
     check = shift_check(p_values, len(classifier.support_sketch_))

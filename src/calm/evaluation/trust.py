@@ -69,6 +69,7 @@ class TrustRecorder:
         """Trust metrics of a fitted ``calibrated`` on the queries; ``make`` gives a new, unfitted
         estimator of the method for the open-set episode."""
         from calm.classifiers.trust import take_rows
+        from calm.classifiers.typicality import shift_check, sketch, typicality
 
         known = np.isin(np.asarray(y_true, dtype=object), np.asarray(calibrated.classes_, dtype=object))
         if not known.all():  # pseudo-labels can miss a class: score the queries of the classes it has
@@ -84,7 +85,8 @@ class TrustRecorder:
             "threshold": calibrated.threshold_,
         }
         self._add_bins(name, shots, raw, proba, labels)
-        check = calibrated.check_shift(Xq)
+        queries = sketch(Xq)  # once: the shift check and the open set's typicality share it
+        check = shift_check(typicality(calibrated.support_sketch_, queries), len(calibrated.support_sketch_))
         out["atypical"], out["shifted"] = check.atypical / check.clips, float(check.shifted)
         if calibrated.threshold_ is None:
             return out
@@ -92,13 +94,15 @@ class TrustRecorder:
         out["coverage_90"] = calibration.coverage(sets, labels)
         out["set_size_90"] = calibration.mean_set_size(sets)
         if self.open_set:
-            out.update(self._open_set(seed, make, Xs, ys, Xq, y_true))
+            out.update(self._open_set(seed, make, Xs, ys, Xq, queries, y_true))
         return out
 
     def _open_set(self, seed: int, make: Callable[[], Any], Xs: Any, ys: Sequence[Any], Xq: Any,
-                  y_true: Sequence[Any]) -> dict[str, Any]:
-        """Fit on the support without the held-out classes; their queries are the unknowns."""
+                  queries: np.ndarray, y_true: Sequence[Any]) -> dict[str, Any]:
+        """Fit on the support without the held-out classes; their queries (sketched: ``queries``)
+        are the unknowns."""
         from calm.classifiers.trust import OPEN_SCORES, Calibrated, open_set_score, take_rows
+        from calm.classifiers.typicality import typicality
 
         dropped = set(held_out_classes(self.classes, seed))
         kept = np.array([y not in dropped for y in ys])
@@ -117,7 +121,7 @@ class TrustRecorder:
                "unknown_rejected": float(rejected[~known].mean()), "known_rejected": float(rejected[known].mean()),
                "held_out_classes": sorted(dropped)}
         out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in OPEN_SCORES}
-        out["auroc_by_score"]["typicality"] = calibration.auroc(clf.typicality(Xq), known)
+        out["auroc_by_score"]["typicality"] = calibration.auroc(typicality(clf.support_sketch_, queries), known)
         return out
 
     def _add_bins(self, name: str, shots: int, raw: np.ndarray, proba: np.ndarray, labels: np.ndarray) -> None:
