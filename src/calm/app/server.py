@@ -10,9 +10,9 @@ dependency beyond matplotlib (for the weight map).
 
 API (all JSON unless noted; uploads are the raw file bytes as the request body, the file name
 in ``?name=``; errors are ``{"error": message}`` with status 400, 409 while the model is busy,
-500 for a bug; the server goes on serving). A request for another ``Host`` than the app's own
-address, or one that changes something sent from another site, gets a plain-text 403
-(:mod:`calm.app.guard`):
+503 for a fit cancelled as the app stops, 500 for a bug; the server goes on serving). A request
+for another ``Host`` than the app's own address, or one that changes something sent from another
+site, gets a plain-text 403 (:mod:`calm.app.guard`):
 
     GET  /api/state                              classes, clips, classifier, progress
     GET  /api/progress                           the running fit's progress
@@ -49,7 +49,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from calm.app.guard import allowed_hosts, content_length, refusal
-from calm.app.session import AppSession, BusyError
+from calm.app.session import AppSession, BusyError, StoppedError
 from calm.classifiers.trust import describe
 
 log = logging.getLogger("calm.app")
@@ -192,6 +192,8 @@ class AppHandler(BaseHTTPRequestHandler):
             route(url.path, query)
         except BusyError as error:
             self._json({"error": str(error)}, HTTPStatus.CONFLICT)
+        except StoppedError as error:  # the terminal already says the app stops
+            self._json({"error": str(error)}, HTTPStatus.SERVICE_UNAVAILABLE)
         except (ValueError, OSError, RuntimeError, ImportError) as error:
             log.info("%s %s: %s", self.command, url.path, error)
             self._json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
