@@ -38,7 +38,8 @@ def test_a_workdir_or_root_that_cannot_be_used_is_one_line_before_the_model_load
     monkeypatch.setattr("calm.cli.app.load_model", lambda args: pytest.fail("the model loaded"))
     (tmp_path / "file").write_text("")
     assert main(["app", "--workdir", str(tmp_path / "file" / "work")]) == 1
-    assert capsys.readouterr().err == f"calm app: --workdir {tmp_path / 'file' / 'work'}: cannot write there (Not a directory)\n"
+    workdir = tmp_path / "file" / "work"
+    assert capsys.readouterr().err == f"calm app: --workdir {workdir}: cannot write there (Not a directory)\n"
     assert main(["app", "--root", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err == f"calm app: --root {tmp_path / 'nothing'}: no such folder\n"
 
@@ -56,9 +57,9 @@ class App:
         self.tmp = tmp_path / "tmp"
         self.tmp.mkdir()
         env = {**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(self.tmp)}
-        self.process = subprocess.Popen([sys.executable, "-c", "import sys, calm.cli; sys.exit(calm.cli.main())", "app", "--model", "tiny:qwen2_audio", "--port",
-                                         "0", "--root", str(tmp_path), *options], stderr=subprocess.PIPE, text=True,
-                                        env=env, cwd=tmp_path)
+        command = [sys.executable, "-c", "import sys, calm.cli; sys.exit(calm.cli.main())", "app",
+                   "--model", "tiny:qwen2_audio", "--port", "0", "--root", str(tmp_path), *options]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
         self.lines: list[str] = []
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))

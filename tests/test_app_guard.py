@@ -128,7 +128,8 @@ def test_an_ipv6_bind_serves_its_own_address_only(session):
 def test_a_bad_content_length_is_refused_before_reading(session, address, length):
     own = {"Host": f"127.0.0.1:{address[1]}"}
     session.add_class("low")
-    status, _, body = ask(address, "POST", "/api/clips?class=low&name=a.wav", b"RIFF", {**own, "Content-Length": length})
+    headers = {**own, "Content-Length": length}
+    status, _, body = ask(address, "POST", "/api/clips?class=low&name=a.wav", b"RIFF", headers)
     assert status == 400
     message = json.loads(body)["error"]
     assert message.startswith("bad Content-Length") or message.startswith("upload too large: ")
