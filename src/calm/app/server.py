@@ -28,7 +28,8 @@ site, gets a plain-text 403 (:mod:`calm.app.guard`):
                                                  of clips like the support (null: none)
     GET  /api/classifier                         the classifier file (download)
     POST /api/classifier?name=F      <bytes>     load a classifier file
-    GET  /api/weights.png                        head x class weight maps (PNG)
+    GET  /api/weights                            head x class weight maps: classes, [class][layer][head] per site
+    GET  /api/weights.png                        the same maps drawn by matplotlib (PNG)
     GET  /api/profile                            weight share per layer and site
 """
 
@@ -57,7 +58,7 @@ log = logging.getLogger("calm.app")
 MAX_UPLOAD = 512 * 1024 * 1024
 """Largest request body accepted (bytes)."""
 
-STATIC_FILES = ("index.html", "app.js", "app.css", "favicon.svg")
+STATIC_FILES = ("index.html", "app.js", "plots.js", "app.css", "favicon.svg")
 
 TIMEOUT = 60.0
 """Seconds a connection may stay silent (a request not sent, a body not read) before it is closed."""
@@ -126,6 +127,8 @@ class AppHandler(BaseHTTPRequestHandler):
             self._send(body, "image/png")
         elif path == "/api/profile":
             self._json(session.layer_profile())
+        elif path == "/api/weights":
+            self._json(session.weight_maps())
         elif path == "/api/threshold":
             self._json({"threshold": session.reject_threshold(_rate(query))})
         else:
@@ -153,7 +156,8 @@ class AppHandler(BaseHTTPRequestHandler):
             data = self._body()
             name = _param(query, "name")
             row = session.classify(name, data)
-            return self._json({"name": name, "label": row.label, "probabilities": row.probabilities,
+            top = max(row.probabilities, key=row.probabilities.get)  # the label when "unknown" is off
+            return self._json({"name": name, "label": row.label, "top": top, "probabilities": row.probabilities,
                                "typicality": row.typicality, "score": row.score,
                                "set": row.prediction_set, "sets": session.set_summary()})
         elif path == "/api/classifier":

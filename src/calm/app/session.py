@@ -31,7 +31,7 @@ import numpy as np
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
 from calm.classifiers.conformal import rejection_threshold
-from calm.classifiers.plots import layer_profile
+from calm.classifiers.plots import layer_profile, weight_maps
 from calm.classifiers.trust import describe
 from calm.data.items import Item
 from calm.data.loaders import LAYOUTS, load_dataset, media_item
@@ -272,6 +272,14 @@ class AppSession:
         """The head x class weight maps of the classifier as a PNG (:func:`calm.classifiers.plot_weight_maps`)."""
         classifier = self._fitted()
         return plot_weight_maps(classifier, path, title=f"{describe(classifier)}: head weight per class")
+
+    def weight_maps(self) -> dict[str, Any]:
+        """The head x class weight maps (:func:`calm.classifiers.plots.weight_maps`) as lists: the
+        ``classes``, and per site in ``sites`` [class][layer][head] (None where the site has no such head)."""
+        classifier = self._fitted()
+        maps = weight_maps(classifier)
+        return {"classes": [str(c) for c in classifier.classes_],
+                "sites": {site: np.where(np.isnan(grid), None, grid).tolist() for site, grid in maps.items()}}
 
     def layer_profile(self) -> dict[str, list[float]]:
         """Share of the head weight per layer, per site (:func:`calm.classifiers.layer_profile`)."""
