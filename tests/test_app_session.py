@@ -23,7 +23,7 @@ from calm.media import MediaLoadError
 from calm.backbones import load_backbone
 from calm.classifiers.trust import describe
 from calm.classifiers import save
-from calm.classifiers.plots import layer_profile
+from calm.classifiers.plots import layer_profile, weight_maps
 from calm.cli import build_parser, main
 from calm.app.guard import is_loopback
 from calm.predict import fit_classifier, predict_files
@@ -280,3 +280,24 @@ def test_stop_cancels_a_fit_before_its_next_batch_and_refuses_new_model_steps(se
     assert session.stop(timeout=30) is True and session.progress.stage == "idle"
     with pytest.raises(BusyError):
         session.fit()
+
+
+def test_the_weight_maps_and_thresholds_served_to_the_page(session):
+    quiet_fit(session)
+    maps = weight_maps(session.classifier)
+    shown = session.weight_maps()
+    assert shown["classes"] == ["high", "low"] and list(shown["sites"]) == list(maps)
+    for site, grid in maps.items():
+        assert np.array_equal(np.array(shown["sites"][site], dtype=float), grid, equal_nan=True)
+    server = make_server(session, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/threshold"
+    try:
+        assert request(url + "?rate=0.5") == (200, {"threshold": session.reject_threshold(0.5)})
+        assert request(url + "?rate=0.01") == (200, {"threshold": None})
+        assert request(url + "?rate=1") == (400, {"error": "?rate= must be a share in [0, 1), got 1.0"})
+        assert request(url + "?rate=x") == (400, {"error": "?rate= must be a number, got 'x'"})
+        assert request(url) == (400, {"error": "missing ?rate="})
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -176,8 +176,8 @@ function showResult() {
   $("result-name").textContent = last.name;
   $("result-label").textContent = shownLabel(last);
   $("result-score").textContent = $("reject").checked && last.score !== null
-    ? `(open-set score ${last.score.toFixed(2)}; ` + (threshold === null ? "with this few clips, none is turned away at this rate)"
-      : `unknown below ${threshold.toFixed(2)})`) : "";
+    ? `(open-set score ${last.score.toFixed(2)}; ` + (threshold === null
+      ? "with this few clips, none is turned away at this rate)" : `unknown below ${threshold.toFixed(2)})`) : "";
   $("result-atypical").hidden = !(last.typicality !== null && last.typicality <= 0.1);
   const rows = Object.entries(last.probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
     el("tr", {}, el("td", {}, label), el("td", {}, p.toFixed(3)),

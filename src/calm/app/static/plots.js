@@ -51,13 +51,15 @@ function profilePlot(site, shares, top) {
       svgText(left - 7, y(tick) + 4, percent(tick), { "text-anchor": "end" }));
   }
   shares.forEach((share, layer) => {
+    const title = `${site} layer ${layer}: ${(100 * share).toFixed(1)}% of the head weight`;
     plot.append(svg("rect", { class: "layer", x: left + layer * bar + 1, y: y(share), width: bar - 2,
-      height: height * share / top }, svg("title", {}, `${site} layer ${layer}: ${(100 * share).toFixed(1)}% of the head weight`)));
+      height: height * share / top }, svg("title", {}, title)));
     if (layer % tickStep(bar) === 0) {
       plot.append(svgText(left + (layer + 0.5) * bar, pad + height + 14, String(layer), { "text-anchor": "middle" }));
     }
   });
-  plot.append(svgText(left + shares.length * bar / 2, pad + height + 30, "layer", { class: "axis", "text-anchor": "middle" }),
+  plot.append(svgText(left + shares.length * bar / 2, pad + height + 30, "layer",
+    { class: "axis", "text-anchor": "middle" }),
     svgText(12, pad + height / 2, "share", { class: "axis", "text-anchor": "middle",
       transform: `rotate(-90 12 ${pad + height / 2})` }));
   return el("figure", {}, el("figcaption", { textContent: site }), plot);
@@ -78,8 +80,9 @@ function weightMap(name, site, grid, top, budget) {
     role: "img", "aria-label": `head weights of ${name} at ${site}` });
   grid.forEach((row, layer) => row.forEach((weight, head) => {
     if (weight === null) return;
-    plot.append(svg("rect", { class: "head", x: left + head * cw, y: pad + (layers - 1 - layer) * ch, width: cw, height: ch,
-      fill: colour(weight / top) }, svg("title", {}, `${name} · ${site} layer ${layer} head ${head}: ${weight.toFixed(4)}`)));
+    const title = `${name} · ${site} layer ${layer} head ${head}: ${weight.toFixed(4)}`;
+    plot.append(svg("rect", { class: "head", x: left + head * cw, y: pad + (layers - 1 - layer) * ch,
+      width: cw, height: ch, fill: colour(weight / top) }, svg("title", {}, title)));
   }));
   for (let layer = 0; layer < layers; layer += tickStep(ch)) {
     plot.append(svgText(left - 5, pad + (layers - layer - 0.5) * ch + 4, String(layer), { "text-anchor": "end" }));
@@ -87,7 +90,8 @@ function weightMap(name, site, grid, top, budget) {
   for (let head = 0; head < heads; head += tickStep(cw)) {
     plot.append(svgText(left + (head + 0.5) * cw, pad + layers * ch + 13, String(head), { "text-anchor": "middle" }));
   }
-  plot.append(svgText(left + heads * cw / 2, pad + layers * ch + 28, "head", { class: "axis", "text-anchor": "middle" }),
+  plot.append(svgText(left + heads * cw / 2, pad + layers * ch + 28, "head",
+    { class: "axis", "text-anchor": "middle" }),
     svgText(12, pad + layers * ch / 2, "layer", { class: "axis", "text-anchor": "middle",
       transform: `rotate(-90 12 ${pad + layers * ch / 2})` }));
   return el("figure", {}, el("figcaption", { textContent: `${name} · ${site}` }), plot);
@@ -102,7 +106,8 @@ function drawWeightMaps(maps, width) {
   const figures = maps.classes.flatMap((name, c) =>
     sites.map((site) => weightMap(name, site, maps.sites[site][c], top, budget)));
   const gradient = `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map(colour).join(", ")})`;
-  const legend = el("p", { className: "legend" }, "head weight: 0 ", el("span", { className: "scale", style: `background: ${gradient}` }),
+  const legend = el("p", { className: "legend" }, "head weight: 0 ",
+    el("span", { className: "scale", style: `background: ${gradient}` }),
     ` ${top.toFixed(4)} (each class's weights sum to 1)`);
   return [legend, el("div", { className: "maps" }, ...figures)];
 }
