@@ -45,7 +45,7 @@ def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
 
 def refusal(method: str, headers: Mapping[str, str], allowed: frozenset[str] | None) -> str | None:
     """Why a request is refused (the text of a 403 answer), or None if it is served."""
-    host = (headers.get("Host") or "").strip().lower()
+    host = (headers.get("Host") or "").strip().lower()[:100]
     if allowed is not None and host not in allowed:
         return (f"refused: Host {host or '(none)'!r} is not this app's address; "
                 f"open http://{sorted(allowed)[0]}/ instead\n")
