@@ -176,6 +176,7 @@ class AppSession:
         """Extract the clips not in the store yet (batch by batch, updating :attr:`progress`), then
         fit :func:`calm.predict.fit_classifier`'s default method on all clips."""
         items = self.items()
+        counts = [len(clips) for clips in self.classes.values()]
         empty = [name for name, clips in self.classes.items() if not clips]
         if len(self.classes) < 2 or empty:
             raise ValueError("fit needs at least two classes, each with at least one clip"
@@ -194,7 +195,6 @@ class AppSession:
                 warnings.simplefilter("always")
                 classifier = fit_classifier(self.backbone, items, self.prompt, batch_size=self.batch_size,
                                             store=store)
-            counts = [len(clips) for clips in self.classes.values()]
             self._use(classifier, (min(counts), max(counts)))
         return FitResult(describe(classifier), [str(c) for c in classifier.classes_], len(items),
                          list(dict.fromkeys(str(w.message) for w in caught)),
