@@ -11,7 +11,6 @@ import socket
 import threading
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
