@@ -108,7 +108,7 @@ def content_hash(path: str | os.PathLike) -> str:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
     return digest.hexdigest()
 
 
@@ -120,7 +120,7 @@ def check_readable(path: Path) -> None:
         reason = "dangling symbolic link" if path.is_symlink() else "no such file"
         raise MediaLoadError(path, reason) from error
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
     if not path.is_file():
         raise MediaLoadError(path, "not a regular file")
     if size == 0:
@@ -129,10 +129,11 @@ def check_readable(path: Path) -> None:
         with open(path, "rb") as handle:
             handle.read(1)
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
 
 
-def _os_reason(error: OSError) -> str:
+def os_reason(error: OSError) -> str:
+    """Why a file cannot be read, from the OSError ("cannot read file (Permission denied)")."""
     return f"cannot read file ({error.strerror or error})"
 
 

