@@ -23,10 +23,10 @@ RATE = 16000
 FINGERPRINT = {"model_id": "tiny:qwen2_audio", "prompt": "What sound is this?"}
 
 
-def tone(path: Path, freq: float, seconds: float = 0.5, fmt: str | None = None) -> Path:
+def tone(path: Path, freq: float, seconds: float = 0.5, fmt: str = "WAV") -> Path:
     t = np.arange(int(RATE * seconds)) / RATE
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE, format=fmt)
+    soundfile.write(os.fsencode(path), (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE, format=fmt)
     return path
 
 
@@ -140,3 +140,49 @@ def test_an_unreadable_classifier_file_says_permission_denied(tmp_path, monkeypa
         monkeypatch.setattr("calm.classifiers.io.open", deny, raising=False)
     with pytest.raises(ValueError, match=f"^{path}: cannot read file \\(Permission denied\\)$"):
         load(path)
+
+
+# 3: non-UTF-8 file names ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen():
+    from calm.backbones.tiny import tiny_backbone
+
+    return tiny_backbone("qwen2_audio")
+
+
+def classes(root: Path, per_class: int = 2) -> Path:
+    for label, freq in (("low", 220.0), ("high", 1760.0)):
+        for i in range(per_class):
+            tone(root / label / f"{label}{i}.wav", freq * (1 + 0.05 * i), 0.5 + 0.1 * i)
+    return root
+
+
+def test_a_non_utf8_file_name_is_extracted_stored_resumed_and_named_in_outputs(tmp_path, qwen, capsys):
+    from calm.cli import main
+    from calm.data.loaders import load_dataset
+    from calm.heads import extract
+
+    root = classes(tmp_path / "data")
+    odd = Path(os.fsdecode(bytes(root / "low") + b"/\xff\xfe.wav"))
+    tone(odd, 250.0)
+    broken = Path(os.fsdecode(bytes(root / "high") + b"/\xfe.wav"))
+    broken.write_bytes(b"not audio at all")
+    items = load_dataset(root)
+    assert {item.id for item in items} >= {os.fsdecode(b"low/\xff\xfe.wav"), os.fsdecode(b"high/\xfe.wav")}
+    store = tmp_path / "store"
+    features = extract(qwen, items, "What sound is this?", store=store, on_error="record")
+    assert os.fsdecode(b"low/\xff\xfe.wav") in features.ids and len(features.ids) == 5
+    assert "not a decodable audio file" in features.failed[os.fsdecode(b"high/\xfe.wav")]
+    journal = next(store.glob("*/journal.jsonl")).read_bytes()
+    assert journal.isascii() and b"\\udcff\\udcfe.wav" in journal  # JSON escapes: os.fsencode gives the bytes
+    again = extract(qwen, items, "What sound is this?", store=store, on_error="record")
+    assert next(store.glob("*/journal.jsonl")).read_bytes() == journal  # resumed: nothing computed again
+    assert again.ids == features.ids and np.array_equal(again.X, features.X)
+
+    clf, out = tmp_path / "clf.safetensors", tmp_path / "p.csv"
+    assert main(["fit", "--data", str(root), "--model", "tiny:qwen2_audio", "--out", str(clf), "--store", str(store),
+                 "--on-error", "record", "--quiet"]) == 0
+    assert main(["predict", "--classifier", str(clf), str(odd), str(broken), "--out", str(out), "--on-error", "record",
+                 "--quiet"]) == 0
+    rows = out.read_bytes().splitlines()
+    assert rows[1].startswith(bytes(odd) + b",") and rows[2].startswith(bytes(broken) + b",,")

@@ -82,7 +82,7 @@ def duration(path: str | os.PathLike) -> float:
     path = Path(path)
     check_readable(path)
     try:
-        return float(soundfile.info(str(path)).duration)
+        return float(soundfile.info(os.fsencode(path)).duration)
     except soundfile.SoundFileError as sf_error:
         av = _import_av(path, f"not readable by soundfile ({_sf_reason(sf_error)}); containers such as "
                               "mp4/m4a/webm need PyAV")
@@ -161,7 +161,7 @@ def _check_wav_length(path: Path) -> None:
 def _decode(path: Path) -> tuple[np.ndarray, int]:
     """Samples as float32 [frames, channels] and the file's sample rate."""
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
         return samples, int(rate)
     except soundfile.SoundFileError as sf_error:
         return _decode_av(path, sf_error)

@@ -299,7 +299,7 @@ class FeatureStore:
         _fsync_dir(self.path)
 
     def _journal(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = (json.dumps(record) + "\n").encode()  # ASCII: a non-UTF-8 file name stays an escape
         size = os.fstat(self._journal_fd).st_size
         try:
             with _writing(self.path / _JOURNAL_FILE):
