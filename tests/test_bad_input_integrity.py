@@ -186,3 +186,79 @@ def test_a_non_utf8_file_name_is_extracted_stored_resumed_and_named_in_outputs(t
                  "--quiet"]) == 0
     rows = out.read_bytes().splitlines()
     assert rows[1].startswith(bytes(odd) + b",") and rows[2].startswith(bytes(broken) + b",,")
+
+
+# 4: the feature store: damaged data, read-only file systems ---------------------------------------
+PROMPT = "What sound is this?"
+
+
+def _clips(tmp_path: Path, n: int = 6) -> list:
+    from calm.data.items import Item
+
+    return [Item(f"c{i}", tone(tmp_path / f"c{i}.wav", 300.0 + 70 * i)) for i in range(n)]
+
+
+def _flip(data: Path, row: int, row_bytes: int, count: int = 8) -> None:
+    raw = bytearray(data.read_bytes())
+    at = row * row_bytes + 4
+    raw[at : at + count] = bytes(b ^ 0xFF for b in raw[at : at + count])
+    data.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_the_store_fail_their_batch_by_name_and_are_extracted_again(tmp_path, qwen):
+    from calm.heads import extract
+    from calm.store import StoreError
+
+    items, store = _clips(tmp_path), tmp_path / "store"
+    first = np.array(extract(qwen, items, PROMPT, batch_size=3, store=store).X)  # batches c0-c2, c3-c5
+    _flip(next(store.glob("*/data.f16")), row=4, row_bytes=first[0].nbytes)
+    with pytest.raises(StoreError, match=r"data.f16: the stored features of c3, c4, c5 \(rows 3..5\) do not match "
+                                         r"their checksum in the journal"):
+        extract(qwen, items, PROMPT, batch_size=3, store=store)
+    damaged = extract(qwen, items, PROMPT, batch_size=3, store=store, on_error="record")
+    assert damaged.ids == ["c0", "c1", "c2"] and sorted(damaged.failed) == ["c3", "c4", "c5"]
+    assert np.array_equal(damaged.X, first[:3])
+    assert "extracting again recomputes them" in damaged.failed["c4"]
+    again = extract(qwen, items, PROMPT, batch_size=3, store=store, on_error="record")
+    assert again.ids == [item.id for item in items] and not again.failed
+    assert np.array_equal(again.X, first)
+
+
+def test_a_store_written_before_checksums_still_reads_and_non_finite_rows_fail(tmp_path, qwen):
+    from calm.heads import extract, feature_fingerprint
+    from calm.store import FeatureStore
+
+    items, store = _clips(tmp_path), tmp_path / "store"
+    first = np.array(extract(qwen, items, PROMPT, batch_size=3, store=store).X)
+    journal = next(store.glob("*/journal.jsonl"))
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "sha256"}) + "\n" for r in lines))
+    reopened = FeatureStore.open(store, feature_fingerprint(qwen, PROMPT), qwen.head_index())
+    assert np.array_equal(reopened.read().X, first)  # old stores read as they are
+    raw = bytearray(next(store.glob("*/data.f16")).read_bytes())
+    raw[first[0].nbytes : first[0].nbytes + 2] = np.array([np.nan], dtype=np.float16).tobytes()
+    next(store.glob("*/data.f16")).write_bytes(bytes(raw))
+    read = FeatureStore.open(store, feature_fingerprint(qwen, PROMPT), qwen.head_index()).read()
+    assert read.ids == ["c3", "c4", "c5"] and "hold NaN or inf, which a store never keeps" in read.failed["c1"]
+
+
+def test_a_complete_store_on_a_read_only_file_system_is_read(tmp_path, qwen, monkeypatch):
+    import errno
+
+    from calm.heads import extract
+    from calm.store import StoreError
+
+    items, store = _clips(tmp_path), tmp_path / "store"
+    first = extract(qwen, items[:4], PROMPT, store=store)
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):  # what a read-only mount answers
+        if str(path).startswith(str(store)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    again = extract(qwen, items[:4], PROMPT, store=store)
+    assert again.ids == first.ids and np.array_equal(np.asarray(again.X), np.asarray(first.X))
+    with pytest.raises(StoreError, match="cannot write the feature store \\(Read-only file system\\)"):
+        extract(qwen, items, PROMPT, store=store)  # two new items: their features cannot be stored
