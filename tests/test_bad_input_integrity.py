@@ -262,3 +262,30 @@ def test_a_complete_store_on_a_read_only_file_system_is_read(tmp_path, qwen, mon
     assert again.ids == first.ids and np.array_equal(np.asarray(again.X), np.asarray(first.X))
     with pytest.raises(StoreError, match="cannot write the feature store \\(Read-only file system\\)"):
         extract(qwen, items, PROMPT, store=store)  # two new items: their features cannot be stored
+
+
+# 6: a dangling symbolic link, one message everywhere -----------------------------------------------
+def test_a_dangling_link_gets_one_message_in_extract_fit_predict_and_a_csv(tmp_path, qwen, capsys):
+    from calm.cli import main
+    from calm.data.loaders import DatasetError, load_dataset
+    from calm.heads import extract
+
+    root = classes(tmp_path / "data")
+    gone = root / "low" / "gone.wav"
+    gone.symlink_to(tmp_path / "nowhere.wav")
+    message = f"{gone}: dangling symbolic link"
+    items = load_dataset(root)
+    with_store = extract(qwen, items, PROMPT, store=tmp_path / "store", on_error="record")  # hashed first
+    without = extract(qwen, items, PROMPT, on_error="record")  # decoded first
+    assert with_store.failed["low/gone.wav"] == without.failed["low/gone.wav"] == message
+    clf = tmp_path / "clf.safetensors"
+    assert main(["fit", "--data", str(root), "--model", "tiny:qwen2_audio", "--out", str(clf), "--quiet"]) == 1
+    assert f"calm fit: {message}\n" in capsys.readouterr().err
+    assert main(["fit", "--data", str(root), "--model", "tiny:qwen2_audio", "--out", str(clf), "--quiet",
+                 "--on-error", "record"]) == 0
+    assert main(["predict", "--classifier", str(clf), str(gone), "--quiet"]) == 1
+    assert f"calm predict: {message}\n" in capsys.readouterr().err
+    table = tmp_path / "list.csv"
+    table.write_text(f"path,label\n{gone},low\n")
+    with pytest.raises(DatasetError, match=f"^{table}:2: {message}$"):
+        load_dataset(table)

@@ -107,6 +107,8 @@ def content_hash(path: str | os.PathLike) -> str:
         with open(path, "rb") as handle:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
+    except FileNotFoundError as error:
+        raise MediaLoadError(path, missing_reason(path)) from error
     except OSError as error:
         raise MediaLoadError(path, os_reason(error)) from error
     return digest.hexdigest()
@@ -117,8 +119,7 @@ def check_readable(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError as error:
-        reason = "dangling symbolic link" if path.is_symlink() else "no such file"
-        raise MediaLoadError(path, reason) from error
+        raise MediaLoadError(path, missing_reason(path)) from error
     except OSError as error:
         raise MediaLoadError(path, os_reason(error)) from error
     if not path.is_file():
@@ -130,6 +131,14 @@ def check_readable(path: Path) -> None:
             handle.read(1)
     except OSError as error:
         raise MediaLoadError(path, os_reason(error)) from error
+
+
+def missing_reason(path: Path) -> str:
+    """Why a file that is not there is not: "dangling symbolic link" or "no such file" (one wording
+    for every loader and extraction path)."""
+    if path.is_symlink():
+        return "dangling symbolic link"
+    return "no such file" if not path.exists() else "not a regular file"
 
 
 def os_reason(error: OSError) -> str:

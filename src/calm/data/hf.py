@@ -35,6 +35,7 @@ from typing import Any, Iterator, NamedTuple
 from calm.cache import cache_dir
 from calm.data.items import Item
 from calm.data.loaders import MEDIA_SUFFIXES, VIDEO_SUFFIXES, DatasetError, at, check_unique_ids
+from calm.media import missing_reason
 
 LABEL_COLUMNS = ("label", "labels", "class", "category")
 _TABLE_SUFFIXES = (".parquet", ".arrow")
@@ -192,7 +193,7 @@ def _audio_file(value: Any, base: Path, where: str) -> tuple[Path, str | None]:
         raise DatasetError(f"{where}: no audio (neither bytes nor a path)")
     path = Path(name) if Path(name).is_absolute() else base / name
     if not path.is_file():
-        raise DatasetError(f"{where}: audio file not found: {path}")
+        raise DatasetError(f"{where}: {path}: {missing_reason(path)}")
     return path, name
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from calm.data.items import Item
-from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
+from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES, missing_reason
 
 # Folder names that mark a split level in the folder layout.
 SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "validation", "dev", "eval"})
@@ -104,9 +104,10 @@ def parse_number(value: str, kind: Callable[[str], Any], column: str, where: str
 
 
 def require_file(path: Path, where: str) -> Path:
-    """``path`` if it is a file, else a DatasetError naming ``where`` (file and line)."""
+    """``path`` if it is a file, else a DatasetError naming ``where`` (file and line), the path and
+    why, as extraction would (:func:`calm.media.missing_reason`)."""
     if not path.is_file():
-        raise DatasetError(f"{where}: file not found: {path}")
+        raise DatasetError(f"{where}: {path}: {missing_reason(path)}")
     return path
 
 
