@@ -289,3 +289,33 @@ def test_a_dangling_link_gets_one_message_in_extract_fit_predict_and_a_csv(tmp_p
     table.write_text(f"path,label\n{gone},low\n")
     with pytest.raises(DatasetError, match=f"^{table}:2: {message}$"):
         load_dataset(table)
+
+
+# 7: what a folder of classes takes, and what it says about the rest --------------------------------
+def test_a_folder_takes_libsndfile_formats_bare_audio_and_linked_folders_and_names_the_rest(tmp_path):
+    from calm.data.loaders import load_dataset
+    from calm.media import load_audio
+
+    root = classes(tmp_path / "data")
+    for name, fmt in (("a.au", "AU"), ("b.caf", "CAF"), ("c.w64", "W64"), ("bare", "WAV")):
+        tone(root / "low" / name, 300.0, fmt=fmt)
+    elsewhere = tmp_path / "more"
+    tone(elsewhere / "m0.wav", 400.0)
+    tone(elsewhere / "m1.flac", 410.0, fmt="FLAC")
+    (root / "high" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # followed once, not forever
+    (root / "low" / "notes.txt").write_text("recorded on a Tuesday")
+    (root / "low" / "README").write_text("not audio, no suffix")
+    tone(root / "stray.wav", 500.0)  # no class folder: no label
+    with pytest.warns(UserWarning) as caught:
+        items = load_dataset(root)
+    ids = {item.id for item in items}
+    assert {"low/a.au", "low/b.caf", "low/c.w64", "low/bare", "high/linked/m0.wav", "high/linked/m1.flac"} <= ids
+    assert len(items) == 4 + 4 + 2 and not any("loop" in i for i in ids)
+    for item in items:
+        assert load_audio(item.audio, RATE).size > 0
+    [warning] = [str(w.message) for w in caught]
+    assert warning.startswith(f"{root}: left out 4 file(s), e.g. ")
+    assert "high/linked/loop (a folder already read (a loop of symbolic links))" in warning
+    assert "low/README (no suffix, and soundfile does not read it as audio)" in warning
+    assert "low/notes.txt ('.txt' is not an audio or video suffix)" in warning

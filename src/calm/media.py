@@ -24,7 +24,11 @@ import soxr
 
 _HASH_CHUNK = 1 << 20
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma",
+                            # more that libsndfile reads (Sun/NeXT, Core Audio, Sony Wave64, RF64, NIST ...)
+                            ".au", ".snd", ".caf", ".w64", ".rf64", ".aifc", ".sph", ".voc", ".oga",
+                            # and that PyAV (ffmpeg) does
+                            ".mka", ".wv", ".amr", ".mp2", ".ac3"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov"})
 MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
 
@@ -97,6 +101,15 @@ def duration(path: str | os.PathLike) -> float:
             raise MediaLoadError(path, _not_decodable(sf_error, error)) from error
         samples, rate = _decode_av(path, sf_error)
         return samples.shape[0] / rate
+
+
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """Whether soundfile recognises ``path`` as audio from its header (for files without a suffix)."""
+    try:
+        soundfile.info(os.fsencode(path))
+    except (soundfile.SoundFileError, RuntimeError, OSError):
+        return False
+    return True
 
 
 def content_hash(path: str | os.PathLike) -> str:
