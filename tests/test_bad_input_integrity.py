@@ -319,3 +319,44 @@ def test_a_folder_takes_libsndfile_formats_bare_audio_and_linked_folders_and_nam
     assert "high/linked/loop (a folder already read (a loop of symbolic links))" in warning
     assert "low/README (no suffix, and soundfile does not read it as audio)" in warning
     assert "low/notes.txt ('.txt' is not an audio or video suffix)" in warning
+
+
+# 8: the same audio under two labels ----------------------------------------------------------------
+def test_one_file_under_two_labels_is_refused_and_identical_files_warn(tmp_path):
+    from calm.data.conflicts import check_label_conflicts
+    from calm.data.items import Item
+    from calm.data.loaders import DatasetError, load_dataset
+
+    root = classes(tmp_path / "data")
+    table = tmp_path / "conflict.csv"
+    table.write_text(f"id,path,label\none,{root / 'low' / 'low0.wav'},low\ntwo,{root / 'low' / 'low0.wav'},high\n")
+    with pytest.raises(DatasetError, match=f"^{root / 'low' / 'low0.wav'}: one file with 2 labels \\(high, low; "
+                                           "items one, two\\)"):
+        check_label_conflicts(load_dataset(table))
+    (root / "high" / "copy.wav").write_bytes((root / "low" / "low1.wav").read_bytes())
+    items = load_dataset(root)
+    with pytest.warns(UserWarning, match="^1 group\\(s\\) of identical audio files carry different labels, e.g. "
+                                         "high/copy.wav \\(high\\) = low/low1.wav \\(low\\); both labels are kept"):
+        check_label_conflicts(items)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = [item for item in items if item.id != "high/copy.wav"]
+        check_label_conflicts(plain)  # no clash: no word
+        check_label_conflicts(plain + [Item("again", root / "low" / "low1.wav", "low")])  # same label twice
+
+
+def test_fit_and_evaluate_say_so(tmp_path, capsys):
+    from calm.cli import main
+
+    root = classes(tmp_path / "data", per_class=3)
+    (root / "high" / "copy.wav").write_bytes((root / "low" / "low1.wav").read_bytes())
+    args = ["--data", str(root), "--model", "tiny:qwen2_audio"]
+    assert main(["fit", *args, "--out", str(tmp_path / "c.safetensors")]) == 0
+    assert "identical audio files carry different labels, e.g. high/copy.wav (high)" in capsys.readouterr().err
+    assert main(["evaluate", *args, "--out", str(tmp_path / "r"), "--shots", "1", "--seeds", "1",
+                 "--methods", "sav"]) == 0
+    assert "identical audio files carry different labels" in capsys.readouterr().err
+    table = tmp_path / "conflict.csv"
+    table.write_text(f"id,path,label\none,{root / 'low' / 'low0.wav'},low\ntwo,{root / 'low' / 'low0.wav'},high\n")
+    assert main(["fit", "--data", str(table), "--model", "tiny:qwen2_audio", "--out", str(tmp_path / "d.st")]) == 1
+    assert f"calm fit: {root / 'low' / 'low0.wav'}: one file with 2 labels" in capsys.readouterr().err
