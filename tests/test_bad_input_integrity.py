@@ -360,3 +360,23 @@ def test_fit_and_evaluate_say_so(tmp_path, capsys):
     table.write_text(f"id,path,label\none,{root / 'low' / 'low0.wav'},low\ntwo,{root / 'low' / 'low0.wav'},high\n")
     assert main(["fit", "--data", str(table), "--model", "tiny:qwen2_audio", "--out", str(tmp_path / "d.st")]) == 1
     assert f"calm fit: {root / 'low' / 'low0.wav'}: one file with 2 labels" in capsys.readouterr().err
+
+
+# 5: a Hugging Face row whose audio does not decode -------------------------------------------------
+def test_a_parquet_row_that_does_not_decode_is_named_by_file_and_row(tmp_path, qwen, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="the Hugging Face loader needs the hf extra")
+    from calm.data.loaders import load_dataset
+    from calm.heads import extract
+
+    monkeypatch.setenv("CALM_CACHE", str(tmp_path / "cache"))
+    good = tone(tmp_path / "good.wav", 300.0).read_bytes()
+    audio = [{"bytes": good, "path": "good.wav"}, {"bytes": b"RIFF\x00\x00garbage", "path": "bad.wav"}]
+    table = datasets.Dataset.from_dict({"audio": audio, "label": ["a", "b"]})
+    table = table.cast_column("audio", datasets.Audio(decode=False))
+    parquet = tmp_path / "train-00000-of-00001.parquet"
+    table.to_parquet(str(parquet))
+    features = extract(qwen, load_dataset(f"hf:{parquet}"), PROMPT, on_error="record")
+    assert features.ids == ["good.wav"]
+    reason = features.failed["bad.wav"]
+    assert reason.startswith(f"{parquet}: row 1 (its audio, cached as {tmp_path / 'cache'}")
+    assert "not a decodable audio file" in reason

@@ -36,13 +36,31 @@ MAX_ABS_SAMPLE = 1e3
 """Float audio is nominally within ±1; a file whose samples exceed ±1000 (+60 dBFS) is corrupt."""
 
 
+_ORIGINS: dict[Path, list[str]] = {}
+"""Files calm wrote from elsewhere (audio bytes of a Parquet row) -> where they came from."""
+
+
+def note_origin(path: str | os.PathLike, origin: str) -> None:
+    """Record that ``path`` holds media taken from ``origin`` (e.g. ``"train.parquet: row 3"``),
+    so that an error about the file names where it came from, not only where calm put it."""
+    origins = _ORIGINS.setdefault(Path(path), [])
+    if origin not in origins:
+        origins.append(origin)
+
+
 class MediaLoadError(ValueError):
-    """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why."""
+    """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why (and,
+    for a file written from elsewhere, :func:`note_origin`, where it came from)."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        origins = _ORIGINS.get(self.path)
+        where = str(self.path)
+        if origins:
+            more = f" and {len(origins) - 2} more" if len(origins) > 2 else ""
+            where = f"{'; '.join(origins[:2])}{more} (its audio, cached as {self.path})"
+        super().__init__(f"{where}: {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled by workers of calm.distributed
         return type(self), (self.path, self.reason)
