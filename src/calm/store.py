@@ -174,8 +174,8 @@ class FeatureStore:
         the given ids (their latest rows) or item keys, in the order asked, or with
         ``in_store_order`` in the order they were stored.
 
-        Failed items are left out of ``X`` and listed in ``failed``; ids or keys neither stored
-        nor failed raise KeyError. Rows that come out in store order and were stored together (a
+        Failed items, and items whose stored rows are damaged (their batch fails its check), are
+        left out of ``X`` and listed in ``failed``; ids or keys neither stored nor failed raise KeyError. Rows that come out in store order and were stored together (a
         contiguous run) stay a view of the memory map; others are gathered into memory.
         """
         if ids is not None and item_keys is not None:
