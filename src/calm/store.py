@@ -175,8 +175,9 @@ class FeatureStore:
         ``in_store_order`` in the order they were stored.
 
         Failed items, and items whose stored rows are damaged (their batch fails its check), are
-        left out of ``X`` and listed in ``failed``; ids or keys neither stored nor failed raise KeyError. Rows that come out in store order and were stored together (a
-        contiguous run) stay a view of the memory map; others are gathered into memory.
+        left out of ``X`` and listed in ``failed``; ids or keys neither stored nor failed raise
+        KeyError. Rows that come out in store order and were stored together (a contiguous run) stay
+        a view of the memory map; others are gathered into memory.
         """
         if ids is not None and item_keys is not None:
             raise ValueError("read: pass ids or item_keys, not both")

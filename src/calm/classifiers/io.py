@@ -1,14 +1,15 @@
 """Save and load fitted classifiers as safetensors (arrays) + JSON metadata; never pickle.
 
 The metadata records the file format and version, the estimator class and its parameters, the
-classes, the head index, the fingerprint of the backbone and prompt that produced the features,
-and a SHA-256 ``checksum`` over all of that metadata (canonical JSON, less the checksum itself)
-and every array, so that no edit of anything that decides a prediction loads. A :class:`~calm.classifiers.trust.Calibrated` classifier is
-its fitted estimator's file plus a ``calibration`` entry (settings, temperature, threshold) and
-its arrays under ``calibration.``. Loading checks all of it: an unreadable file, another
-format or version, an unknown estimator, invalid parameters, a head index of the wrong length,
-arrays of the wrong shape, a checksum that differs (an edited file), or a fingerprint that
-differs from the one asked for raise ValueError naming the file and saying which.
+classes, the head index, the fingerprint of the backbone and prompt that produced the features, and
+a SHA-256 ``checksum`` over all of that metadata (canonical JSON, less the checksum itself) and
+every array, so that no edit of anything that decides a prediction loads. A
+:class:`~calm.classifiers.trust.Calibrated` classifier is its fitted estimator's file plus a
+``calibration`` entry (settings, temperature, threshold) and its arrays under ``calibration.``.
+Loading checks all of it: an unreadable file, another format or version, an unknown estimator,
+invalid parameters, a head index of the wrong length, arrays of the wrong shape, a checksum that
+differs (an edited file), or a fingerprint that differs from the one asked for raise ValueError
+naming the file and saying which.
 
 Older files: version 2 and 3 files checksummed only their arrays (field ``sha256``); they load
 when that checksum holds and they carry no field of version 4 (a ``checksum``), so a current

@@ -13,13 +13,14 @@ The audio column is the one with the ``Audio`` feature (else ``audio``); it hold
 lists become multi-label tuples. An ``id`` column gives the item ids; without one an item is named
 by its audio's path, or ``<split>/<row>`` when paths are missing or repeat.
 
-Audio is decoded by calm's own loader (:func:`calm.media.load_audio`), never by ``datasets``
-(which needs torchcodec): audio stored as bytes is written once to
-``$CALM_CACHE/hf-audio/<sha256 of the bytes><suffix>`` and the item points at that file, so the
-feature store keys it by the same content hash as the original file. Relative paths are read from
-the folder of the file (or the ``save_to_disk`` folder) that holds the row. A cached file that
-does not decode is named by its file and row ("train.parquet: row 3 (its audio, cached as ...)"). A row without audio, with a path that does not exist, or with a label that is
-not a class name, raises :class:`~calm.data.loaders.DatasetError` naming the file and the row.
+Audio is decoded by calm's own loader (:func:`calm.media.load_audio`), never by ``datasets`` (which
+needs torchcodec): audio stored as bytes is written once to ``$CALM_CACHE/hf-audio/<sha256 of the
+bytes><suffix>`` and the item points at that file, so the feature store keys it by the same content
+hash as the original file. Relative paths are read from the folder of the file (or the
+``save_to_disk`` folder) that holds the row. A cached file that does not decode is named by its file
+and row ("train.parquet: row 3 (its audio, cached as ...)"). A row without audio, with a path that
+does not exist, or with a label that is not a class name, raises
+:class:`~calm.data.loaders.DatasetError` naming the file and the row.
 Needs the ``hf`` extra: ``pip install 'calm-audio[hf]'``.
 """
 
