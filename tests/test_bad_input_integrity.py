@@ -380,3 +380,21 @@ def test_a_parquet_row_that_does_not_decode_is_named_by_file_and_row(tmp_path, q
     reason = features.failed["bad.wav"]
     assert reason.startswith(f"{parquet}: row 1 (its audio, cached as {tmp_path / 'cache'}")
     assert "not a decodable audio file" in reason
+
+
+def test_evaluate_on_a_damaged_store_leaves_the_damaged_items_out_and_the_next_run_restores_them(tmp_path, capsys):
+    from calm.cli import main
+
+    root, store = classes(tmp_path / "data", per_class=4), tmp_path / "store"
+    args = ["evaluate", "--data", str(root), "--model", "tiny:qwen2_audio", "--store", str(store), "--shots", "1",
+            "--seeds", "1", "--methods", "sav", "--batch-size", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "r0")]) == 0
+    data = next(store.glob("*/data.f16"))
+    _flip(data, row=5, row_bytes=data.stat().st_size // 8)
+    assert main([*args, "--out", str(tmp_path / "r1")]) == 0
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert report["config"]["counts"]["failed"] == 2  # rows 4..5, one batch
+    assert all("do not match their checksum in the journal" in r for r in report["config"]["failed"].values())
+    assert report["results"] and all(row["metrics"] and "error" not in row for row in report["results"])
+    assert main([*args, "--out", str(tmp_path / "r2")]) == 0
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["config"]["counts"]["failed"] == 0
