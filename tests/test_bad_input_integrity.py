@@ -316,7 +316,7 @@ def test_a_folder_takes_libsndfile_formats_bare_audio_and_linked_folders_and_nam
         assert load_audio(item.audio, RATE).size > 0
     [warning] = [str(w.message) for w in caught]
     assert warning.startswith(f"{root}: left out 4 file(s), e.g. ")
-    assert "high/linked/loop (a folder already read (a loop of symbolic links))" in warning
+    assert "high/linked/loop (a link to a folder already read (a loop, or the same folder twice))" in warning
     assert "low/README (no suffix, and soundfile does not read it as audio)" in warning
     assert "low/notes.txt ('.txt' is not an audio or video suffix)" in warning
 

@@ -144,7 +144,7 @@ def scan_media(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
         info = os.stat(folder)
         if (info.st_dev, info.st_ino) in seen:
-            skipped.append((Path(folder), "a folder already read (a loop of symbolic links)"))
+            skipped.append((Path(folder), "a link to a folder already read (a loop, or the same folder twice)"))
             dirs.clear()
             continue
         seen.add((info.st_dev, info.st_ino))
