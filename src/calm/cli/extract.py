@@ -21,8 +21,8 @@ def _run(args: argparse.Namespace) -> int:
     from calm.heads import extract, feature_fingerprint
     from calm.store import FeatureStore
 
-    if args.actors is not None and args.ray is None:
-        raise ValueError("--actors needs --ray")
+    if args.ray is None and (args.actors is not None or args.ray_timeout is not None):
+        raise ValueError("--actors and --ray-timeout need --ray")
     check_writable_folder(args.out, "the feature store")
     items = load_dataset(args.data)
     warn_label_leaks(args.prompt, items)
@@ -51,7 +51,8 @@ def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
     features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
                            address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
                            batch_size=args.batch_size, on_error=args.on_error,
-                           stop_after_last_site=args.stop_after_last_site, order="store", progress=not args.quiet)
+                           stop_after_last_site=args.stop_after_last_site, order="store", progress=not args.quiet,
+                           **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
     with FeatureStore.open(args.out, features.fingerprint, features.heads) as store:
         _report(store.path, features, None)  # extract_ray said what it computed (stderr)
     return 0
@@ -81,9 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="end each forward pass after the last captured layer")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="extract on a pool of Ray actors (pip install 'calm-audio[ray]'): on a new local "
-                             "cluster (all GPUs of this machine), or on the cluster at ADDRESS (auto, ray://host:10001)")
+                             "cluster (all GPUs of this machine), or on the cluster at ADDRESS (auto, host:6379, "
+                             "ray://host:10001)")
     parser.add_argument("--actors", type=int, default=None,
                         help="with --ray: number of actors (default: one per GPU of the cluster, else 1)")
+    parser.add_argument("--ray-timeout", type=float, default=None, metavar="S",
+                        help="with --ray ADDRESS: seconds to wait for the cluster to answer (default: 30)")
     add_backbone_arguments(parser)
     add_on_error_argument(parser, "is listed as failed in the store")
     parser.set_defaults(func=_run)
