@@ -194,7 +194,7 @@ def _results(ray: Any, plan: ExtractionPlan, workers: dict[str, Any], actors: in
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
     if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # before its "progress bars disabled" warning
     tasks = [{"batch": n, "task": pickle.dumps(([replace(item, meta={}) for item in batch],
                                                 {item.id: plan.seconds[item.id] for item in batch}))}
              for n, batch in enumerate(plan.batches)]
@@ -229,7 +229,6 @@ def _start(ray: Any, address: str | None, timeout: float, progress: bool) -> Non
     logs."""
     if not progress:
         logging.getLogger("ray").setLevel(logging.ERROR)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # read when the driver's core worker starts
     level = logging.WARNING if progress else logging.ERROR
     if address is None:
         ray.init(include_dashboard=False, logging_level=level, log_to_driver=progress, _node_ip_address="127.0.0.1")

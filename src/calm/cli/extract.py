@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, backbone_options,
                               check_writable_folder, load_model)
@@ -48,14 +50,33 @@ def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
 
     address = None if args.ray == "local" else args.ray
     cpu_only = args.device is not None and args.device.startswith("cpu")
-    features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
-                           address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
-                           batch_size=args.batch_size, on_error=args.on_error,
-                           stop_after_last_site=args.stop_after_last_site, order="store", progress=not args.quiet,
-                           **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
+    with _stderr_to_devnull() if args.quiet else nullcontext():
+        features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
+                               address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
+                               batch_size=args.batch_size, on_error=args.on_error,
+                               stop_after_last_site=args.stop_after_last_site, order="store",
+                               progress=not args.quiet,
+                               **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
     with FeatureStore.open(args.out, features.fingerprint, features.heads) as store:
         _report(store.path, features, None)  # extract_ray said what it computed (stderr)
     return 0
+
+
+@contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to /dev/null meanwhile: ``--quiet`` silences what Ray's C++ core writes
+    there (Python's loggers are quieted by extract_ray itself); an error still reaches the user,
+    printed by calm.cli once this has ended."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _report(path: Path, features: HeadFeatures, computed: int | None) -> None:
