@@ -13,8 +13,8 @@ Ray actors (one per GPU with ``num_gpus_per_actor=1``, or CPU actors):
   the bytes to send, and the cast off the driver) and the items that failed to load. Two batches
   are in an actor at once: one decoded (by ``loaders`` worker processes, kept for the actor's
   life) and built while the model runs the other, the overlap :func:`calm.heads.extract` gets.
-* Results stream back to the driver, whose :class:`calm.engine.ExtractionEngine` alone writes the :class:`calm.store.FeatureStore`
-  (append and failure records, durable per batch). One writer cannot corrupt the store; a key
+* Results stream back to the driver, whose :class:`calm.engine.ExtractionEngine` alone writes
+  the :class:`calm.store.FeatureStore` (append and failure records, durable per batch). One writer cannot corrupt the store; a key
   already stored is never appended again; a rerun skips stored items before dispatching anything.
 * An actor that dies (kill -9, a lost node) is restarted by Ray and its batch retried (Ray Data's
   actor pools run with ``max_restarts=-1`` and ``max_task_retries=-1``): nothing is lost, and
