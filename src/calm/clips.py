@@ -3,9 +3,10 @@ processes, and build each batch's inputs in order.
 
 Decoding a 44.1 kHz stereo FLAC file, mixing it to mono and resampling it with soxr is most of
 what loading costs, and much of it holds the interpreter lock, so threads stop scaling (see
-``docs/benchmarks.md``). Here ``loaders`` worker processes do that work; they import only numpy,
-soundfile and soxr (this module imports neither torch nor transformers) and send back float32
-arrays. One thread of the calling process builds each batch's model inputs from them (the
+``docs/benchmarks.md``). Here ``loaders`` worker processes do that work and send back float32
+arrays; they are spawned, so they import this module (numpy, soundfile and soxr: neither torch
+nor transformers) and, as every spawned Python process does, the calling script's module (the
+``calm`` command's is light; a script that imports torch at its top makes each start slower). One thread of the calling process builds each batch's model inputs from them (the
 tokenizer is not safe to call concurrently), up to :data:`BATCHES_AHEAD` batches ahead of the
 model, and batches come out in the order planned, so results do not depend on ``loaders``.
 
