@@ -107,6 +107,7 @@ class BackboneTraits:
 
     @classmethod
     def of(cls, backbone: Backbone, prompt: str) -> "BackboneTraits":
+        """The traits of ``backbone``, its fingerprint under ``prompt``."""
         return cls(backbone.family, backbone.supports_video, backbone.min_seconds, backbone.window_seconds,
                    feature_fingerprint(backbone, prompt), backbone.head_index(), backbone.sites[0].head_dim)
 
