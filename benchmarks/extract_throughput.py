@@ -26,8 +26,8 @@ machine) and clips/s comes from the median batch time, warm-up batches excluded:
 
 With ``--loaders N``, then whole ``calm.extract`` runs (several batches, wall clock) over the same
 clips stored as datasets store them, 44.1 kHz stereo FLAC, with decoding and input building
-inline (``loader_threads=0``) and in N background threads: how much of the loading the overlap
-with the model hides.
+inline (``loaders=0``) and with N loader processes: how much of the loading the overlap with the
+model hides.
 
 Plain: the model's own call on the processor's inputs (``BackboneOptions(fast=False)``, the
 reference path). Fast: ``fast=True``, calm's default (trimmed log-mel and encoder,
@@ -184,8 +184,8 @@ def write_recordings(clips: Sequence[np.ndarray], rate: int, root: Path, prefix:
 def loader_rates(backbone: Backbone, fast: Backbone, items: Sequence[Item], batch_size: int, stop: bool,
                  threads: int) -> dict[str, list[float]]:
     """Wall-clock clips/s of whole ``calm.extract`` runs over ``items`` (several batches): per path,
-    [everything inline (``loader_threads=0``), ``threads`` loader threads]; runs alternate, best of
-    two each."""
+    [everything inline (``loaders=0``), ``threads`` loader processes]; runs alternate, best of two
+    each."""
     best = {"plain": [0.0, 0.0], "fast": [0.0, 0.0]}
     for _ in range(2):
         for name, model, path_stop in (("plain", backbone, False), ("fast", fast, stop)):
@@ -193,7 +193,7 @@ def loader_rates(backbone: Backbone, fast: Backbone, items: Sequence[Item], batc
                 synchronize(backbone.device)
                 start = time.perf_counter()
                 extract(model, items, PROMPT, batch_size=batch_size, stop_after_last_site=path_stop,
-                        loader_threads=loaders)
+                        loaders=loaders)
                 synchronize(backbone.device)
                 best[name][slot] = max(best[name][slot], len(items) / (time.perf_counter() - start))
     return best
@@ -258,7 +258,7 @@ def benchmark(backbone: Backbone, fast: Backbone, seconds: float, args: argparse
     if args.loaders:
         recordings = write_recordings(clips, rate, root, f"r{seconds:g}-")
         row["loaders"] = loader_rates(backbone, fast, recordings, size, stop, args.loaders)
-        row["loader threads"] = args.loaders
+        row["loader processes"] = args.loaders
     return row
 
 
@@ -293,7 +293,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print("clips/s from the median batch time; min cos: smallest per-head cosine between the paths' features")
     if "loaders" in rows[0]:
         print(f"\nwhole calm.extract runs over the clips as 44.1 kHz stereo FLAC (wall clock, best of 2): clips/s "
-              f"with loading inline -> with {rows[0]['loader threads']} loader threads")
+              f"with loading inline -> with {rows[0]['loader processes']} loader processes")
         for row in rows:
             print(f"{row['seconds']:>6g} s: " + "; ".join(
                 f"{name} {inline:.2f} -> {threaded:.2f} ({threaded / inline:.2f}x)"
@@ -347,9 +347,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: time batches by the process's CPU time (for a CPU shared with other jobs)")
     parser.add_argument("--no-extract", dest="extract", action="store_false", help="skip the end-to-end timing")
-    parser.add_argument("--loaders", type=int, default=0, metavar="THREADS",
-                        help="then also whole calm.extract runs over FLAC files, loading inline and with THREADS "
-                             "loader threads")
+    parser.add_argument("--loaders", type=int, default=0, metavar="N",
+                        help="then also whole calm.extract runs over FLAC files, loading inline and with N "
+                             "loader processes (each run starts its own; they import this script, torch included)")
     parser.add_argument("--compile", action="store_true",
                         help="Qwen2-Audio: then also time the fast path with every encoder and decoder layer compiled")
     parser.add_argument("--demo-accuracy", action="store_true",

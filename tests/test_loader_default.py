@@ -1,4 +1,4 @@
-"""calm.extract's default loader threads follow the cores the process may use."""
+"""calm.extract's default loader processes follow the cores the process may use."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from calm import heads
+from calm import clips
 
 
-@pytest.mark.parametrize(("cores", "threads"), [(1, 0), (2, 1), (3, 2), (5, 4), (64, 4)])
-def test_default_loader_threads_leave_a_core_to_the_model(monkeypatch, cores, threads):
+@pytest.mark.parametrize(("cores", "loaders"), [(1, 0), (2, 1), (3, 2), (16, 15), (64, 32)])
+def test_default_loaders_leave_a_core_to_the_model(monkeypatch, cores, loaders):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert heads.default_loader_threads() == threads
+    assert clips.default_loaders() == loaders

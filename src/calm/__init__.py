@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "BackboneOptions": "calm.backbones",
     "Backbone": "calm.backbones",
     "extract": "calm.heads",
+    "ExtractionConfig": "calm.engine",
     "extract_ray": "calm.distributed",
     "FeatureStore": "calm.store",
     "evaluate": "calm.evaluation.protocol",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from calm.evaluation.report import EvaluationReport
     from calm.features import HeadFeatures, HeadIndex
     from calm.distributed import extract_ray
+    from calm.engine import ExtractionConfig
     from calm.heads import extract
     from calm.media import AudioLoadError, MediaLoadError, load_audio, load_video
     from calm.methods import Method

@@ -49,19 +49,21 @@ def run_demo(
     progress: bool = True,
     encoder_seconds: float | None = 5.0,
     trust: bool = False,
+    loaders: int | None = None,
 ) -> dict[str, Any]:
     """Prepare the demo data (if missing), extract, evaluate every method over ``seeds`` seeds and
     write one report per task under ``out_dir`` (``methods``: default every registered method
     that needs no chat model). ``trust`` adds the calibration, open-set and prediction-set
-    metrics (each method is then refit on folds of its support: minutes more on a CPU). Returns
-    task name -> EvaluationReport."""
+    metrics (each method is then refit on folds of its support: minutes more on a CPU).
+    ``loaders``: loader processes (:class:`calm.backbones.BackboneOptions`). Returns task name ->
+    EvaluationReport."""
     from calm.backbones import load_backbone
     from calm.data.recipes import RECIPES
     from calm.data.loaders import load_dataset
     from calm.evaluation.protocol import evaluate
 
     out = Path(out_dir)
-    backbone = load_backbone(model)
+    backbone = load_backbone(model, loaders=loaders)
     if backbone.family == "whisper" and encoder_seconds is not None:
         backbone = backbone.with_options(encoder_seconds=encoder_seconds)
     reports: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from calm.backbones.options import BackboneOptions
+from calm.backbones.options import BackboneOptions, should_compile
 from calm.backbones.sites import Site, discover_sites
+from calm.backbones.tokens import PromptTokens
 from calm.features import HeadIndex
 
 __all__ = ["Backbone", "BackboneOptions", "Site", "StopForward", "local_revision", "resolve_dtype"]
@@ -130,6 +132,20 @@ class Backbone:
         if options.compile:
             compile_layers(self.model)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the layers are compiled (the option ``compile=True``, or :meth:`compile_for`)."""
+        return bool(getattr(self.model, COMPILED_MARK, False))
+
+    def compile_for(self, clips: int) -> bool:
+        """Compile the layers in place if the option ``compile`` is None (automatic) and a job of
+        ``clips`` clips repays it here (:func:`~calm.backbones.options.should_compile`); the
+        fingerprint then says so. Returns whether the layers are compiled."""
+        if not self.compiled and self._options.compile is None and \
+                should_compile(None, self.device.type, clips):
+            compile_layers(self.model)
+        return self.compiled
+
     @classmethod
     def weight_dtype(cls, dtype: torch.dtype, device: torch.device) -> torch.dtype:
         """The dtype the weights are held in for a backbone of ``dtype`` on ``device`` (usually
@@ -228,17 +244,23 @@ class Backbone:
 
     def fingerprint(self) -> dict[str, Any]:
         """What about the model determines a feature: model, revision, dtype, family and the
-        options that change features (:meth:`BackboneOptions.fingerprint`)."""
+        options that change features (:meth:`BackboneOptions.fingerprint`; ``compile`` when the
+        layers are compiled, whether asked for or chosen by :meth:`compile_for`)."""
         return {
             "model_id": self.model_id,
             "revision": self.revision,
             "dtype": str(self.dtype).removeprefix("torch."),
             "family": self.family,
-            **self._options.fingerprint(),
+            **self._options.replace(compile=self.compiled).fingerprint(),
         }
 
     def site_names(self) -> list[str]:
         return [s.name for s in self.sites]
+
+    @cached_property
+    def prompt_tokens(self) -> PromptTokens:
+        """Rendered prompts and their token ids, computed once per prompt (:mod:`calm.backbones.tokens`)."""
+        return PromptTokens(self)
 
     # ---- inputs ---------------------------------------------------------------------------
     @staticmethod
@@ -361,6 +383,11 @@ def _stop(module: nn.Module, args: Any) -> None:
     raise StopForward
 
 
+COMPILED_MARK = "calm_compiled"
+"""Attribute set on a model whose layers :func:`compile_layers` compiled (backbones on the same
+weights see it)."""
+
+
 def compile_layers(model: nn.Module, **options: Any) -> None:
     """``torch.compile`` every layer of every layer stack (a ``ModuleList`` named ``layers``) in
     place; ``options`` go to :meth:`torch.nn.Module.compile`. Numerics change slightly."""
@@ -368,3 +395,4 @@ def compile_layers(model: nn.Module, **options: Any) -> None:
         if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers":
             for layer in module:
                 layer.compile(**options)
+    setattr(model, COMPILED_MARK, True)

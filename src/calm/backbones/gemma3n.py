@@ -60,11 +60,12 @@ class Gemma3nBackbone(AudioPartsBackbone):
                  for audio in audios]
         features = [clip["input_features"][0] for clip in clips]
         masks = [clip["input_features_mask"][0] for clip in clips]
-        text = self.render_prompt(prompt).replace(self.tokenizer.audio_token, self.audio_sequence(), 1)
-        tokens = self.tokenizer([text] * len(audios), padding=True, padding_side=padding_side,
-                                add_special_tokens=False, return_tensors="pt")
+        text = self.prompt_tokens.kept(("expanded", prompt), lambda: self.prompt_tokens.rendered(prompt).replace(
+            self.tokenizer.audio_token, self.audio_sequence(), 1))
+        ids, mask = self.prompt_tokens.batch(self.prompt_tokens.encode(text, special_tokens=False),
+                                             [{}] * len(audios), padding_side)  # the same tokens for every clip
         return self.to_device({
-            "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
+            "input_ids": ids, "attention_mask": mask,
             "input_features": torch.nn.utils.rnn.pad_sequence(features, batch_first=True),
             "input_features_mask": torch.nn.utils.rnn.pad_sequence(masks, batch_first=True),
             "audio_frames": torch.tensor([len(f) for f in features]),

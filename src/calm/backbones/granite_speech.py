@@ -100,11 +100,10 @@ class GraniteSpeechBackbone(EmbeddingInputsBackbone):
     def audio_inputs(self, audios: Sequence[np.ndarray], prompt: str, padding_side: str) -> dict[str, torch.Tensor]:
         mel = self.processor.feature_extractor
         features = [mel(audio) for audio in audios]
-        template = self.render_prompt(prompt)
-        texts = [template.replace(AUDIO_TOKEN, AUDIO_TOKEN * mel.token_count(len(f))) for f in features]
-        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
+        ids, mask = self.prompt_tokens.batch(self.prompt_tokens.ids(prompt),
+                                             [{AUDIO_TOKEN: mel.token_count(len(f))} for f in features], padding_side)
         return self.to_device({
-            "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
+            "input_ids": ids, "attention_mask": mask,
             "input_features": torch.nn.utils.rnn.pad_sequence(features, batch_first=True),
             "audio_frames": torch.tensor([len(f) for f in features]),
         })

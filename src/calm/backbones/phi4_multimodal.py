@@ -51,11 +51,10 @@ class Phi4MultimodalBackbone(EmbeddingInputsBackbone):
         features = [clip["audio_input_features"][0] for clip in clips]
         sizes = torch.cat([clip["audio_embed_sizes"].reshape(-1) for clip in clips])
         frames = torch.tensor([len(f) for f in features])
-        template, token = self.render_prompt(prompt), self.audio_token
-        texts = [template.replace(token, token * int(n)) for n in sizes]
-        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
+        ids, mask = self.prompt_tokens.batch(self.prompt_tokens.ids(prompt),
+                                             [{self.audio_token: int(n)} for n in sizes], padding_side)
         return self.to_device({
-            "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
+            "input_ids": ids, "attention_mask": mask,
             "audio_input_features": torch.nn.utils.rnn.pad_sequence(features, batch_first=True),
             "audio_embed_sizes": sizes,
             "audio_frames": frames,

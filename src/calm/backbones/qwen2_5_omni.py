@@ -211,18 +211,16 @@ class Qwen2_5OmniBackbone(Backbone):
         if videos is not None and len(videos) != len(audios):
             raise ValueError(f"{len(videos)} videos for {len(audios)} audio clips")
         input_features, feature_mask = self.audio_features(audios)
-        template = self.render_prompt(prompt, with_video=videos is not None)
-        audio, video = self.audio_token, self.video_token
-        texts = [template.replace(audio, audio * int(n)) for n in self.audio_token_count(feature_mask.sum(-1))]
+        counts = [{self.audio_token: int(n)} for n in self.audio_token_count(feature_mask.sum(-1))]
         batch: dict[str, Any] = {"input_features": input_features, "feature_attention_mask": feature_mask}
         if videos is not None:
-            pixels, grids, counts = self.video_patches(videos)
-            texts = [text.replace(video, video * n) for text, n in zip(texts, counts)]
+            pixels, grids, frames = self.video_patches(videos)
+            counts = [{**clip, self.video_token: n} for clip, n in zip(counts, frames)]
             seconds = torch.full((len(videos),), self.temporal_patch_size / self.video_fps)
             batch.update(pixel_values_videos=pixels, video_grid_thw=grids, video_second_per_grid=seconds)
-        tokens = self.tokenizer(texts, padding=True, padding_side=padding_side or self.padding_side,
-                                return_tensors="pt")
-        batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        template = self.prompt_tokens.ids(prompt, with_video=videos is not None)
+        ids, mask = self.prompt_tokens.batch(template, counts, padding_side or self.padding_side)
+        batch.update(input_ids=ids, attention_mask=mask)
         return self.to_device(batch)
 
     def audio_token_count(self, mel_frames: torch.Tensor) -> torch.Tensor:

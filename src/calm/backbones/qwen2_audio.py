@@ -64,15 +64,11 @@ class Qwen2AudioBackbone(Backbone):
         features = log_mel(audios, fe, frames, self.device).to(self.dtype)
         length_tensor = torch.tensor(lengths)
         tokens = parts.output_lengths(length_tensor)[1].tolist()
-        text = self.render_prompt(prompt)
         placeholder = self.processor.audio_token
-        if text.count(placeholder) != 1:
-            raise ValueError(f"the rendered prompt has {text.count(placeholder)} {placeholder} tokens; expected 1")
-        texts = [text.replace(placeholder, placeholder * n) for n in tokens]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        ids, attention = self.prompt_tokens.batch(self.prompt_tokens.ids(prompt), [{placeholder: n} for n in tokens],
+                                                  padding_side)
         mask = (torch.arange(frames)[None, :] < length_tensor[:, None]).long()
-        out = self.to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                              "feature_attention_mask": mask})
+        out = self.to_device({"input_ids": ids, "attention_mask": attention, "feature_attention_mask": mask})
         out["input_features"] = features
         return out
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from calm.backbones.parts import AudioPartsBackbone
+from calm.backbones.tokens import pad_sequences
 
 PROMPT_TOKENS = ("[INST]", "[BEGIN_AUDIO]", "[AUDIO]", "[/INST]")
 
@@ -50,7 +51,7 @@ class VoxtralBackbone(AudioPartsBackbone):
     def prompt_ids(self, prompt: str, chunks: int = 1) -> list[int]:
         """Token ids of the user turn for a clip of ``chunks`` 30 s chunks."""
         inst, begin_audio, audio, end_inst = (self._token_id(t) for t in PROMPT_TOKENS)
-        text = self.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+        text = self.prompt_tokens.encode(prompt, special_tokens=False) if prompt else ()
         return [self.tokenizer.bos_token_id, inst, begin_audio, *[audio] * (chunks * self.tokens_per_chunk),
                 *text, end_inst]
 
@@ -74,19 +75,3 @@ class VoxtralBackbone(AudioPartsBackbone):
             sequences.append(self.prompt_ids(prompt, chunks))
         input_ids, mask = pad_sequences(sequences, self.tokenizer.pad_token_id, padding_side)
         return self.to_device({"input_ids": input_ids, "attention_mask": mask, "input_features": torch.cat(features)})
-
-
-def pad_sequences(
-    sequences: Sequence[Sequence[int]], pad_id: int | None, side: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] token ids and attention mask of sequences padded on ``side`` with ``pad_id``."""
-    if pad_id is None:
-        raise ValueError("the tokenizer has no padding token")
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        span = slice(length - len(sequence), length) if side == "left" else slice(0, len(sequence))
-        ids[row, span] = torch.tensor(list(sequence), dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask

@@ -140,7 +140,8 @@ class WhisperBackbone(Backbone):
         else:
             window = frames * fe.hop_length
             features = log_mel([audio[:window] for audio in audios], fe, frames, self.device)
-        prefix = torch.tensor([self.decoder_prefix(prompt)] * len(audios), dtype=torch.long)
+        prefix = torch.tensor([self.prompt_tokens.kept(("prefix", prompt), lambda: self.decoder_prefix(prompt))]
+                              * len(audios), dtype=torch.long)
         return self.to_device(
             {"input_features": features, "decoder_input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
         )

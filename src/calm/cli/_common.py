@@ -17,8 +17,8 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, model_required: bool
                            model_help: str = "local model folder, hub id, whisper-base, whisper-tiny.en or "
                                              "tiny:<family>", model_default: str | None = None) -> None:
     """``--model`` (required unless ``model_required`` is False or it has a default), the backbone
-    options (``--device``, ``--dtype``, ``--no-fast``, ``--compile``, ``--encoder-seconds``),
-    ``--batch-size`` and ``--quiet``."""
+    options (``--device``, ``--dtype``, ``--no-fast``, ``--compile``/``--no-compile``,
+    ``--encoder-seconds``, ``--loaders``), ``--batch-size`` and ``--quiet``."""
     parser.add_argument("--model", required=model_required and model_default is None, default=model_default,
                         help=model_help)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
@@ -26,8 +26,12 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, model_required: bool
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--no-fast", dest="fast", action="store_false",
                         help="the reference path instead of the family's exact fast path (same features, slower)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile every layer (GPU; numerics change slightly, so features are keyed apart)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile every layer (numerics change slightly, so features are keyed apart); "
+                             "default: only on a GPU, for jobs large enough to repay it (docs/benchmarks.md)")
+    parser.add_argument("--loaders", type=int, default=None, metavar="N",
+                        help="worker processes that decode and resample clips while the model runs (0: all in this "
+                             "process; default: one per core but one)")
     parser.add_argument("--encoder-seconds", type=float, default=None, metavar="S",
                         help="Whisper: run the encoder on S seconds instead of 30 (faster for short clips; changes "
                              "the features)")
@@ -39,7 +43,7 @@ def backbone_options(args: argparse.Namespace) -> Any:
     from calm.backbones.options import BackboneOptions
 
     return BackboneOptions(device=args.device, dtype=args.dtype, fast=args.fast, compile=args.compile,
-                           encoder_seconds=args.encoder_seconds)
+                           encoder_seconds=args.encoder_seconds, loaders=args.loaders)
 
 
 def load_model(args: argparse.Namespace) -> Any:

@@ -15,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--encoder-seconds", type=float, default=5.0,
                         help="Whisper encoder window in seconds (default 5: the clips' length); 30 = the reference")
+    parser.add_argument("--loaders", type=int, default=None, metavar="N",
+                        help="worker processes that decode clips while the model runs (0: inline; default: cores - 1)")
     parser.add_argument("--trust", action="store_true",
                         help="also calibration, open-set and prediction-set metrics (refits each method per fold)")
     parser.set_defaults(func=_run)
@@ -24,5 +26,6 @@ def _run(args: argparse.Namespace) -> int:
     from calm.demo import run_demo
 
     run_demo(args.out, model=args.model, seeds=args.seeds, batch_size=args.batch_size,
-             encoder_seconds=None if args.encoder_seconds >= 30 else args.encoder_seconds, trust=args.trust)
+             encoder_seconds=None if args.encoder_seconds >= 30 else args.encoder_seconds, trust=args.trust,
+             loaders=args.loaders)
     return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, backbone_options,
                               check_writable_folder, load_model)
@@ -21,8 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     from calm.heads import extract, feature_fingerprint
     from calm.store import FeatureStore
 
-    if args.actors is not None and args.ray is None:
-        raise ValueError("--actors needs --ray")
+    if args.ray is None and (args.actors is not None or args.ray_timeout is not None):
+        raise ValueError("--actors and --ray-timeout need --ray")
     check_writable_folder(args.out, "the feature store")
     items = load_dataset(args.data)
     warn_label_leaks(args.prompt, items)
@@ -48,13 +50,33 @@ def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
 
     address = None if args.ray == "local" else args.ray
     cpu_only = args.device is not None and args.device.startswith("cpu")
-    features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
-                           address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
-                           batch_size=args.batch_size, on_error=args.on_error,
-                           stop_after_last_site=args.stop_after_last_site, order="store", progress=not args.quiet)
+    with _stderr_to_devnull() if args.quiet else nullcontext():
+        features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
+                               address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
+                               batch_size=args.batch_size, on_error=args.on_error,
+                               stop_after_last_site=args.stop_after_last_site, order="store",
+                               progress=not args.quiet,
+                               **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
     with FeatureStore.open(args.out, features.fingerprint, features.heads) as store:
         _report(store.path, features, None)  # extract_ray said what it computed (stderr)
     return 0
+
+
+@contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to /dev/null meanwhile: ``--quiet`` silences what Ray's C++ core writes
+    there (Python's loggers are quieted by extract_ray itself); an error still reaches the user,
+    printed by calm.cli once this has ended."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _report(path: Path, features: HeadFeatures, computed: int | None) -> None:
@@ -81,9 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="end each forward pass after the last captured layer")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="extract on a pool of Ray actors (pip install 'calm-audio[ray]'): on a new local "
-                             "cluster (all GPUs of this machine), or on the cluster at ADDRESS (auto, ray://host:10001)")
+                             "cluster (all GPUs of this machine), or on the cluster at ADDRESS (auto, host:6379, "
+                             "ray://host:10001)")
     parser.add_argument("--actors", type=int, default=None,
                         help="with --ray: number of actors (default: one per GPU of the cluster, else 1)")
+    parser.add_argument("--ray-timeout", type=float, default=None, metavar="S",
+                        help="with --ray ADDRESS: seconds to wait for the cluster to answer (default: 30)")
     add_backbone_arguments(parser)
     add_on_error_argument(parser, "is listed as failed in the store")
     parser.set_defaults(func=_run)

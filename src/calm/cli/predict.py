@@ -58,7 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     out = check_writable_file(args.out, "the predictions file") if args.out else None
     clf = load(args.classifier)
     backbone = load_backbone_for(clf, args.model, device=args.device, dtype=args.dtype, fast=args.fast,
-                                 compile=args.compile or None, encoder_seconds=args.encoder_seconds)
+                                 compile=args.compile or None, encoder_seconds=args.encoder_seconds,
+                                 loaders=args.loaders)
     rows = predict_files(backbone, clf, args.files, prompt=args.prompt, batch_size=args.batch_size,
                          on_error=args.on_error, progress=not args.quiet, reject=args.reject,
                          unknown_label=args.unknown_label, sets=args.sets)

@@ -1,0 +1,137 @@
+"""Loader processes: how loading scales with them, and what they give a whole ``calm extract``.
+
+Clips are stored as datasets ship them, 44.1 kHz stereo FLAC (5 s of tones in noise), so every
+clip is decoded, mixed to mono and resampled with soxr before its inputs are built.
+
+1. Loading alone: clips/s of :class:`calm.engine.BatchRunner` loading every batch (decode,
+   resample, pad, build the model inputs: Qwen2-Audio's fast-path inputs, Whisper's 30 s log-mel)
+   with no forward pass, for 0 (inline), 1, 2 ... loader processes up to the cores.
+2. Whole extraction: ``calm extract`` on ``tiny:qwen2_audio`` (a model so small that loading
+   dominates) over the FLAC files plus two broken ones, with ``--loaders N`` against
+   ``--loaders 0``; checks that both stores hold bit-identical features and the same failures.
+
+Settings alternate round by round (so all meet the same load on a shared machine); each figure is
+the median of the rounds. Ratios are against inline in the same run.
+
+    python benchmarks/loaders.py                           # 300 clips, rounds of 3
+    python benchmarks/loaders.py --clips 96 --rounds 1 --models tiny:qwen2_audio
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+PROMPT = "What sound is in this audio clip?"
+
+# torch and calm's model code are imported in the functions: the loader processes, which Python
+# starts by importing this script, then need only numpy, soundfile and soxr.
+
+
+def loading_rate(backbone, items, loaders: int, batch_size: int) -> float:
+    """Clips/s of loading ``items`` (planned as calm.extract plans them) without running the model."""
+    from calm.engine import BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine
+
+    config = ExtractionConfig(batch_size=batch_size, on_error="record")
+    plan = ExtractionEngine(BackboneTraits.of(backbone, PROMPT), PROMPT, config).plan(items)
+    start = time.perf_counter()
+    with BatchRunner(backbone, PROMPT, config, loaders) as runner:
+        for _ in runner.batches(plan):
+            pass
+    return plan.clips / (time.perf_counter() - start)
+
+
+def extract_rate(data: Path, store: Path, loaders: int, batch_size: int) -> float:
+    """Clips/s of a whole ``calm extract`` into a new store, timed from the CLI's start (the tiny
+    model builds in a fraction of a second; a warm-up run has paid the imports)."""
+    from calm.cli import main as calm_main
+
+    args = ["extract", "--data", str(data), "--out", str(store), "--model", "tiny:qwen2_audio", "--device", "cpu",
+            "--batch-size", str(batch_size), "--loaders", str(loaders), "--on-error", "record", "--quiet",
+            "--prompt", PROMPT]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert calm_main(args) == 0
+    return len(list(data.rglob("*.flac"))) / (time.perf_counter() - start)
+
+
+def read_store(root: Path, backbone) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Item id -> stored row, and id -> recorded failure, of ``backbone``'s store under ``root``."""
+    from calm.engine import feature_fingerprint
+    from calm.store import FeatureStore
+
+    with FeatureStore.open(root, feature_fingerprint(backbone, PROMPT), backbone.head_index()) as store:
+        features = store.read()
+        return dict(zip(features.ids, np.asarray(features.X))), store.failures()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["tiny:qwen2_audio", "whisper-base"],
+                        help="backbones whose inputs are built in part 1")
+    parser.add_argument("--loaders", type=int, default=2, help="loader processes of part 2 (against 0)")
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="which parts to run")
+    args = parser.parse_args(argv)
+    from extract_throughput import cpu_name, make_clips, write_recordings
+
+    from calm.backbones import load_backbone
+    from calm.clips import default_loaders
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"{cpu_name()}, {cores} cores, load average {os.getloadavg()[0]:.2f} at the start; {args.clips} clips "
+          f"of 5 s as 44.1 kHz stereo FLAC, batch {args.batch_size}; default loaders here: {default_loaders()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        (data / "sounds").mkdir(parents=True)
+        items = write_recordings(make_clips(5.0, args.clips, 16000), 16000, data / "sounds", "clip")
+        (data / "sounds" / "broken.flac").write_bytes(b"fLaC not really")
+        (data / "sounds" / "empty.flac").write_bytes(b"")
+        settings = list(range(cores + 1))
+        for name in args.models if 1 in args.parts else []:
+            backbone = load_backbone(name, device="cpu")
+            rates: dict[int, list[float]] = {n: [] for n in settings}
+            for _ in range(args.rounds):
+                for loaders in settings:
+                    rates[loaders].append(loading_rate(backbone, items, loaders, args.batch_size))
+            inline = float(np.median(rates[0]))
+            print(f"\n1. loading alone, {name} inputs (clips/s, median of {args.rounds}):")
+            for loaders, values in rates.items():
+                median = float(np.median(values))
+                print(f"   loaders={loaders}: {median:7.1f}  ({median / inline:.2f}x inline)")
+        warm = Path(tmp) / "warm" / "sounds"  # a first run pays the imports and the model's first build
+        warm.mkdir(parents=True)
+        (warm / "clip.flac").write_bytes((data / "sounds" / "clip0000.flac").read_bytes())
+        extract_rate(warm.parent, Path(tmp) / "store-warm", 0, args.batch_size)
+        runs: dict[int, list[float]] = {0: [], args.loaders: []}
+        for round_ in range(args.rounds):
+            for loaders in list(runs)[::1 if round_ % 2 == 0 else -1]:  # the order alternates round by round
+                runs[loaders].append(extract_rate(data, Path(tmp) / f"store-{loaders}-{round_}", loaders,
+                                                  args.batch_size))
+        inline, parallel = (float(np.median(runs[n])) for n in (0, args.loaders))
+        tiny = load_backbone("tiny:qwen2_audio", device="cpu")
+        rows0, failed0 = read_store(Path(tmp) / "store-0-0", tiny)
+        rows, failed = read_store(Path(tmp) / f"store-{args.loaders}-0", tiny)
+        identical = rows0.keys() == rows.keys() and all(np.array_equal(rows0[k], rows[k]) for k in rows0)
+        print(f"\n2. whole calm extract, tiny:qwen2_audio, {args.clips + 2} files (clips/s, median of {args.rounds}):")
+        print(f"   --loaders 0: {inline:.1f}   --loaders {args.loaders}: {parallel:.1f}   ratio {parallel / inline:.2f}x")
+        print(f"   stored features bit-identical: {identical} ({len(rows)} items); same failures: "
+              f"{sorted(failed0) == sorted(failed)} ({len(failed)}: {', '.join(sorted(failed))})")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

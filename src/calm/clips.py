@@ -1,0 +1,167 @@
+"""Loading clips for an extraction: decode, resample and pad each clip, inline or in worker
+processes, and build each batch's inputs in order.
+
+Decoding a 44.1 kHz stereo FLAC file, mixing it to mono and resampling it with soxr is most of
+what loading costs, and much of it holds the interpreter lock, so threads stop scaling (see
+``docs/benchmarks.md``). Here ``loaders`` worker processes do that work and send back float32
+arrays; they are spawned, so they import this module (numpy, soundfile and soxr: neither torch
+nor transformers) and, as every spawned Python process does, the calling script's module (the
+``calm`` command's is light; a script that imports torch at its top makes each start slower). One thread of the calling process builds each batch's model inputs from them (the
+tokenizer is not safe to call concurrently), up to :data:`BATCHES_AHEAD` batches ahead of the
+model, and batches come out in the order planned, so results do not depend on ``loaders``.
+
+A worker that dies (killed, out of memory) breaks the pool: :func:`loaded_batches` raises
+:class:`LoaderDied` naming the clips it was loading; what was finished before stays finished (in a
+feature store, stored), and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from calm.media import MediaLoadError, load_audio
+
+B = TypeVar("B")
+R = TypeVar("R")
+
+MAX_LOADERS = 32
+"""The most loader processes chosen by default (more cores than this go to the model)."""
+
+BATCHES_AHEAD = 2
+"""Batches loaded and built ahead of the one the model runs (with loader processes)."""
+
+MIN_CLIPS_FOR_LOADERS = 16
+"""Jobs with fewer clips load inline: starting the worker processes takes longer than they save
+(about a second)."""
+
+
+class LoaderDied(RuntimeError):
+    """A loader process died (killed, out of memory) while loading the clips it names."""
+
+
+def default_loaders() -> int:
+    """Loader processes for this machine: one per core this process may use but one (left to the
+    model and the input building), at most :data:`MAX_LOADERS`; 0 on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_LOADERS, cores - 1))
+
+
+def pad_to_length(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` with trailing silence up to ``samples`` (unchanged if already as long)."""
+    missing = samples - len(audio)
+    return np.pad(audio, (0, missing)) if missing > 0 else audio
+
+
+def min_samples(seconds: float, sample_rate: int) -> int:
+    """Samples of the shortest clip an encoder is given (``seconds`` at ``sample_rate``)."""
+    return math.ceil(seconds * sample_rate)
+
+
+def read_clip(path: os.PathLike | str, sample_rate: int, shortest: int) -> np.ndarray | MediaLoadError:
+    """The file's audio (mono float32 at ``sample_rate``, padded to ``shortest`` samples), or the
+    error that names the file and says why it cannot be used (returned, so a worker sends it back)."""
+    try:
+        return pad_to_length(load_audio(path, sample_rate), shortest)
+    except MediaLoadError as error:
+        return error
+
+
+PARENT_CHECK_SECONDS = 0.5
+"""How often a loader process checks that the process it loads for is still alive."""
+
+
+def _follow_parent(parent: int) -> None:
+    """In a loader process: exit when ``parent`` is gone (killed with SIGKILL, it cannot stop its
+    workers, which would otherwise wait for work forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="calm-follow-parent", daemon=True).start()
+
+
+class ClipPool:
+    """``loaders`` worker processes that read clips, started on first use and kept until
+    :meth:`close` (so a Ray actor reuses them batch after batch); with 0, clips are read inline."""
+
+    def __init__(self, loaders: int) -> None:
+        if loaders < 0:
+            raise ValueError(f"loaders must be at least 0, got {loaders}")
+        self.loaders = loaders
+        self._workers: ProcessPoolExecutor | None = None
+
+    def submit(self, read: Callable[..., R], *args: object) -> Future[R]:
+        """``read(*args)`` in a worker process (``read`` must be picklable: a module-level function)."""
+        if self._workers is None:
+            # spawn: a fresh interpreter that imports only what ``read`` needs (fork would copy the
+            # model's process, its threads and all)
+            self._workers = ProcessPoolExecutor(self.loaders, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_follow_parent, initargs=(os.getpid(),))
+        return self._workers.submit(read, *args)
+
+    def close(self) -> None:
+        """Stop the workers (what has not started is cancelled)."""
+        if self._workers is not None:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+            self._workers = None
+
+    def __enter__(self) -> "ClipPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def loaded_batches(
+    batches: Sequence[Sequence[B]],
+    path: Callable[[B], os.PathLike | str],
+    read: Callable[[os.PathLike | str], np.ndarray | MediaLoadError],
+    build: Callable[[Sequence[B], list[np.ndarray | MediaLoadError]], R],
+    pool: ClipPool,
+) -> Iterator[R]:
+    """``build(batch, [read(path(item)) ...])`` for each batch, in order. With a pool of workers,
+    ``read`` runs in them and ``build`` in one thread, up to :data:`BATCHES_AHEAD` batches ahead of
+    the consumer; with none, everything runs inline. Closing the generator cancels what has not
+    started. A worker that dies raises :class:`LoaderDied`."""
+    if pool.loaders == 0:
+        for batch in batches:
+            yield build(batch, [read(path(item)) for item in batch])
+        return
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calm-inputs")
+    pending: deque[tuple[Sequence[B], Future[R]]] = deque()
+
+    def collect(batch: Sequence[B], clips: list[Future[np.ndarray | MediaLoadError]]) -> R:
+        return build(batch, [clip.result() for clip in clips])
+
+    loading: Sequence[B] = ()
+    try:
+        for batch in batches:
+            loading = batch
+            clips = [pool.submit(read, path(item)) for item in batch]
+            pending.append((batch, builder.submit(collect, batch, clips)))
+            if len(pending) > BATCHES_AHEAD:
+                loading, future = pending.popleft()
+                yield future.result()
+        while pending:
+            loading, future = pending.popleft()
+            yield future.result()
+    except BrokenProcessPool:
+        pool.close()
+        names = ", ".join(str(path(item)) for item in loading[:3])
+        raise LoaderDied(f"a loader process died (killed, or out of memory?) while loading {len(loading)} clip(s) "
+                         f"({names}{', ...' if len(loading) > 3 else ''}); what finished before is kept (in a store: "
+                         "stored, and a rerun resumes); --loaders 0 loads in this process") from None
+    finally:
+        builder.shutdown(wait=True, cancel_futures=True)
