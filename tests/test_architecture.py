@@ -5,6 +5,7 @@ options that are fixed once loaded and part of the fingerprint where they change
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -22,6 +23,8 @@ from calm.backbones.tiny import tiny_backbone
 from calm.classifiers import CALMClassifier, ClassAgnosticCALMClassifier, SAVClassifier, TunedCALMClassifier, load, save
 from calm.classifiers.reliability_vote import ReliabilityVote
 from calm.cli import main
+from calm.errors import CalmError, InputError
+from calm.fingerprint import check_fingerprint
 
 SRC = Path(calm.__file__).parent
 
@@ -258,3 +261,33 @@ def test_cli_flags_reach_the_backbone(monkeypatch):
     assert seen["options"] == BackboneOptions(dtype="bf16", fast=False, compile=True, encoder_seconds=5.0)
     default = build_parser().parse_args(["fit", "--data", "x", "--out", "y", "--model", "m"])
     assert _common.backbone_options(default) == BackboneOptions()  # the exact fast path is on by default
+
+
+# ---------------------------------------------------------------------------- errors
+
+CONTROL_FLOW = {"calm.backbones.base.StopForward", "calm.cli.app._Terminated"}
+"""Exceptions that never reach a user: they end a forward pass or a server loop."""
+
+
+def error_classes() -> dict[str, type]:
+    """Every exception class defined in calm, by qualified name (found in the source, then imported)."""
+    found = {}
+    for path in SRC.rglob("*.py"):
+        module = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(base, ast.Name) and base.id.endswith(("Error", "Exception")) for base in node.bases):
+                found[f"{module}.{node.name}"] = getattr(importlib.import_module(module), node.name)
+    return found
+
+
+def test_every_user_facing_error_is_a_calm_error_that_keeps_its_builtin_base():
+    classes = error_classes()
+    assert {"calm.media.MediaLoadError", "calm.data.loaders.DatasetError", "calm.store.StoreError"} <= set(classes)
+    assert CONTROL_FLOW <= set(classes)
+    assert [name for name, cls in classes.items() if name not in CONTROL_FLOW and not issubclass(cls, CalmError)] == []
+    assert not any(issubclass(classes[name], CalmError) for name in CONTROL_FLOW)
+    assert issubclass(classes["calm.media.MediaLoadError"], ValueError)  # ``except ValueError`` still catches it
+    assert issubclass(classes["calm.store.StoreError"], RuntimeError)
+    with pytest.raises(InputError, match="features from another backbone"):
+        check_fingerprint({"model": "a"}, {"model": "b"}, "x.safetensors")

@@ -22,6 +22,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from calm.errors import InputError
+
 _HASH_CHUNK = 1 << 20
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
@@ -32,7 +34,7 @@ MAX_ABS_SAMPLE = 1e3
 """Float audio is nominally within ±1; a file whose samples exceed ±1000 (+60 dBFS) is corrupt."""
 
 
-class MediaLoadError(ValueError):
+class MediaLoadError(InputError):
     """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

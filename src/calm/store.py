@@ -31,6 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from calm.features import HeadFeatures, HeadIndex
+from calm.errors import CalmError
 from calm.fingerprint import canonical_json
 
 try:
@@ -45,7 +46,7 @@ _JOURNAL_FILE = "journal.jsonl"
 _LOCK_FILE = "lock"
 
 
-class StoreError(RuntimeError):
+class StoreError(CalmError, RuntimeError):
     """A store that cannot be used as asked (another key, damaged files, a concurrent writer)."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from calm.data.items import Item
+from calm.errors import InputError
 from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
 
 # Folder names that mark a split level in the folder layout.
@@ -51,7 +52,7 @@ _MARKERS: tuple[tuple[str, str], ...] = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Malformed metadata or a missing file; the message names the file and the line."""
 
 
