@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm.data import devsets, drums, recipes, sources
-from calm.data import speech as demo
+from calm.devdata import devsets, drums, recipes, sources
+from calm.devdata import speech as demo
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
-from calm.data.soundfont import GM_FAMILIES, PERCUSSION_BANK, Sample, SoundFontError, read_samples, sample_audio
+from calm.devdata.soundfont import GM_FAMILIES, PERCUSSION_BANK, Sample, SoundFontError, read_samples, sample_audio
 
 RATE = 8000
 
