@@ -20,7 +20,8 @@ import calm
 import calm.methods
 from calm.backbones import BackboneOptions
 from calm.backbones.tiny import tiny_backbone
-from calm.classifiers import CALMClassifier, ClassAgnosticCALMClassifier, SAVClassifier, TunedCALMClassifier, load, save
+from calm.classifiers import (CALMClassifier, ClassAgnosticCALMClassifier, DefaultClassifier, SAVClassifier,
+                              TunedCALMClassifier, UniformVoteClassifier, load, save)
 from calm.classifiers.reliability_vote import ReliabilityVote
 from calm.cli import main
 from calm.errors import CalmError, InputError
@@ -214,6 +215,10 @@ def test_scikit_learns_own_checks_that_apply_to_3d_input():
 
 def test_variants_are_siblings_that_keep_their_own_parameters():
     assert not issubclass(TunedCALMClassifier, CALMClassifier)
+    ablations = [m.estimator_class() for m in map(calm.methods.get, calm.methods.names(feature_only=True))
+                 if m.description.startswith("ablation")]
+    assert UniformVoteClassifier in ablations  # the recommended default shares a base with it, not its class
+    assert [cls.__name__ for cls in ablations if issubclass(DefaultClassifier, cls)] == []
     assert not issubclass(ClassAgnosticCALMClassifier, CALMClassifier)
     for cls in (CALMClassifier, TunedCALMClassifier, ClassAgnosticCALMClassifier):
         assert issubclass(cls, ReliabilityVote)
