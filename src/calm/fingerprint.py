@@ -43,5 +43,5 @@ def check_fingerprint(expected: Mapping[str, Any], got: Mapping[str, Any], what:
     backbone, backbone options or prompt."""
     lines = differences(expected, got)
     if lines:
-        raise FingerprintError(f"{what}: features from another backbone, options or prompt than expected (refit, or use "
-                         "the same model, options and prompt):\n" + "\n".join(lines))
+        raise FingerprintError(f"{what}: features from another backbone, options or prompt than expected (refit, or "
+                               "use the same model, options and prompt):\n" + "\n".join(lines))
