@@ -16,6 +16,7 @@ from typing import Callable
 
 from calm.cache import cache_dir
 from calm.devdata import devsets, drums, speech
+from calm.errors import InputError
 
 RECIPES: dict[str, Callable[..., Path]] = {
     "spoken-numbers": speech.prepare_spoken_numbers,
@@ -33,5 +34,5 @@ RECIPES: dict[str, Callable[..., Path]] = {
 def prepare(name: str, out_dir: Path | None = None, verbose: bool = True) -> Path:
     """Build dataset ``name`` into ``out_dir`` (default ``<cache>/data/<name>``); its metadata CSV."""
     if name not in RECIPES:
-        raise KeyError(f"unknown dataset recipe {name!r}; known: {sorted(RECIPES)}")
+        raise InputError(f"unknown dataset recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name](out_dir if out_dir is not None else cache_dir("data", name), verbose=verbose)
