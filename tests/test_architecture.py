@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,12 +23,12 @@ from calm.backbones import BackboneOptions
 from calm.backbones.registry import FAMILIES, adapter_class
 from calm.backbones.tiny import tiny_backbone
 from calm.classifiers import (CALMClassifier, ClassAgnosticCALMClassifier, DefaultClassifier, SAVClassifier,
-                              TunedCALMClassifier, UniformVoteClassifier, load, save)
+                              TunedCALMClassifier, UniformVoteClassifier, load, plot_weight_maps, save)
 from calm.classifiers._base import Estimator
 from calm.classifiers.reliability_vote import ReliabilityVote
 from calm.cli import main
 from calm.data.loaders import LAYOUTS
-from calm.errors import CalmError, InputError
+from calm.errors import CalmError, InputError, MissingDependencyError
 from calm.fingerprint import check_fingerprint
 from calm.resolve import resolve
 
@@ -429,3 +430,11 @@ def test_the_house_rule_checks_find_violations():
     assert private_imports("calm.heads", ast.parse("from calm.heads import _Run"), set()) == set()
     assert dynamic_imports(tree) == [5]
     assert long_signatures("calm.x", tree) == {"calm.x.f", "calm.x.C.m"}
+
+
+def test_a_missing_optional_package_is_a_calm_error_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import matplotlib.figure now fails
+    X, y = _features()
+    with pytest.raises(MissingDependencyError, match=r"pip install 'calm-audio\[plots\]'") as raised:
+        plot_weight_maps(CALMClassifier().fit(X, y), Path("never.png"))
+    assert isinstance(raised.value, ImportError)  # ``except ImportError`` still catches it

@@ -21,3 +21,7 @@ class InputError(CalmError, ValueError):
 
 class FingerprintError(InputError):
     """Features from another backbone, backbone options or prompt than the ones expected."""
+
+
+class MissingDependencyError(CalmError, ImportError):
+    """An optional package a feature needs is not installed; the message gives the install command."""
