@@ -313,7 +313,7 @@ def demo_accuracy(backbone: Backbone, trimmed: Backbone, batch_size: int) -> Non
     trimmed encoder's (features in the calm cache's store, so a finished ``calm demo`` run is
     reused for the plain side)."""
     from calm.cache import cache_dir
-    from calm.data.recipes import prepare
+    from calm.devdata.recipes import prepare
     from calm.data.loaders import load_dataset
     from calm.demo import DEMO_TASKS
     from calm.evaluation.protocol import evaluate_features

@@ -71,7 +71,7 @@ def clock_ghz() -> float:
 
 def demo_clips(count: int, rate: int) -> list[np.ndarray]:
     """``count`` clips spread over the spoken-numbers demo (built offline if missing)."""
-    from calm.data.recipes import prepare
+    from calm.devdata.recipes import prepare
     from calm.data.loaders import load_dataset
     from calm.media import load_audio
 
@@ -94,7 +94,7 @@ def forward(backbone: Backbone, clips: Sequence[np.ndarray], prompt: str, stop: 
 def demo_accuracy(models: dict[str, Backbone], batch_size: int, encoder_seconds: float | None) -> None:
     """The demo's spoken-numbers accuracy for each model (features kept in calm's cache)."""
     from calm.cache import cache_dir
-    from calm.data.recipes import prepare
+    from calm.devdata.recipes import prepare
     from calm.data.loaders import load_dataset
     from calm.demo import DEMO_TASKS
     from calm.evaluation.protocol import evaluate_features

@@ -1,7 +1,7 @@
 """Prepare every dev set and write its Whisper-base head features as ``<out>/<task>.npz`` + ``.json``.
 
 The dev sets are the tasks calm chooses its methods and defaults on (docs/devsets.md): the two
-demo tasks and the ``calm data prepare`` recipes of :mod:`calm.data.devsets`. Features come from
+demo tasks and the ``calm data prepare`` recipes of :mod:`calm.devdata.devsets`. Features come from
 the offline Whisper base with a 5 s encoder window (the demo's setting) and are cached in the
 feature store, so a rerun only rewrites the files.
 
@@ -73,7 +73,7 @@ def _column(items, key: str) -> np.ndarray:
 def write_task(task: DevTask, backbone, out: Path, store: Path, batch_size: int) -> dict:
     """Prepare, extract and write one task's npz and json; returns the json summary."""
     import calm
-    from calm.data.recipes import prepare
+    from calm.devdata.recipes import prepare
 
     started = time.perf_counter()
     metadata = prepare(task.name, verbose=True)

@@ -23,7 +23,7 @@ os.environ.setdefault("MPLCONFIGDIR", str(_CACHE / "matplotlib"))  # matplotlib'
 
 def demo_sounds() -> Path:
     """The Asterisk recordings the demo data is built from, or a skip saying why they are missing."""
-    from calm.data.sources import DemoDataError, asterisk_sounds
+    from calm.devdata.sources import DemoDataError, asterisk_sounds
 
     try:
         return asterisk_sounds()

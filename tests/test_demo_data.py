@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from conftest import demo_sounds
 
-from calm.data import speech as demo
-from calm.data import sources
-from calm.data.recipes import RECIPES
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
+from calm.devdata import sources
+from calm.devdata import speech as demo
+from calm.devdata.recipes import RECIPES
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm.data import devsets, drums, recipes, sources
-from calm.data import speech as demo
 from calm.data.episodes import protocol_of
 from calm.data.loaders import load_dataset
-from calm.data.soundfont import GM_FAMILIES, PERCUSSION_BANK, Sample, SoundFontError, read_samples, sample_audio
+from calm.devdata import devsets, drums, recipes, sources
+from calm.devdata import speech as demo
+from calm.devdata.soundfont import GM_FAMILIES, PERCUSSION_BANK, Sample, SoundFontError, read_samples, sample_audio
+from calm.errors import InputError
 
 RATE = 8000
 
@@ -75,6 +76,12 @@ def _tone(n: int, seed: int) -> np.ndarray:
 
 
 MONO, RIGHT, LEFT = 1, 2, 4
+
+
+def test_an_unknown_recipe_is_bad_input_naming_the_known_ones(tmp_path):
+    with pytest.raises(InputError, match=r"unknown dataset recipe 'nope'; known: \[.*'spoken-numbers'"):
+        recipes.prepare("nope", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_samples_maps_bank0_programs_and_skips_right_halves(tmp_path):

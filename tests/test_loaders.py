@@ -259,7 +259,7 @@ def test_cli_data_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_cli_data_prepare_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     from calm.cli import main
-    from calm.data import recipes
+    from calm.devdata import recipes
 
     def tiny(out: Path) -> Path:
         """A one-clip dataset."""

@@ -18,7 +18,7 @@ from calm.backbones import load_backbone
 from calm.cache import cache_dir
 from calm.classifiers.typicality import ShiftWarning
 from calm.data.loaders import load_dataset
-from calm.data.recipes import RECIPES
+from calm.devdata.recipes import RECIPES
 from calm.predict import fit_classifier, predict_files
 
 pytestmark = pytest.mark.slow

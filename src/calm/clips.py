@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from calm.errors import CalmError
 from calm.media import MediaLoadError, load_audio
 
 B = TypeVar("B")
@@ -45,7 +46,7 @@ MIN_CLIPS_FOR_LOADERS = 16
 (about a second)."""
 
 
-class LoaderDied(RuntimeError):
+class LoaderDied(CalmError, RuntimeError):
     """A loader process died (killed, out of memory) while loading the clips it names."""
 
 

@@ -1,6 +1,6 @@
 """``calm demo``: the whole method on real weights and real recordings, offline, on a CPU.
 
-Two tasks built from Debian packages (:mod:`calm.data.speech`): spoken numbers (support spoken by
+Two tasks built from Debian packages (:mod:`calm.devdata.speech`): spoken numbers (support spoken by
 many espeak-ng voices, queries by the human Asterisk speakers) and spoofing (bona fide human
 speech vs espeak-ng). Features come from the offline Whisper base
 (:mod:`calm.backbones.ct2_whisper`), extracted once into a feature store, so a rerun only
@@ -58,7 +58,7 @@ def run_demo(
     ``loaders``: loader processes (:class:`calm.backbones.BackboneOptions`). Returns task name ->
     EvaluationReport."""
     from calm.backbones import load_backbone
-    from calm.data.recipes import RECIPES
+    from calm.devdata.recipes import RECIPES
     from calm.data.loaders import load_dataset
     from calm.evaluation.protocol import evaluate
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from calm.errors import FingerprintError
+
 
 def canonical_json(value: Any) -> str:
     """``value`` as compact JSON with sorted keys; TypeError for anything that is not plain JSON
@@ -37,9 +39,9 @@ def differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str
 
 
 def check_fingerprint(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> None:
-    """ValueError naming ``what`` and every differing field when features come from another
+    """FingerprintError (a ValueError) naming ``what`` and every differing field when features come from another
     backbone, backbone options or prompt."""
     lines = differences(expected, got)
     if lines:
-        raise ValueError(f"{what}: features from another backbone, options or prompt than expected (refit, or use "
-                         "the same model, options and prompt):\n" + "\n".join(lines))
+        raise FingerprintError(f"{what}: features from another backbone, options or prompt than expected (refit, or "
+                               "use the same model, options and prompt):\n" + "\n".join(lines))

@@ -22,6 +22,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from calm.errors import InputError
+
 _HASH_CHUNK = 1 << 20
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma",
@@ -48,7 +50,7 @@ def note_origin(path: str | os.PathLike, origin: str) -> None:
         origins.append(origin)
 
 
-class MediaLoadError(ValueError):
+class MediaLoadError(InputError):
     """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why (and,
     for a file written from elsewhere, :func:`note_origin`, where it came from)."""
 

@@ -11,9 +11,10 @@ evaluation. Adding a method is one file (its estimator) and one :func:`register`
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from calm.resolve import resolve
 
 ESTIMATOR_STRATEGY = "calm.evaluation.strategies:EstimatorStrategy"
 
@@ -109,10 +110,7 @@ def estimator_classes() -> dict[str, type]:
 
 
 def _resolve(target: type | str) -> type:
-    if not isinstance(target, str):
-        return target
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return resolve(target) if isinstance(target, str) else target
 
 
 register(Method("zero-shot", None, "greedy answer to a question naming every class, mapped to a class",

@@ -40,6 +40,7 @@ import numpy as np
 
 from calm.durable import fsync_dir, pwrite_all, write_all, write_atomic
 from calm.features import HeadFeatures, HeadIndex
+from calm.errors import CalmError
 from calm.fingerprint import canonical_json
 
 try:
@@ -54,7 +55,7 @@ _JOURNAL_FILE = "journal.jsonl"
 _LOCK_FILE = "lock"
 
 
-class StoreError(RuntimeError):
+class StoreError(CalmError, RuntimeError):
     """A store that cannot be used as asked (another key, damaged files, a concurrent writer)."""
 
 

@@ -52,6 +52,7 @@ from urllib.parse import parse_qs, urlparse
 from calm.app.guard import allowed_hosts, content_length, refusal
 from calm.app.session import AppSession, BusyError, StoppedError
 from calm.classifiers.trust import describe
+from calm.errors import InputError
 
 log = logging.getLogger("calm.app")
 
@@ -64,7 +65,7 @@ TIMEOUT = 60.0
 """Seconds a connection may stay silent (a request not sent, a body not read) before it is closed."""
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A request the API cannot serve (unknown path, missing field, body too large)."""
 
 

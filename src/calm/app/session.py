@@ -35,6 +35,7 @@ from calm.classifiers.plots import layer_profile, weight_maps
 from calm.classifiers.trust import describe
 from calm.data.items import Item
 from calm.data.loaders import LAYOUTS, load_dataset, media_item
+from calm.errors import CalmError
 from calm.fingerprint import check_fingerprint
 from calm.heads import extract, feature_fingerprint
 from calm.media import MediaLoadError, load_audio
@@ -46,11 +47,11 @@ SET_LEVEL = 0.9
 log = logging.getLogger("calm.app")
 
 
-class BusyError(RuntimeError):
+class BusyError(CalmError, RuntimeError):
     """The backbone is running another request (a fit or a classification)."""
 
 
-class StoppedError(RuntimeError):
+class StoppedError(CalmError, RuntimeError):
     """The app is stopping (:meth:`AppSession.stop`): the fit was cancelled between two batches."""
 
 

@@ -22,11 +22,13 @@ from typing import BinaryIO, Sequence
 
 import torch
 
+from calm.errors import InputError
+
 _DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
 _BINARY_VERSION = 6
 
 
-class Ct2FormatError(ValueError):
+class Ct2FormatError(InputError):
     """A CTranslate2 model file that is truncated, of another version, or not a Whisper model."""
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 from calm.backbones.base import Backbone
 from calm.backbones.options import BackboneOptions
 from calm.backbones.registry import adapter_class, detect_family
+from calm.errors import InputError
 
 OFFLINE_NAMES: tuple[str, ...] = ("whisper-base", "whisper-tiny.en")
 
 
-class BackboneLoadError(ValueError):
+class BackboneLoadError(InputError):
     """A model that cannot be loaded; the message names it and says why."""
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from calm.backbones.base import Backbone
+from calm.resolve import resolve
 
 FAMILIES: dict[str, str] = {
     "qwen2_audio": "calm.backbones.qwen2_audio:Qwen2AudioBackbone",
@@ -25,8 +25,7 @@ def adapter_class(family: str) -> type[Backbone]:
     """The adapter class of a family name."""
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone family {family!r}; known: {sorted(FAMILIES)}")
-    module, name = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module), name)
+    return resolve(FAMILIES[family])
 
 
 def detect_family(config: Any) -> str:

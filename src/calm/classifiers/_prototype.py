@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from calm.classifiers._base import Estimator, encode_labels
+from calm.classifiers._base import Estimator, check_positive, encode_labels
 from calm.classifiers._cosine import (Block, ClassStats, FeatureBlocks, check_scores, iter_cosines, posteriors,
                                       support_pass)
 from calm.classifiers.whitening import HeadWhitener, WhitenedBlocks, whitener_options
@@ -146,3 +146,19 @@ def uniform_weights(heads: np.ndarray, n_heads: int, n_classes: int) -> np.ndarr
     weights = np.zeros((n_heads, n_classes), dtype=np.float64)
     weights[heads] = 1.0 / len(heads)
     return weights
+
+
+class EqualVoteClassifier(SoftVoteClassifier):
+    """Soft vote with equal weights: argmax_c mean_k p_k(c|x) over the non-constant heads. The
+    shared base of the uniform-vote ablation and the recommended default; subclasses set ``tau``
+    and ``geometry`` in ``__init__``."""
+
+    def _validate_params(self) -> None:
+        check_positive("tau", self.tau)
+
+    def fit(self, X: Any, y: Any) -> "EqualVoteClassifier":
+        self._validate_params()
+        self._fit_prototypes(*self._start_fit(X, y))
+        heads = np.flatnonzero(~self.constant_heads_)
+        self.weights_ = uniform_weights(heads, self.n_heads_in_, len(self.classes_))
+        return self

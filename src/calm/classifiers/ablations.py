@@ -10,13 +10,13 @@ import torch
 
 from calm.classifiers._base import check_positive
 from calm.classifiers._cosine import check_scores, iter_cosines
-from calm.classifiers._prototype import PrototypeClassifier, SoftVoteClassifier, uniform_weights
+from calm.classifiers._prototype import EqualVoteClassifier, PrototypeClassifier, SoftVoteClassifier, uniform_weights
 from calm.classifiers._reliability import ReliabilitySums, shrink
 from calm.classifiers.reliability_vote import ReliabilityVote, check_shrinkage, check_source
 from calm.classifiers.sav import check_n_heads, check_scoring, fit_head_ranking
 
 
-class UniformVoteClassifier(SoftVoteClassifier):
+class UniformVoteClassifier(EqualVoteClassifier):
     """Soft vote with equal weights: argmax_c mean_k p_k(c|x) over the non-constant heads.
 
     Args:
@@ -26,16 +26,6 @@ class UniformVoteClassifier(SoftVoteClassifier):
     def __init__(self, tau: float = 0.07, geometry: str | dict = "cosine"):
         self.tau = tau
         self.geometry = geometry
-
-    def _validate_params(self) -> None:
-        check_positive("tau", self.tau)
-
-    def fit(self, X: Any, y: Any) -> "UniformVoteClassifier":
-        self._validate_params()
-        self._fit_prototypes(*self._start_fit(X, y))
-        heads = np.flatnonzero(~self.constant_heads_)
-        self.weights_ = uniform_weights(heads, self.n_heads_in_, len(self.classes_))
-        return self
 
 
 class TopNSoftVoteClassifier(SoftVoteClassifier):

@@ -11,14 +11,14 @@ when queries come from another source, so it is off.
 
 from __future__ import annotations
 
-from calm.classifiers.ablations import UniformVoteClassifier
+from calm.classifiers._prototype import EqualVoteClassifier
 
 DEFAULT_GEOMETRY = "whitened"
 """The whitened geometry's defaults (:data:`calm.classifiers.whitening.WHITENED_DEFAULTS`): OAS
 lambda, normalised, not centred."""
 
 
-class DefaultClassifier(UniformVoteClassifier):
+class DefaultClassifier(EqualVoteClassifier):
     """The recommended method: argmax_c mean_k softmax_c(cos_{k,c}(x) / tau) over the non-constant
     heads, with cosines taken in the whitened geometry :data:`DEFAULT_GEOMETRY`
     (:mod:`calm.classifiers.whitening`).
@@ -29,4 +29,5 @@ class DefaultClassifier(UniformVoteClassifier):
     """
 
     def __init__(self, tau: float = 0.07, geometry: str | dict = DEFAULT_GEOMETRY):
-        super().__init__(tau=tau, geometry=geometry)
+        self.tau = tau
+        self.geometry = geometry

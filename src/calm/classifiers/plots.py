@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from calm.classifiers._prototype import uniform_weights
+from calm.errors import MissingDependencyError
 from calm.features import HeadIndex
 
 
@@ -67,7 +68,7 @@ def plot_weight_maps(source: Any, path: str | os.PathLike, heads: HeadIndex | No
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plot_weight_maps needs matplotlib: pip install 'calm-audio[plots]'") from None
+        raise MissingDependencyError("plot_weight_maps needs matplotlib: pip install 'calm-audio[plots]'") from None
     weights, index, names = _weights_and_heads(source, heads)
     maps = weight_maps(weights, index)
     if classes is None:
@@ -126,7 +127,7 @@ def plot_layer_profile(source: Any, path: str | os.PathLike, heads: HeadIndex | 
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plot_layer_profile needs matplotlib: pip install 'calm-audio[plots]'") from None
+        raise MissingDependencyError("plot_layer_profile needs matplotlib: pip install 'calm-audio[plots]'") from None
     profile = layer_profile(source, heads)
     n_layers = max(len(v) for v in profile.values())
     fig = Figure(figsize=(max(4.0, 0.35 * n_layers + 2.0), 3.2), layout="constrained")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _list(args: argparse.Namespace) -> int:
-    from calm.data.recipes import RECIPES as recipes
+    from calm.devdata.recipes import RECIPES as recipes
 
     for name in sorted(recipes):
         doc = (recipes[name].__doc__ or "").strip().splitlines()
@@ -23,7 +23,7 @@ def plain(text: str) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from calm.data.recipes import RECIPES as recipes
+    from calm.devdata.recipes import RECIPES as recipes
 
     if args.recipe not in recipes:
         raise ValueError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")

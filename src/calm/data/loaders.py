@@ -18,14 +18,15 @@ The public datasets (ESC-50, UrbanSound8K, VGGSound, ASVspoof 2019 LA, AudioSet)
 from __future__ import annotations
 
 import csv
-import importlib
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from calm.data.items import Item
+from calm.errors import InputError
 from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES, is_audio_file, missing_reason, os_reason
+from calm.resolve import resolve
 
 # Folder names that mark a split level in the folder layout.
 SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "validation", "dev", "eval"})
@@ -53,7 +54,7 @@ _MARKERS: tuple[tuple[str, str], ...] = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Malformed metadata or a missing file; the message names the file and the line."""
 
 
@@ -335,5 +336,4 @@ def load_dataset(spec: str | Path, **options: Any) -> list[Item]:
                 raise DatasetError(f"{at(rest)}: not a metadata file of the {layout!r} layout")
     else:
         layout, root = detect_layout(Path(text))
-    module, _, function = LAYOUTS[layout].partition(":")
-    return getattr(importlib.import_module(module), function)(root, **options)
+    return resolve(LAYOUTS[layout])(root, **options)

@@ -1,5 +1,5 @@
 """The demo's speech datasets, made offline from Debian packages: human recordings and espeak-ng speech
-(:mod:`calm.data.sources`), built by the recipes of ``calm data prepare``.
+(:mod:`calm.devdata.sources`), built by the recipes of ``calm data prepare``.
 
 Every clip is written as 16-bit mono WAV at 8 kHz, peak-normalised to -6 dBFS: TTS is resampled
 from 22.05 kHz so both kinds share the telephone bandwidth and level (otherwise bandwidth or
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import build_atomically, is_built
-from calm.data.sources import (LANGUAGES, MAX_SECONDS, SAMPLE_RATE, SEED, VARIANTS, Clip, DemoDataError, Language,
+from calm.devdata.sources import (LANGUAGES, MAX_SECONDS, SAMPLE_RATE, SEED, VARIANTS, Clip, DemoDataError, Language,
                                asterisk_sounds, espeak_ng, tts_clip, write_clip)
 
 __all__ = ["bonafide_candidates", "build_dataset", "prepare_spoken_numbers", "prepare_spoof", "summarize"]

@@ -5,16 +5,16 @@ Every clip is a human-made recording, written as 16-bit mono WAV at 16 kHz, peak
 0.2-5 s long; everything is seeded. Sources:
 
 * ``fluid-soundfont-gm`` (FluidR3_GM, MIT): a SoundFont, i.e. multi-sampled recordings of real
-  instruments (:mod:`calm.data.soundfont`). A clip is one recorded sample as recorded (at most
+  instruments (:mod:`calm.devdata.soundfont`). A clip is one recorded sample as recorded (at most
   1.5 s); synthesised sounds are left out.
 * ``tuxpaint-stamps-default`` (GPL-2): the Tux Paint stamps' spoken names, recorded by volunteer
   speakers of each language (``<stamp>_desc_<lang>.ogg``).
 * ``asterisk-core-sounds-{es,fr,ru}-wav`` (CC BY-SA 3.0): telephone prompts read by professional
-  speakers (:mod:`calm.data.speech`), the query side of ``languages-shift``.
+  speakers (:mod:`calm.devdata.speech`), the query side of ``languages-shift``.
 
 Packages are taken from the system when installed, else fetched with ``apt-get download`` and
 unpacked into ``<cache>/debian/<package>`` (no root needed). The recipes are registered in
-``calm.data.recipes.RECIPES`` and build with the demo's helpers (:func:`calm.data.speech.build_dataset`).
+``calm.devdata.recipes.RECIPES`` and build with the demo's helpers (:func:`calm.devdata.speech.build_dataset`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ import re
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from calm.cache import cache_dir
-from calm.data.soundfont import Sample, family, read_samples, sample_audio
-
-if TYPE_CHECKING:
-    from calm.data.sources import Clip
+from calm.devdata.soundfont import Sample, family, read_samples, sample_audio
+from calm.devdata.sources import LANGUAGES, Clip, DemoDataError, asterisk_sounds, unpack_debian_packages
+from calm.devdata.speech import bonafide_candidates, build_dataset
 
 __all__ = ["INSTRUMENT_FAMILIES", "TUXPAINT_LANGUAGES", "debian_file", "prepare_instruments",
            "prepare_instruments_shift", "prepare_languages", "prepare_languages_shift"]
@@ -65,8 +63,6 @@ TUXPAINT_LANGUAGES: tuple[str, ...] = ("be", "bg", "ca", "da", "el", "es", "fr",
 
 def debian_file(package: str, relative: str) -> Path:
     """``/<relative>`` from the installed package, else from ``package`` unpacked into the calm cache."""
-    from calm.data.sources import DemoDataError, unpack_debian_packages
-
     system = Path("/") / relative
     if system.exists():
         return system
@@ -118,8 +114,6 @@ def _side(samples: list[Sample], name: str, split: str) -> list[Sample]:
 def _note_clips(per_family: int, split: str, rng: random.Random) -> list[Clip]:
     """``per_family`` FluidR3 notes per instrument family: of any instrument (no ``split``), or of the
     instruments of the ``split`` side of instruments-shift."""
-    from calm.data.sources import Clip, DemoDataError
-
     path = debian_file(*FLUID)
     by_family, data, smpl = _soundfont(path)
     clips = []
@@ -148,8 +142,6 @@ def prepare_instruments(out_dir: Path, verbose: bool = True) -> Path:
     recorded, 0.2-1.5 s; no split column (support and query drawn at random per seed). Returns
     the path of ``metadata.csv``.
     """
-    from calm.data.speech import build_dataset
-
     return build_dataset("instruments", 4, instruments_clips, out_dir, verbose, SAMPLE_RATE)
 
 
@@ -168,8 +160,6 @@ def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
     query trumpet, tuba, horn. 20 support and 16 query notes per family (324 clips).
     Returns the path of ``metadata.csv``.
     """
-    from calm.data.speech import build_dataset
-
     return build_dataset("instruments-shift", 5, instruments_shift_clips, out_dir, verbose, SAMPLE_RATE)
 
 
@@ -178,7 +168,8 @@ def prepare_instruments_shift(out_dir: Path, verbose: bool = True) -> Path:
 _DESCRIPTION = re.compile(r"_desc_([a-z]{2})\.ogg$")
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """A recording as float32 mono (channels averaged) at its own sample rate, and that rate."""
     import soundfile as sf
 
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -198,8 +189,6 @@ def _tuxpaint_names(stamps: Path, languages: tuple[str, ...]) -> dict[str, list[
 
 
 def _tuxpaint_clips(languages: tuple[str, ...], per_language: int, split: str, rng: random.Random) -> list[Clip]:
-    from calm.data.sources import Clip, DemoDataError
-
     stamps = debian_file(*TUXPAINT)
     found = _tuxpaint_names(stamps, languages)
     clips = []
@@ -209,7 +198,7 @@ def _tuxpaint_clips(languages: tuple[str, ...], per_language: int, split: str, r
         for i, path in enumerate(sorted(rng.sample(found[lang], per_language))):
             content = path.relative_to(stamps).as_posix()
             clips.append(Clip(f"tuxpaint-{lang}-{i:02d}", lang, split, lang, "", content, origin="tuxpaint",
-                              samples=lambda p=path: _read(p)))
+                              samples=lambda p=path: read_mono(p)))
     return clips
 
 
@@ -225,8 +214,6 @@ def prepare_languages(out_dir: Path, verbose: bool = True) -> Path:
     own volunteer(s), so speaker and language go together. No split column. Returns the path of
     ``metadata.csv``.
     """
-    from calm.data.speech import build_dataset
-
     return build_dataset("languages", 1, languages_clips, out_dir, verbose, SAMPLE_RATE)
 
 
@@ -235,9 +222,6 @@ SHIFT_LANGUAGES: tuple[str, ...] = ("es", "fr", "ru")
 
 def languages_shift_clips(per_language: int = 40) -> list[Clip]:
     """The plan of ``languages-shift``; see :func:`prepare_languages_shift`."""
-    from calm.data.speech import bonafide_candidates
-    from calm.data.sources import LANGUAGES, Clip, asterisk_sounds
-
     rng = random.Random(SEED + 1)
     clips = _tuxpaint_clips(SHIFT_LANGUAGES, per_language, "support", rng)
     sounds = asterisk_sounds()
@@ -256,6 +240,4 @@ def prepare_languages_shift(out_dir: Path, verbose: bool = True) -> Path:
     professional speakers, 0.5-5 s). Spanish, French, Russian; 40 clips per language and side
     (240 clips). Returns the path of ``metadata.csv``.
     """
-    from calm.data.speech import build_dataset
-
     return build_dataset("languages-shift", 1, languages_shift_clips, out_dir, verbose, SAMPLE_RATE)

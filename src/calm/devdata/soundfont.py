@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calm.errors import InputError
+
 __all__ = ["GM_FAMILIES", "PERCUSSION_BANK", "Sample", "SoundFontError", "family", "read_samples", "sample_audio"]
 
 # General MIDI program families: programs 8*i ... 8*i+7 belong to GM_FAMILIES[i].
@@ -27,7 +29,7 @@ _ROM_SAMPLE = 0x8000
 _RIGHT_SAMPLE = 0x2  # the right half of a stereo pair (its left half is kept)
 
 
-class SoundFontError(ValueError):
+class SoundFontError(InputError):
     """A malformed SoundFont; the message names the file."""
 
 

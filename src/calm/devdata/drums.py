@@ -2,7 +2,7 @@
 
 The classes are the drums a drummer names (DRUM_CLASSES). Sources, all real recordings:
 
-* SoundFont drum kits, read with :mod:`calm.data.soundfont`: the kits (bank 128) of FluidR3_GM
+* SoundFont drum kits, read with :mod:`calm.devdata.soundfont`: the kits (bank 128) of FluidR3_GM
   (``fluid-soundfont-gm``, MIT; standard, room, power, jazz, brush kits and recordings of the TR-808
   and an electronic kit; not the orchestra kit), labelled by General MIDI percussion key (GM_KEYS); and the two acoustic kits of
   the AVL Drumkits (``avldrums.lv2-soundfont``, CC BY-SA 3.0, Glen MacArthur), five velocity
@@ -24,15 +24,13 @@ import re
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calm.data.devsets import FLUID, MIN_SECONDS, NOTE_SECONDS, SAMPLE_RATE, SEED, _read, debian_file
-from calm.data.soundfont import PERCUSSION_BANK, Sample, read_samples, sample_audio
-
-if TYPE_CHECKING:
-    from calm.data.sources import Clip
+from calm.devdata.devsets import FLUID, MIN_SECONDS, NOTE_SECONDS, SAMPLE_RATE, SEED, debian_file, read_mono
+from calm.devdata.soundfont import PERCUSSION_BANK, Sample, read_samples, sample_audio
+from calm.devdata.sources import Clip, DemoDataError
+from calm.devdata.speech import build_dataset
 
 __all__ = ["AVL_KEYS", "DRUM_CLASSES", "GM_KEYS", "LMMS_NAMES", "drum_class", "lmms_class", "prepare_drums",
            "prepare_drums_shift"]
@@ -115,8 +113,6 @@ def _padded(audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
 
 def _kit_clips(cap: int, split: str, rng: random.Random) -> list[Clip]:
     """Up to ``cap`` SoundFont recordings per class, drawn at random."""
-    from calm.data.sources import Clip, DemoDataError
-
     by_class = _kit_samples()
     clips = []
     for label in DRUM_CLASSES:
@@ -134,15 +130,13 @@ def _kit_clips(cap: int, split: str, rng: random.Random) -> list[Clip]:
 
 def lmms_clips() -> list[Clip]:
     """Every LMMS drum file a class fits, as a query clip."""
-    from calm.data.sources import Clip
-
     folder = debian_file(*LMMS)
     clips = []
     for path in sorted(folder.glob("*.ogg")):
         label = None if path.name in LMMS_UNREADABLE else lmms_class(path.stem)
         if label is not None:
             clips.append(Clip(f"lmms-{path.stem}", label, "query", "", "", path.name, origin="LMMS",
-                              samples=lambda p=path: _padded(*_read(p))))
+                              samples=lambda p=path: _padded(*read_mono(p))))
     return clips
 
 
@@ -155,8 +149,6 @@ def prepare_drums(out_dir: Path, verbose: bool = True) -> Path:
     """Drum of a one-shot, in-domain: 8 classes, up to 30 SoundFont drum recordings each (FluidR3_GM
     kits and the AVL kits; fewer where the fonts hold fewer distinct ones). No split column.
     Returns the path of ``metadata.csv``."""
-    from calm.data.speech import build_dataset
-
     return build_dataset("drums", 1, drums_clips, out_dir, verbose, SAMPLE_RATE)
 
 
@@ -168,6 +160,4 @@ def drums_shift_clips(support: int = 20) -> list[Clip]:
 def prepare_drums_shift(out_dir: Path, verbose: bool = True) -> Path:
     """Drum of a one-shot across sample libraries: support from the SoundFont kits (up to 20 per
     class), query every LMMS drum sample a class fits. Returns the path of ``metadata.csv``."""
-    from calm.data.speech import build_dataset
-
     return build_dataset("drums-shift", 1, drums_shift_clips, out_dir, verbose, SAMPLE_RATE)

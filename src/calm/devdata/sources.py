@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from calm.cache import cache_dir
+from calm.errors import CalmError
 
 SAMPLE_RATE = 8000
 MAX_SECONDS = 5.0
@@ -66,7 +67,7 @@ VARIANTS: tuple[str, ...] = (
 SPEED = (130, 210)  # words per minute (espeak-ng -s; default 175)
 PITCH = (25, 75)  # espeak-ng -p, 0-99 (default 50)
 
-class DemoDataError(RuntimeError):
+class DemoDataError(CalmError, RuntimeError):
     """A demo dataset cannot be built (a missing tool or package); the message says what to install."""
 
 

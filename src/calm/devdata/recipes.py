@@ -1,9 +1,9 @@
 """The recipes of ``calm data prepare``: datasets built offline from Debian packages.
 
-* the demo tasks (:mod:`calm.data.speech`): ``spoken-numbers`` and ``spoof``;
-* the dev tasks that choose calm's methods and defaults (:mod:`calm.data.devsets`, described in
+* the demo tasks (:mod:`calm.devdata.speech`): ``spoken-numbers`` and ``spoof``;
+* the dev tasks that choose calm's methods and defaults (:mod:`calm.devdata.devsets`, described in
   docs/devsets.md): ``instruments``, ``instruments-shift``, ``languages``, ``languages-shift``,
-  and ``drums``, ``drums-shift`` (:mod:`calm.data.drums`).
+  and ``drums``, ``drums-shift`` (:mod:`calm.devdata.drums`).
 
 Adding one is a function ``prepare_<name>(out_dir, verbose=True) -> metadata CSV`` and one line in
 :data:`RECIPES`.
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import cache_dir
-from calm.data import devsets, drums, speech
+from calm.devdata import devsets, drums, speech
+from calm.errors import InputError
 
 RECIPES: dict[str, Callable[..., Path]] = {
     "spoken-numbers": speech.prepare_spoken_numbers,
@@ -33,5 +34,5 @@ RECIPES: dict[str, Callable[..., Path]] = {
 def prepare(name: str, out_dir: Path | None = None, verbose: bool = True) -> Path:
     """Build dataset ``name`` into ``out_dir`` (default ``<cache>/data/<name>``); its metadata CSV."""
     if name not in RECIPES:
-        raise KeyError(f"unknown dataset recipe {name!r}; known: {sorted(RECIPES)}")
+        raise InputError(f"unknown dataset recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name](out_dir if out_dir is not None else cache_dir("data", name), verbose=verbose)
