@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from calm import methods as registry
-from calm.classifiers.trust import OPEN_SCORES, Calibrated
+from calm.classifiers.openset import OPEN_SCORES
+from calm.classifiers.trust import Calibrated
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder, column_index
 
@@ -28,7 +29,8 @@ SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "s
          "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
          "set_size_90_conservative")
 OPEN_KINDS = (*OPEN_SCORES, "typicality")
-"""Open-set scores compared: the classifier's three, and the model-free typicality."""
+"""Open-set scores compared: the calibrated class scores' three, the whitened distances' three, and
+the model-free typicality."""
 
 
 def draw_support(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
