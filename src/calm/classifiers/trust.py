@@ -338,10 +338,10 @@ class Calibrated(Estimator):
         if getattr(self, "support_sketch_", None) is not None:
             shapes["support_sketch_"] = (None, SKETCH_DIM)
         if self.open_score in DISTANCE_SCORES:
-            K, D, C = self.estimator_.n_heads_in_, self.estimator_.head_dim_in_, len(self.estimator_.classes_)
-            shapes.update(open_mean_=(K, D), open_matrix_=(K, D, D), open_centres_=(K, C, D), open_reference_=(K,))
+            shapes.update(open_mean_=(None, None), open_matrix_=(None, None, None), open_centres_=(None, None, None),
+                          open_reference_=(None,))  # sizes of the estimator's, which io restores after these
             if self.open_score == "knn":
-                shapes["open_support_"] = (None, K, D)
+                shapes["open_support_"] = (None, None, None)
         return shapes
 
 
