@@ -25,7 +25,7 @@ from calm.classifiers.trust import Calibrated
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder, column_index
 
-SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
+SHOWN = ("calibrated", "ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
          "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
          "set_size_90_conservative")
 OPEN_KINDS = (*OPEN_SCORES, "typicality")

@@ -11,11 +11,15 @@ Two families, compared on the dev sets in docs/trust.md:
   d_k(x) = min_c |z_k(x) - m_kc|^2:
 
   - ``whitened``: -sum_k d_k(x), the Mahalanobis distance to the nearest class summed over heads;
-  - ``whitened-vote``: the share of heads with d_k(x) <= r_k, r_k the median over the support of
-    each item's leave-one-out distance to its own class mean (closed form: (n_c / (n_c - 1))^2
-    |z_k - m_kc|^2), i.e. heads voting "as close to a class as a typical support clip";
+  - ``whitened-vote``: each (non-constant) head votes for its nearest class; the score is the
+    share of heads that vote for the most voted class (heads agree on a clip of a known class);
   - ``knn``: -min_i sum_k |z_k(x) - z_k(s_i)|^2, the squared whitened distance to the nearest
     support clip.
+
+* **Both**: ``energy+knn``, the sum of the energy and the knn score, each standardised by the mean
+  and standard deviation of the support's own out-of-fold scores (so neither dominates by its
+  units). The default: the best in-domain mean AUROC of the scores that are no worse than energy
+  under shift (docs/trust.md).
 """
 
 from __future__ import annotations
@@ -32,7 +36,27 @@ from calm.classifiers.whitening import WHITENED_DEFAULTS, HeadWhitener, Whitened
 
 LOGIT_SCORES = ("energy", "msp", "margin")
 DISTANCE_SCORES = ("whitened", "whitened-vote", "knn")
-OPEN_SCORES = LOGIT_SCORES + DISTANCE_SCORES
+COMBINED_SCORES = {"energy+knn": ("energy", "knn")}
+"""A combined score's parts: a logit score and a distance score."""
+OPEN_SCORES = LOGIT_SCORES + DISTANCE_SCORES + tuple(COMBINED_SCORES)
+
+
+def distance_part(kind: str) -> str | None:
+    """The distance score that ``kind`` needs (None for a pure logit score)."""
+    if kind in DISTANCE_SCORES:
+        return kind
+    return COMBINED_SCORES[kind][1] if kind in COMBINED_SCORES else None
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """(mean, standard deviation) [2] of a score over the support's out-of-fold items (sd 1 when 0)."""
+    sd = float(np.std(scores))
+    return np.array([float(np.mean(scores)), sd if sd > 0 else 1.0])
+
+
+def combine(parts: list[np.ndarray], standards: np.ndarray) -> np.ndarray:
+    """Sum of the parts [N] each standardised by its (mean, sd) row of ``standards`` [P, 2]."""
+    return sum((part - mean) / sd for part, (mean, sd) in zip(parts, standards))
 
 
 def open_set_score(logits: np.ndarray, kind: str) -> np.ndarray:
@@ -50,8 +74,9 @@ def open_set_score(logits: np.ndarray, kind: str) -> np.ndarray:
 class HeadDistances:
     """The whitened-space open-set scores (:data:`DISTANCE_SCORES`) of clips against a support set.
 
-    ``fit(X, y)`` keeps the whitener, the whitened class means ``centres_`` [K, C, D], the per-head
-    reference distances ``reference_`` [K] and, for ``knn``, the whitened support ``support_`` [N, K, D].
+    ``fit(X, y)`` keeps the whitener (``mean_`` [K, D], ``matrix_`` [K, D, D], zero for constant
+    heads), the whitened class means ``centres_`` [K, C, D] and, for ``knn``, the whitened support
+    ``support_`` [N, K, D].
     """
 
     def fit(self, X: Any, y: Any, keep_support: bool = True) -> HeadDistances:
@@ -64,10 +89,7 @@ class HeadDistances:
         counts = torch.bincount(labels, minlength=n_classes).to(z.dtype)
         centres = torch.zeros(n_classes, *z.shape[1:], dtype=z.dtype).index_add_(0, labels, z)
         centres /= counts.view(-1, 1, 1)
-        inflation = (counts / (counts - 1).clamp_min(1)).square()[labels]  # 1 for one-item classes
-        own = (z - centres[labels]).square().sum(-1) * inflation[:, None]  # [N, K]
         self.centres_ = centres.transpose(0, 1).contiguous().numpy()
-        self.reference_ = own.median(0).values.numpy()
         self.support_ = z.numpy() if keep_support else None
         return self
 
@@ -78,11 +100,10 @@ class HeadDistances:
             out[items, cols] = z.transpose(0, 1)
         return out
 
-    def nearest_class(self, X: Any) -> np.ndarray:
-        """d_k(x) [N, K]: each head's squared whitened distance to the nearest class mean."""
+    def class_distances(self, X: Any) -> torch.Tensor:
+        """|z_k(x) - m_kc|^2 [K, N, C], each head's squared whitened distance to each class mean."""
         z = self._whitened(FeatureBlocks(X)).transpose(0, 1)  # [K, N, D]
-        centres = torch.from_numpy(self.centres_).to(z.dtype)  # [K, C, D]
-        return torch.cdist(z, centres).square().amin(-1).T.to(torch.float64).numpy()
+        return torch.cdist(z, torch.from_numpy(self.centres_).to(z.dtype)).square()
 
     def score(self, X: Any, kind: str) -> np.ndarray:
         """The open-set score [N] of ``kind`` (one of :data:`DISTANCE_SCORES`)."""
@@ -92,9 +113,11 @@ class HeadDistances:
             z = self._whitened(FeatureBlocks(X)).flatten(1)
             support = torch.from_numpy(self.support_).to(z.dtype).flatten(1)
             return -torch.cdist(z, support).square().amin(1).to(torch.float64).numpy()
-        distances = self.nearest_class(X)
+        distances = self.class_distances(X)
         if kind == "whitened":
-            return -distances.sum(axis=1)
+            return -distances.amin(-1).sum(0).to(torch.float64).numpy()
         if kind == "whitened-vote":
-            return (distances <= self.reference_[None, :]).mean(axis=1)
+            live = torch.from_numpy(self.matrix_.any(axis=(1, 2)))
+            votes = torch.nn.functional.one_hot(distances[live].argmin(-1), distances.shape[-1]).sum(0)  # [N, C]
+            return (votes.amax(-1) / max(int(live.sum()), 1)).to(torch.float64).numpy()
         raise ValueError(f"unknown distance score {kind!r}; use one of {DISTANCE_SCORES}")

@@ -41,13 +41,14 @@ from sklearn.base import clone
 
 from calm.classifiers._base import Estimator, NotFittedError, encode_labels, to_numpy
 from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
-from calm.classifiers.openset import DISTANCE_SCORES, OPEN_SCORES, HeadDistances, open_set_score
+from calm.classifiers.openset import (COMBINED_SCORES, DISTANCE_SCORES, OPEN_SCORES, HeadDistances, combine,
+                                     distance_part, open_set_score, standardise)
 from calm.classifiers.temperature import PROBA_FLOOR, cross_validated_nll, fit_temperature, nll, softmax
 from calm.classifiers.typicality import SKETCH_DIM, ShiftCheck, shift_check, sketch, typicality
 from calm.features import HeadFeatures
 
 LOGIT_SOURCES = ("decision", "log_proba")
-DEFAULT_OPEN_SCORE = "energy"
+DEFAULT_OPEN_SCORE = "energy+knn"
 CALIBRATED = "calibrated"
 SINGLE_SHOT = ("uncalibrated: no class has two support clips, so no clip can be held out to calibrate on; "
                "the probabilities are the classifier's own")
@@ -103,10 +104,12 @@ class Calibrated(Estimator):
     Args:
         estimator: an unfitted calm classifier (its class and parameters are copied; it is not fitted itself).
         target_frr: share of known-class clips that rejection may turn away (default 5%).
-        open_score: the "is it one of these classes?" score, higher meaning more known: ``energy``
-            (default: log-sum-exp of the calibrated class scores; the best of the three for CALM
-            at 16 shots on every multiclass dev set, see docs/trust.md), ``msp`` (largest
-            calibrated probability) or ``margin`` (largest minus second calibrated probability).
+        open_score: the "is it one of these classes?" score, higher meaning more known, one of
+            :data:`~calm.classifiers.openset.OPEN_SCORES` (:mod:`calm.classifiers.openset`): the
+            default ``energy+knn`` (the energy of the calibrated class scores plus the whitened
+            distance to the nearest support clip, each standardised on the support's out-of-fold
+            scores; chosen on the dev sets, docs/trust.md), ``energy``, ``msp``, ``margin``,
+            ``whitened``, ``whitened-vote`` or ``knn``.
         n_folds: most folds of the cross-fitting.
         random_state: seed of the fold assignment.
 
@@ -115,8 +118,10 @@ class Calibrated(Estimator):
     ``held_out_accuracy_`` (their accuracy: an estimate for clips like the support, a little
     pessimistic since each fold model saw fewer shots; None when nothing was scored),
     ``threshold_`` (None when nothing was scored), ``conformity_scores_`` [n] and
-    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted), and
-    ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3).
+    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted),
+    ``calibration_status_`` ("calibrated", or "uncalibrated: " and why the probabilities are the
+    estimator's own), ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3), and
+    for the whitened-distance scores the ``open_*`` arrays of :class:`~calm.classifiers.openset.HeadDistances`.
     """
 
     _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_", "held_out_accuracy_",
@@ -155,9 +160,9 @@ class Calibrated(Estimator):
         self.estimator_ = clone(self.estimator).fit(X, y)
         self.classes_ = self.estimator_.classes_
         self.support_sketch_ = sketch(X)
-        if self.open_score in DISTANCE_SCORES:
-            distances = HeadDistances().fit(X, labels, keep_support=self.open_score == "knn")
-            self._set_distances(distances)
+        part = distance_part(self.open_score)
+        if part is not None:
+            self._set_distances(HeadDistances().fit(X, labels, keep_support=part == "knn"))
         folds, scores, raw, open_held, failure = self._cross_fit(X, y, labels, classes)
         scored = folds >= 0
         self.n_calibration_ = int(scored.sum())
@@ -167,6 +172,8 @@ class Calibrated(Estimator):
             self.calibration_status_ = failure or SINGLE_SHOT
             self.conformity_scores_ = np.zeros(0)
             self.open_scores_ = np.zeros(0)
+            if self.open_score in COMBINED_SCORES:
+                self.open_standards_ = np.tile([0.0, 1.0], (len(COMBINED_SCORES[self.open_score]), 1))
             return self
         truth = labels[scored]
         held = {source: s[scored] for source, s in scores.items()}
@@ -183,10 +190,20 @@ class Calibrated(Estimator):
             logits, proba = held["log_proba"], raw[scored]
         self.held_out_accuracy_ = float((np.argmax(logits, axis=1) == truth).mean())
         self.conformity_scores_ = np.sort(1.0 - proba[np.arange(len(truth)), truth])
-        held_open = open_held[scored] if open_held is not None else open_set_score(logits, self.open_score)
-        self.open_scores_ = np.sort(held_open)
+        self.open_scores_ = np.sort(self._held_out_open_scores(logits, None if open_held is None else open_held[scored]))
         self.threshold_ = rejection_threshold(self.open_scores_, float(self.target_frr))
         return self
+
+    def _held_out_open_scores(self, logits: np.ndarray, distance: np.ndarray | None) -> np.ndarray:
+        """The open-set scores [n] of the scored items from their out-of-fold calibrated logits and
+        distance scores (and, for a combined score, the standards of its parts, set here)."""
+        if self.open_score in DISTANCE_SCORES:
+            return distance
+        if self.open_score not in COMBINED_SCORES:
+            return open_set_score(logits, self.open_score)
+        parts = [open_set_score(logits, COMBINED_SCORES[self.open_score][0]), distance]
+        self.open_standards_ = np.stack([standardise(part) for part in parts])
+        return combine(parts, self.open_standards_)
 
     def _cross_fit(self, X: Any, y: np.ndarray, labels: np.ndarray, classes: np.ndarray
                    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray | None, str | None]:
@@ -201,7 +218,8 @@ class Calibrated(Estimator):
                           "items cannot be scored out of fold and do not inform the calibration", stacklevel=3)
         scores = {source: np.zeros((len(labels), len(classes))) for source in LOGIT_SOURCES}
         raw = np.zeros((len(labels), len(classes)))
-        open_held = np.zeros(len(labels)) if self.open_score in DISTANCE_SCORES else None
+        part = distance_part(self.open_score)
+        open_held = np.zeros(len(labels)) if part is not None else None
         for fold in range(folds.max() + 1):
             held, kept = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
             try:
@@ -215,13 +233,13 @@ class Calibrated(Estimator):
                 return np.full(len(labels), -1), scores, raw, open_held, f"uncalibrated: {reason}"
             if not np.array_equal(model.classes_, classes):
                 raise AssertionError("a fold lost a class")  # fold_assignment keeps one item of each class
-            part = take_rows(X, held)
-            scores["decision"][held] = np.asarray(model.decision_function(part), dtype=np.float64)
-            raw[held] = np.asarray(model.predict_proba(part), dtype=np.float64)
+            rows = take_rows(X, held)
+            scores["decision"][held] = np.asarray(model.decision_function(rows), dtype=np.float64)
+            raw[held] = np.asarray(model.predict_proba(rows), dtype=np.float64)
             scores["log_proba"][held] = np.log(np.clip(raw[held], PROBA_FLOOR, None))
             if open_held is not None:
-                fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], self.open_score == "knn")
-                open_held[held] = fold_distances.score(part, self.open_score)
+                fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], part == "knn")
+                open_held[held] = fold_distances.score(rows, part)
         return folds, scores, raw, open_held, None
 
     def __getattr__(self, name: str) -> Any:
@@ -266,7 +284,11 @@ class Calibrated(Estimator):
         self._check_fitted()
         if self.open_score in DISTANCE_SCORES:
             return self._distances().score(X, self.open_score)
-        return open_set_score(self.calibrated_logits(X), self.open_score)
+        if self.open_score not in COMBINED_SCORES:
+            return open_set_score(self.calibrated_logits(X), self.open_score)
+        logit_kind, distance_kind = COMBINED_SCORES[self.open_score]
+        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self._distances().score(X, distance_kind)]
+        return combine(parts, self.open_standards_)
 
     def predict_open(self, X: Any, unknown: Any = "unknown") -> tuple[np.ndarray, np.ndarray]:
         """Labels [N] (object array: :meth:`predict`'s label, or ``unknown`` where the open-set
@@ -320,14 +342,14 @@ class Calibrated(Estimator):
 
     def _set_distances(self, distances: HeadDistances) -> None:
         self.open_mean_, self.open_matrix_ = distances.mean_, distances.matrix_
-        self.open_centres_, self.open_reference_ = distances.centres_, distances.reference_
+        self.open_centres_ = distances.centres_
         if distances.support_ is not None:
             self.open_support_ = distances.support_
 
     def _distances(self) -> HeadDistances:
         distances = HeadDistances()
         distances.mean_, distances.matrix_ = self.open_mean_, self.open_matrix_
-        distances.centres_, distances.reference_ = self.open_centres_, self.open_reference_
+        distances.centres_ = self.open_centres_
         distances.support_ = getattr(self, "open_support_", None)
         return distances
 
@@ -337,11 +359,13 @@ class Calibrated(Estimator):
         shapes: dict[str, tuple[int | None, ...]] = {"conformity_scores_": (n,), "open_scores_": (n,)}
         if getattr(self, "support_sketch_", None) is not None:
             shapes["support_sketch_"] = (None, SKETCH_DIM)
-        if self.open_score in DISTANCE_SCORES:
-            shapes.update(open_mean_=(None, None), open_matrix_=(None, None, None), open_centres_=(None, None, None),
-                          open_reference_=(None,))  # sizes of the estimator's, which io restores after these
-            if self.open_score == "knn":
+        part = distance_part(self.open_score)
+        if part is not None:  # sizes are the estimator's, which io restores after these
+            shapes.update(open_mean_=(None, None), open_matrix_=(None, None, None), open_centres_=(None, None, None))
+            if part == "knn":
                 shapes["open_support_"] = (None, None, None)
+        if self.open_score in COMBINED_SCORES:
+            shapes["open_standards_"] = (len(COMBINED_SCORES[self.open_score]), 2)
         return shapes
 
 
