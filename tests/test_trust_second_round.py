@@ -12,6 +12,7 @@ import pytest
 
 from calm.classifiers import Calibrated, CALMClassifier, DefaultClassifier, LogisticProbe, SAVClassifier, load, save
 from calm.classifiers._base import Estimator, encode_labels
+from calm.classifiers.conformal import LargeSetWarning, set_size_note, warn_large_sets
 from calm.classifiers.openset import HeadDistances
 from calm.classifiers.temperature import cross_validated_nll, fit_temperature, nll, softmax
 from calm.classifiers.trust import CALIBRATED, describe
@@ -164,3 +165,24 @@ def test_rejection_uses_the_chosen_open_set_score_and_survives_saving(tmp_path):
     assert (labels[yq == "c5"] == "unknown").mean() > 0.5
     again = load(save(clf, tmp_path / "w.safetensors"))
     assert np.array_equal(again.open_set_scores(Xq), score)
+
+
+# ---------------------------------------------------------------- what large sets mean
+
+
+def test_large_sets_are_explained_and_small_ones_are_not():
+    assert set_size_note([6, 7, 5, 6], 10, 0.9, 50) == (
+        "With 5 support clips per class, the 90% prediction sets hold 6.0 of 10 classes on average here: the true "
+        "class is in its set 90% of the time because the sets are wide; add labelled clips to narrow them")
+    assert set_size_note([1, 2, 1, 3], 10, 0.9, 50) is None  # 1.75 of 10: informative
+    assert set_size_note([1, 1], 2, 0.8) is None  # one class per set is never "large"
+    assert set_size_note([2, 2], 3, 0.9).startswith("The 90% prediction sets hold 2.0 of 3 classes")
+
+
+def test_predict_sets_warns_when_the_sets_are_large():
+    Xs, ys = draw(3, seed=1, noise=6.0)  # hardly separable: wide sets
+    clf = quiet_fit(Calibrated(CALMClassifier()), Xs, ys)
+    sets = clf.predict_sets(draw(5, seed=2, noise=6.0)[0], 0.9)
+    assert np.mean([len(s) for s in sets]) > 0.3 * C
+    with pytest.warns(LargeSetWarning, match=r"With 3 support clips per class, the 90% prediction sets hold"):
+        warn_large_sets(clf, sets, 0.9)

@@ -127,6 +127,7 @@ class TrustRecorder:
         out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in LOGIT_SCORES}
         out["auroc_by_score"].update({kind: calibration.auroc(distances.score(Xq, kind), known)
                                       for kind in DISTANCE_SCORES})
+        out["auroc_by_score"][clf.open_score] = out["auroc"]  # a combined score needs its own support standards
         out["auroc_by_score"]["typicality"] = calibration.auroc(typicality(clf.support_sketch_, queries), known)
         return out
 
