@@ -32,7 +32,7 @@ import torch
 from calm.classifiers._base import encode_labels
 from calm.classifiers._cosine import FeatureBlocks
 from calm.classifiers.temperature import softmax
-from calm.classifiers.whitening import WHITENED_DEFAULTS, HeadWhitener, WhitenedBlocks
+from calm.classifiers.whitening import WHITENED_DEFAULTS, HeadWhitener, WhitenedBlocks, whitener_options
 
 LOGIT_SCORES = ("energy", "msp", "margin")
 DISTANCE_SCORES = ("whitened", "whitened-vote", "knn")
@@ -79,11 +79,16 @@ class HeadDistances:
     ``support_`` [N, K, D].
     """
 
-    def fit(self, X: Any, y: Any, keep_support: bool = True) -> HeadDistances:
+    def fit(self, X: Any, y: Any, keep_support: bool = True, like: Any = None) -> HeadDistances:
+        """Fit on the support (X, y); ``like``: a classifier fitted on the same (X, y) whose
+        whitener, if it has the same options, is taken instead of fitting the same one again."""
         features = FeatureBlocks(X)
         _, labels = encode_labels(y, len(features))
-        whitener = HeadWhitener(**WHITENED_DEFAULTS).fit(features, labels.numpy())
-        self.mean_, self.matrix_ = whitener.mean_, whitener.matrix_
+        if whitener_options(getattr(like, "geometry", "cosine")) == WHITENED_DEFAULTS:
+            self.mean_, self.matrix_ = like.whiten_mean_, like.whiten_matrix_
+        else:
+            whitener = HeadWhitener(**WHITENED_DEFAULTS).fit(features, labels.numpy())
+            self.mean_, self.matrix_ = whitener.mean_, whitener.matrix_
         z = self._whitened(features)  # [N, K, D]
         n_classes = int(labels.max()) + 1
         counts = torch.bincount(labels, minlength=n_classes).to(z.dtype)

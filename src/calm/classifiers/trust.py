@@ -162,7 +162,7 @@ class Calibrated(Estimator):
         self.support_sketch_ = sketch(X)
         part = distance_part(self.open_score)
         if part is not None:
-            self._set_distances(HeadDistances().fit(X, labels, keep_support=part == "knn"))
+            self._set_distances(HeadDistances().fit(X, labels, part == "knn", like=self.estimator_))
         folds, scores, raw, open_held, failure = self._cross_fit(X, y, labels, classes)
         scored = folds >= 0
         self.n_calibration_ = int(scored.sum())
@@ -238,7 +238,7 @@ class Calibrated(Estimator):
             raw[held] = np.asarray(model.predict_proba(rows), dtype=np.float64)
             scores["log_proba"][held] = np.log(np.clip(raw[held], PROBA_FLOOR, None))
             if open_held is not None:
-                fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], part == "knn")
+                fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], part == "knn", like=model)
                 open_held[held] = fold_distances.score(rows, part)
         return folds, scores, raw, open_held, None
 
@@ -283,11 +283,11 @@ class Calibrated(Estimator):
         """The open-set score [N] of ``open_score`` (higher: more like a known class)."""
         self._check_fitted()
         if self.open_score in DISTANCE_SCORES:
-            return self._distances().score(X, self.open_score)
+            return self.head_distances().score(X, self.open_score)
         if self.open_score not in COMBINED_SCORES:
             return open_set_score(self.calibrated_logits(X), self.open_score)
         logit_kind, distance_kind = COMBINED_SCORES[self.open_score]
-        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self._distances().score(X, distance_kind)]
+        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self.head_distances().score(X, distance_kind)]
         return combine(parts, self.open_standards_)
 
     def predict_open(self, X: Any, unknown: Any = "unknown") -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +346,8 @@ class Calibrated(Estimator):
         if distances.support_ is not None:
             self.open_support_ = distances.support_
 
-    def _distances(self) -> HeadDistances:
+    def head_distances(self) -> HeadDistances:
+        """The fitted whitened-distance scorer of a distance or combined ``open_score``."""
         distances = HeadDistances()
         distances.mean_, distances.matrix_ = self.open_mean_, self.open_matrix_
         distances.centres_ = self.open_centres_

@@ -103,7 +103,8 @@ class TrustRecorder:
                   queries: np.ndarray, y_true: Sequence[Any]) -> dict[str, Any]:
         """Fit on the support without the held-out classes; their queries (sketched: ``queries``)
         are the unknowns."""
-        from calm.classifiers.openset import DISTANCE_SCORES, LOGIT_SCORES, HeadDistances, open_set_score
+        from calm.classifiers.openset import (DISTANCE_SCORES, LOGIT_SCORES, HeadDistances, distance_part,
+                                             open_set_score)
         from calm.classifiers.trust import Calibrated, take_rows
         from calm.classifiers.typicality import typicality
 
@@ -123,7 +124,9 @@ class TrustRecorder:
         out = {"auroc": calibration.auroc(score, known), "fpr_at_95_tpr": calibration.fpr_at_tpr(score, known),
                "unknown_rejected": float(rejected[~known].mean()), "known_rejected": float(rejected[known].mean()),
                "held_out_classes": sorted(dropped)}
-        logits, distances = clf.calibrated_logits(Xq), HeadDistances().fit(support, labels)
+        shared = distance_part(clf.open_score) == "knn"  # the classifier's own distances, or fit them
+        distances = clf.head_distances() if shared else HeadDistances().fit(support, labels, like=clf.estimator_)
+        logits = clf.calibrated_logits(Xq)
         out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in LOGIT_SCORES}
         out["auroc_by_score"].update({kind: calibration.auroc(distances.score(Xq, kind), known)
                                       for kind in DISTANCE_SCORES})
