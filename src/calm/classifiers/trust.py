@@ -274,8 +274,8 @@ class Calibrated(Estimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated probabilities [N, C]: softmax of the class scores over the temperature; the
         estimator's own probabilities where calibration did not help (``calibration_status_``)."""
+        self._check_fitted()
         if self.calibration_status_ != CALIBRATED:
-            self._check_fitted()
             return np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
         return softmax(self.calibrated_logits(X))
 
