@@ -64,7 +64,7 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int, open_score
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     clf = Calibrated(make(), open_score=open_score).fit(Xs, ys)
-                    rows.append(recorder.score(name, k, seed, clf, make, Xs, ys.tolist(), Xq, yq, open_score))
+                    rows.append(recorder.score(name, k, seed, clf, make, Xs, ys.tolist(), Xq, yq))
                     if clf.threshold_ is not None:  # the sets without smoothing, for comparison
                         conservative = clf.set_mask(Xq, 0.9, smooth=False)
                         truth = column_index(clf, yq)

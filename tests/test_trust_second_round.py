@@ -13,10 +13,11 @@ import pytest
 from calm.classifiers import Calibrated, CALMClassifier, DefaultClassifier, LogisticProbe, SAVClassifier, load, save
 from calm.classifiers._base import Estimator, encode_labels
 from calm.classifiers.conformal import LargeSetWarning, set_size_note, warn_large_sets
-from calm.classifiers.openset import HeadDistances
+from calm.classifiers.openset import OPEN_SCORES, HeadDistances
 from calm.classifiers.temperature import cross_validated_nll, fit_temperature, nll, softmax
 from calm.classifiers.trust import CALIBRATED, describe
 from calm.evaluation import calibration
+from calm.evaluation.trust import TrustRecorder
 from calm.features import HeadFeatures, HeadIndex
 
 K, D, C = 6, 8, 4
@@ -159,7 +160,8 @@ def test_rejection_uses_the_chosen_open_set_score_and_survives_saving(tmp_path):
     Xq, yq = draw(10, seed=8, classes=6, noise=0.8)
     clf = quiet_fit(Calibrated(DefaultClassifier(), open_score="whitened", target_frr=0.1), Xs[known], ys[known])
     labels, score = clf.predict_open(Xq)
-    direct = HeadDistances().fit(Xs[known][np.argsort(ys[known], kind="stable")], np.sort(ys[known])).score(Xq, "whitened")
+    order = np.argsort(ys[known], kind="stable")
+    direct = HeadDistances().fit(Xs[known][order], ys[known][order]).score(Xq, "whitened")
     assert np.allclose(score, direct, rtol=1e-5, atol=1e-4)
     assert ((labels == "unknown") == (score < clf.threshold_)).all()
     assert (labels[yq == "c5"] == "unknown").mean() > 0.5
@@ -186,3 +188,24 @@ def test_predict_sets_warns_when_the_sets_are_large():
     assert np.mean([len(s) for s in sets]) > 0.3 * C
     with pytest.warns(LargeSetWarning, match=r"With 3 support clips per class, the 90% prediction sets hold"):
         warn_large_sets(clf, sets, 0.9)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluation_reports_one_shot_rows_as_raw_and_every_open_set_candidate():
+    classes = [f"c{i}" for i in range(8)]
+    recorder = TrustRecorder("multiclass", classes)
+    Xq, yq = draw(6, seed=3, classes=8, noise=0.8)
+    Xs, ys = draw(1, seed=1, classes=8, noise=0.8)
+    one = recorder.score("auto", 1, 0, quiet_fit(Calibrated(DefaultClassifier()), Xs, ys), DefaultClassifier,
+                         Xs, ys.tolist(), Xq, yq.tolist())
+    assert one["calibrated"] == 0.0 and one["ece"] == one["ece_uncalibrated"] and one["nll"] == one["nll_uncalibrated"]
+    Xs, ys = draw(4, seed=1, classes=8, noise=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        four = recorder.score("auto", 4, 0, quiet_fit(Calibrated(DefaultClassifier()), Xs, ys), DefaultClassifier,
+                              Xs, ys.tolist(), Xq, yq.tolist())
+    assert four["calibrated"] == 1.0
+    assert set(four["auroc_by_score"]) == {*OPEN_SCORES, "typicality"}
+    assert four["auroc_by_score"]["energy+knn"] == four["auroc"] > 0.8

@@ -190,7 +190,8 @@ class Calibrated(Estimator):
             logits, proba = held["log_proba"], raw[scored]
         self.held_out_accuracy_ = float((np.argmax(logits, axis=1) == truth).mean())
         self.conformity_scores_ = np.sort(1.0 - proba[np.arange(len(truth)), truth])
-        self.open_scores_ = np.sort(self._held_out_open_scores(logits, None if open_held is None else open_held[scored]))
+        distance = None if open_held is None else open_held[scored]
+        self.open_scores_ = np.sort(self._held_out_open_scores(logits, distance))
         self.threshold_ = rejection_threshold(self.open_scores_, float(self.target_frr))
         return self
 

@@ -67,11 +67,9 @@ class TrustRecorder:
         return self.task == "multiclass" and len(self.classes) >= 3
 
     def score(self, name: str, shots: int, seed: int, calibrated: Calibrated, make: Callable[[], Any],
-              Xs: Any, ys: Sequence[Any], Xq: Any, y_true: Sequence[Any], open_score: str | None = None
-              ) -> dict[str, Any]:
+              Xs: Any, ys: Sequence[Any], Xq: Any, y_true: Sequence[Any]) -> dict[str, Any]:
         """Trust metrics of a fitted ``calibrated`` on the queries; ``make`` gives a new, unfitted
-        estimator of the method for the open-set episode, calibrated with ``open_score`` (default:
-        calm's)."""
+        estimator of the method for the open-set episode (calibrated with the same open-set score)."""
         from calm.classifiers.trust import take_rows
         from calm.classifiers.typicality import shift_check, sketch, typicality
 
@@ -98,11 +96,11 @@ class TrustRecorder:
         out["coverage_90"] = calibration.coverage(sets, labels)
         out["set_size_90"] = calibration.mean_set_size(sets)
         if self.open_set:
-            out.update(self._open_set(seed, make, Xs, ys, Xq, queries, y_true, open_score))
+            out.update(self._open_set(seed, make, Xs, ys, Xq, queries, y_true, calibrated.open_score))
         return out
 
     def _open_set(self, seed: int, make: Callable[[], Any], Xs: Any, ys: Sequence[Any], Xq: Any,
-                  queries: np.ndarray, y_true: Sequence[Any], open_score: str | None) -> dict[str, Any]:
+                  queries: np.ndarray, y_true: Sequence[Any], open_score: str) -> dict[str, Any]:
         """Fit on the support without the held-out classes; their queries (sketched: ``queries``)
         are the unknowns."""
         from calm.classifiers.openset import (DISTANCE_SCORES, LOGIT_SCORES, HeadDistances, distance_part,
@@ -115,7 +113,7 @@ class TrustRecorder:
         if len({y for y in ys if y not in dropped}) < 2:
             return {}
         support, labels = take_rows(Xs, np.flatnonzero(kept)), np.asarray(ys)[kept]
-        clf = Calibrated(make(), **({} if open_score is None else {"open_score": open_score})).fit(support, labels)
+        clf = Calibrated(make(), open_score=open_score).fit(support, labels)
         if clf.threshold_ is None:
             return {}
         known = np.array([y not in dropped for y in y_true])
