@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from calm.app import AppSession, make_server
 from calm.backbones import load_backbone
 from calm.cli import main
 from calm.cli._common import DEFAULT_PROMPT
+from calm.predict import predict_files
 
 MODEL = os.environ.get("CALM_APP_MODEL", "tiny:qwen2_audio")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,8 +70,13 @@ def clips(tmp_path_factory) -> dict[str, list[Path]]:
 
 
 @pytest.fixture()
-def app_url(backbone, tmp_path) -> Iterator[str]:
-    server = make_server(AppSession(backbone, tmp_path / "work", DEFAULT_PROMPT), "127.0.0.1", 0)
+def session(backbone, tmp_path) -> AppSession:
+    return AppSession(backbone, tmp_path / "work", DEFAULT_PROMPT, root=tmp_path)
+
+
+@pytest.fixture()
+def app_url(session) -> Iterator[str]:
+    server = make_server(session, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
@@ -153,7 +160,8 @@ def requested_urls(driver: Any) -> list[str]:
     return urls
 
 
-def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_path):
+def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "calm.app")
     requested_urls(browser)  # drops what the browser's start page asked for
     browser.get(app_url)
     wait(browser, lambda d: text(d, "model") == MODEL)
@@ -175,8 +183,10 @@ def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_p
     shown = [row.text.split() for row in browser.find_elements(By.CSS_SELECTOR, "#result-probabilities tr")]
     probabilities = {row[0]: float(row[1]) for row in shown}
     assert sorted(probabilities) == sorted(TONES) and max(probabilities, key=probabilities.get) == label
-    wait(browser, lambda d: d.execute_script("return document.getElementById('weights').naturalWidth") > 0)
-    assert browser.find_elements(By.CSS_SELECTOR, "#profile .layer")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#weights rect.head"))
+    n_heads = len(load_backbone(MODEL).head_index())  # a map per class: every head once
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#weights rect.head")) == len(TONES) * n_heads
+    assert browser.find_elements(By.CSS_SELECTOR, "#profile rect.layer")
     if os.environ.get("CALM_APP_SCREENSHOT"):
         browser.save_screenshot(os.environ["CALM_APP_SCREENSHOT"])
 
@@ -194,8 +204,9 @@ def test_fit_classify_and_download_in_the_browser(browser, app_url, clips, tmp_p
     assert {c: round(float(row[f"p_{c}"]), 3) for c in TONES} == probabilities
 
     urls = requested_urls(browser)
-    assert app_url + "app.js" in urls and app_url + "api/weights.png" in {u.split("?")[0] for u in urls}
+    assert app_url + "app.js" in urls and app_url + "api/weights" in urls
     assert [u for u in urls if urlparse(u).scheme not in ("chrome", "data", "blob") and not u.startswith(app_url)] == []
+    assert [r.getMessage() for r in caplog.records if "no such page" in r.getMessage()] == []  # the favicon is served
 
 
 def test_corrupt_uploads_show_the_error_and_the_next_action_works(browser, app_url, clips, tmp_path):
@@ -244,3 +255,40 @@ def test_a_recorded_clip_is_added_to_its_class(browser, app_url):
     wait(browser, lambda d: "(1 clip)" in card(d, "beep").text, 30)
     assert message(browser) == ("ok", "1 clip(s) added to beep.")
     assert card(browser, "beep").find_element(By.CSS_SELECTOR, ".clips li").text.startswith("recording-")
+
+
+def test_unknown_and_prediction_sets_in_the_page_at_1280_px(browser, app_url, session, clips, backbone):
+    """The reject toggle labels a clip "unknown" below the threshold of the rate the user sets (the
+    rule of calm predict --reject); the 90% set and what the sets hold on average are shown; at
+    1280 px wide nothing overflows and the plots' labels are at least 11 px."""
+    browser.set_window_size(1280, 1000)
+    browser.get(app_url)
+    for name in TONES:
+        make_class(browser, name)
+        upload_clips(browser, name, clips[name])
+    browser.find_element(By.ID, "fit").click()
+    wait(browser, lambda d: text(d, "fit-status").startswith("fitted"))
+    classify(browser, clips["query"][0])
+    expected = predict_files(backbone, session.classifier, clips["query"], reject=True, sets=0.9)[0]
+    top = max(expected.probabilities, key=expected.probabilities.get)
+    assert text(browser, "result-label") == top and not browser.find_element(By.ID, "reject-rate-box").is_displayed()
+    assert text(browser, "result-set").startswith(f"90% prediction set: {{{', '.join(expected.prediction_set)}}} ")
+    size = len(expected.prediction_set)
+    assert text(browser, "set-summary").startswith(f"At 3 shots, the 90% sets hold {size:.1f} of 2 classes on average "
+                                                   "here (1 clip classified)")
+
+    browser.find_element(By.ID, "reject").click()  # at the fit's rate, 5%: 6 clips turn none away
+    wait(browser, lambda d: "none is turned away at this rate" in text(d, "result-score"))
+    assert text(browser, "reject-rate-value") == "5%" and text(browser, "result-label") == top
+    browser.execute_script("const r = document.getElementById('reject-rate'); r.value = 50;"
+                           "r.dispatchEvent(new Event('input'))")
+    threshold = session.reject_threshold(0.5)
+    wait(browser, lambda d: f"unknown below {threshold:.2f}" in text(d, "result-score"))
+    assert text(browser, "result-label") == ("unknown" if expected.score < threshold else top)
+    browser.find_element(By.ID, "reject").click()
+    wait(browser, lambda d: text(d, "result-label") == top)
+
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 1280
+    sizes = browser.execute_script("return [...document.querySelectorAll('#interpretation svg text')]"
+                                   ".map((t) => parseFloat(getComputedStyle(t).fontSize))")
+    assert sizes and min(sizes) >= 11

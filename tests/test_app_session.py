@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from calm.app import AppSession, BusyError, make_server
+from calm.app import AppSession, BusyError, StoppedError, make_server
 from calm.media import MediaLoadError
 from calm.backbones import load_backbone
 from calm.classifiers.trust import describe
 from calm.classifiers import save
-from calm.classifiers.plots import layer_profile
+from calm.classifiers.plots import layer_profile, weight_maps
 from calm.cli import build_parser, main
-from calm.cli.app import is_loopback
+from calm.app.guard import is_loopback
 from calm.predict import fit_classifier, predict_files
 from calm.heads import feature_fingerprint
 from calm.store import FeatureStore
@@ -48,7 +48,7 @@ def backbone() -> Any:
 @pytest.fixture()
 def session(backbone, tmp_path) -> AppSession:
     """Two classes of two tones each."""
-    session = AppSession(backbone, tmp_path / "work", PROMPT, batch_size=3)
+    session = AppSession(backbone, tmp_path / "work", PROMPT, batch_size=3, root=tmp_path)
     for name, hz in (("low", 250.0), ("high", 3000.0)):
         session.add_class(name)
         for k in range(2):
@@ -191,8 +191,11 @@ def test_the_server_answers_errors_as_json_and_refuses_other_sites(session, monk
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         assert request(url + "/api/nothing") == (400, {"error": "no such page: /api/nothing"})
-        assert request(url + "/api/classes", b'{"name": "x"}', {"Origin": "http://evil.example"}) == (
-            400, {"error": "requests from http://evil.example are not accepted; open the page from this server"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # more in tests/test_app_guard.py
+            urllib.request.urlopen(urllib.request.Request(url + "/api/classes", b'{"name": "x"}',
+                                                          {"Origin": "http://evil.example"}))
+        assert refused.value.code == 403 and refused.value.read() == (
+            b"refused: a request from 'http://evil.example', another site than this app\n")
         assert "x" not in session.classes
         monkeypatch.setattr(session, "layer_profile", lambda: 1 / 0)
         assert request(url + "/api/profile") == (500, {"error": "internal error (ZeroDivisionError): division by zero"})
@@ -216,3 +219,85 @@ def test_cli_defaults_and_the_warning_off_loopback(capsys):
     err = capsys.readouterr().err
     assert "WARNING: listening on 0.0.0.0: the page has no authentication" in err
     assert "Address already in use" in err
+
+
+def test_classify_says_unknown_and_gives_sets_as_predict_does_and_the_threshold_moves(session, backbone, tmp_path):
+    quiet_fit(session)
+    clf = session.classifier
+    assert session.can_reject() and session.set_summary() is None
+    # rejection_threshold's rule: the floor((n + 1) rate)-th smallest out-of-fold score of the 4 support clips
+    assert session.reject_threshold(0.5) == clf.open_scores_[1] and session.reject_threshold(0.2) == clf.open_scores_[0]
+    assert session.reject_threshold(0.05) is None  # 4 clips turn none away at 5%
+    sizes = []
+    for k, hz in enumerate((2900.0, 700.0)):
+        query = tmp_path / f"q{k}.wav"
+        shown = session.classify(query.name, tone_bytes(query, hz, 7))
+        direct = predict_files(backbone, clf, [query], reject=True, sets=0.9)[0]
+        assert (shown.label, shown.score, shown.prediction_set) == (direct.label, direct.score, direct.prediction_set)
+        assert shown.score is not None and set(shown.prediction_set) <= {"low", "high"}
+        sizes.append(len(shown.prediction_set))
+    assert session.set_summary() == {"coverage": 0.9, "mean_size": sum(sizes) / 2, "clips": 2, "classes": 2,
+                                     "shots": (2, 2)}
+    session.add_clip("low", "low2.wav", tone_bytes(tmp_path / "low2.wav", 260.0, 2))
+    quiet_fit(session)
+    assert session.set_summary() is None and session.shots == (2, 3)
+
+
+def test_a_classifier_that_cannot_reject_says_so(session, tmp_path):
+    session.remove_clip("low", "low1.wav")
+    session.remove_clip("high", "high1.wav")
+    quiet_fit(session)  # one clip a class: nothing scored out of fold
+    assert not session.can_reject()
+    with pytest.raises(ValueError, match="this classifier cannot say unknown: fit it with at least 2 clips per class"):
+        session.reject_threshold(0.05)
+    row = session.classify("q.wav", tone_bytes(tmp_path / "q.wav", 2900.0, 7))
+    assert row.label in ("low", "high") and row.score is None and row.prediction_set is None
+    assert session.set_summary() is None
+
+
+def test_stop_cancels_a_fit_before_its_next_batch_and_refuses_new_model_steps(session, backbone, monkeypatch):
+    sizes = count_forwarded_clips(backbone, monkeypatch)
+    started, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def hold(progress: Any) -> None:
+        started.set()
+        release.wait(30)
+
+    def fit() -> None:
+        try:
+            quiet_fit(session, on_progress=hold)
+        except StoppedError as error:
+            failures.append(error)
+
+    worker = threading.Thread(target=fit)
+    worker.start()
+    started.wait(30)
+    assert session.stop(timeout=0) is False  # the fit holds the model
+    release.set()
+    worker.join(60)
+    assert [str(e) for e in failures] == ["the app is stopping: the fit was cancelled"] and sizes == []
+    assert session.stop(timeout=30) is True and session.progress.stage == "idle"
+    with pytest.raises(BusyError):
+        session.fit()
+
+
+def test_the_weight_maps_and_thresholds_served_to_the_page(session):
+    quiet_fit(session)
+    maps = weight_maps(session.classifier)
+    shown = session.weight_maps()
+    assert shown["classes"] == ["high", "low"] and list(shown["sites"]) == list(maps)
+    for site, grid in maps.items():
+        assert np.array_equal(np.array(shown["sites"][site], dtype=float), grid, equal_nan=True)
+    server = make_server(session, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/threshold"
+    try:
+        assert request(url + "?rate=0.5") == (200, {"threshold": session.reject_threshold(0.5)})
+        assert request(url + "?rate=0.01") == (200, {"threshold": None})
+        assert request(url + "?rate=1") == (400, {"error": "?rate= must be a share in [0, 1), got 1.0"})
+        assert request(url + "?rate=x") == (400, {"error": "?rate= must be a number, got 'x'"})
+        assert request(url) == (400, {"error": "missing ?rate="})
+    finally:
+        server.shutdown()
+        server.server_close()

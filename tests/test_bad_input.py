@@ -259,7 +259,7 @@ def test_11_unwritable_store_and_full_disk_are_one_line(tmp_path, capsys, monkey
     def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("calm.store._pwrite_all", full)
+    monkeypatch.setattr("calm.store.pwrite_all", full)
     assert cli("extract", "--data", str(root), "--model", "tiny:qwen2_audio", "--out", str(tmp_path / "s"),
                "--quiet") == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("calm extract: ")]

@@ -85,7 +85,7 @@ def test_csv(tmp_path: Path) -> None:
 def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:
     write_audio(tmp_path / "a.wav")
     bad = write_text(tmp_path / "bad.csv", "path,label\na.wav,dog\nmissing.wav,cat\n")
-    with pytest.raises(DatasetError, match=r"bad\.csv:3: file not found: .*missing\.wav"):
+    with pytest.raises(DatasetError, match=r"bad\.csv:3: .*missing\.wav: no such file"):
         load_csv(bad)
     short = write_text(tmp_path / "short.csv", "path,label\na.wav,dog\na.wav\n")
     with pytest.raises(DatasetError, match=r"short\.csv:3: 1 field"):
@@ -130,7 +130,7 @@ def test_esc50(tmp_path: Path) -> None:
 def test_esc50_errors(tmp_path: Path) -> None:
     meta = make_esc50(tmp_path)
     meta.write_text(meta.read_text() + "3-103-A-2.wav,3,2,pig,False,103,A\n")
-    with pytest.raises(DatasetError, match=r"esc50\.csv:5: file not found: .*3-103-A-2\.wav"):
+    with pytest.raises(DatasetError, match=r"esc50\.csv:5: .*3-103-A-2\.wav: no such file"):
         load_dataset(tmp_path)
     meta.write_text(ESC50_HEADER + "1-100-A-0.wav,six,0,dog,True,100,A\n")
     with pytest.raises(DatasetError, match=r"esc50\.csv:2: column 'fold': expected int, got 'six'"):
@@ -208,7 +208,7 @@ def test_asvspoof2019_la(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"eval\.trl\.txt:2: label must be one of"):
         load_dataset(root)
     eval_protocol.write_text("LA_0039 LA_E_2834763 - A11 spoof\nLA_0039 LA_E_0000001 - A11 spoof\n")
-    with pytest.raises(DatasetError, match=r"eval\.trl\.txt:2: file not found: .*LA_E_0000001\.flac"):
+    with pytest.raises(DatasetError, match=r"eval\.trl\.txt:2: .*LA_E_0000001\.flac: no such file"):
         load_dataset(root)
 
 

@@ -204,7 +204,7 @@ def test_failed_items_are_recorded_as_in_the_plain_path(tmp_path, items, referen
     plain = extract(tiny_backbone("qwen2_audio"), items[:4] + bad, PROMPT, batch_size=2, on_error="record",
                     store=tmp_path / "plain")
     assert features.failed == plain.failed and set(features.failed) == {"broken", "missing", "nan"}
-    assert "NaN" in features.failed["nan"] and "No such file" in features.failed["missing"]
+    assert "NaN" in features.failed["nan"] and "missing.wav: no such file" in features.failed["missing"]
     assert sorted(features.ids) == sorted(item.id for item in items[:4])
     with FeatureStore.open(tmp_path / "store", reference[1], reference[2]) as store:
         assert store.failures() == plain.failed

@@ -43,6 +43,7 @@ from calm.data.items import Item
 from calm.features import HeadFeatures, HeadIndex
 from calm.capture import HeadCapture
 from calm.heads import ON_ERROR, ORDERS, _opened, _Run, feature_fingerprint
+from calm.store import StoreError
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ def extract_ray(
                 _write_results(_results(ray, batches, run.seconds, workers, actors, resources, progress), run)
             finished = [i for i in ids if i not in run.failed]
             stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
+            for item_id, reason in stored.failed.items():  # stored rows found damaged: fail, extract again next run
+                run.fail(run.items[item_id], StoreError(reason))
     finally:
         if started:
             ray.shutdown()

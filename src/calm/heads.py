@@ -36,7 +36,7 @@ from calm.data.items import Item
 from calm.data.loaders import media_item
 from calm.features import HeadFeatures
 from calm.media import MediaLoadError, content_hash, duration, load_audio, load_video
-from calm.store import FeatureStore
+from calm.store import FeatureStore, StoreError
 
 ON_ERROR = ("raise", "record")
 ORDERS = ("input", "store")
@@ -148,6 +148,8 @@ def extract(
         if feature_store is not None:
             stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
             X, finished = stored.X, stored.ids
+            for item_id, reason in stored.failed.items():  # stored rows found damaged: fail, extract again next run
+                run.fail(run.items[item_id], StoreError(reason))
         elif finished:
             X = np.stack([run.rows[i] for i in finished])
         else:

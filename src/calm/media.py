@@ -24,7 +24,11 @@ import soxr
 
 _HASH_CHUNK = 1 << 20
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma",
+                            # more that libsndfile reads (Sun/NeXT, Core Audio, Sony Wave64, RF64, NIST ...)
+                            ".au", ".snd", ".caf", ".w64", ".rf64", ".aifc", ".sph", ".voc", ".oga",
+                            # and that PyAV (ffmpeg) does
+                            ".mka", ".wv", ".amr", ".mp2", ".ac3"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov"})
 MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
 
@@ -32,13 +36,31 @@ MAX_ABS_SAMPLE = 1e3
 """Float audio is nominally within ±1; a file whose samples exceed ±1000 (+60 dBFS) is corrupt."""
 
 
+_ORIGINS: dict[Path, list[str]] = {}
+"""Files calm wrote from elsewhere (audio bytes of a Parquet row) -> where they came from."""
+
+
+def note_origin(path: str | os.PathLike, origin: str) -> None:
+    """Record that ``path`` holds media taken from ``origin`` (e.g. ``"train.parquet: row 3"``),
+    so that an error about the file names where it came from, not only where calm put it."""
+    origins = _ORIGINS.setdefault(Path(path), [])
+    if origin not in origins:
+        origins.append(origin)
+
+
 class MediaLoadError(ValueError):
-    """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why."""
+    """An audio or video file that cannot be used; ``path`` and ``reason`` say which and why (and,
+    for a file written from elsewhere, :func:`note_origin`, where it came from)."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        origins = _ORIGINS.get(self.path)
+        where = str(self.path)
+        if origins:
+            more = f" and {len(origins) - 2} more" if len(origins) > 2 else ""
+            where = f"{'; '.join(origins[:2])}{more} (its audio, cached as {self.path})"
+        super().__init__(f"{where}: {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled by workers of calm.distributed
         return type(self), (self.path, self.reason)
@@ -82,7 +104,7 @@ def duration(path: str | os.PathLike) -> float:
     path = Path(path)
     check_readable(path)
     try:
-        return float(soundfile.info(str(path)).duration)
+        return float(soundfile.info(os.fsencode(path)).duration)
     except soundfile.SoundFileError as sf_error:
         av = _import_av(path, f"not readable by soundfile ({_sf_reason(sf_error)}); containers such as "
                               "mp4/m4a/webm need PyAV")
@@ -99,6 +121,15 @@ def duration(path: str | os.PathLike) -> float:
         return samples.shape[0] / rate
 
 
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """Whether soundfile recognises ``path`` as audio from its header (for files without a suffix)."""
+    try:
+        soundfile.info(os.fsencode(path))
+    except (soundfile.SoundFileError, RuntimeError, OSError):
+        return False
+    return True
+
+
 def content_hash(path: str | os.PathLike) -> str:
     """The SHA-256 hex digest of the file's bytes (what a feature store keys an item's audio by)."""
     path = Path(path)
@@ -107,8 +138,10 @@ def content_hash(path: str | os.PathLike) -> str:
         with open(path, "rb") as handle:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
+    except FileNotFoundError as error:
+        raise MediaLoadError(path, missing_reason(path)) from error
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
     return digest.hexdigest()
 
 
@@ -117,10 +150,9 @@ def check_readable(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError as error:
-        reason = "dangling symbolic link" if path.is_symlink() else "no such file"
-        raise MediaLoadError(path, reason) from error
+        raise MediaLoadError(path, missing_reason(path)) from error
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
     if not path.is_file():
         raise MediaLoadError(path, "not a regular file")
     if size == 0:
@@ -129,10 +161,19 @@ def check_readable(path: Path) -> None:
         with open(path, "rb") as handle:
             handle.read(1)
     except OSError as error:
-        raise MediaLoadError(path, _os_reason(error)) from error
+        raise MediaLoadError(path, os_reason(error)) from error
 
 
-def _os_reason(error: OSError) -> str:
+def missing_reason(path: Path) -> str:
+    """Why a file that is not there is not: "dangling symbolic link" or "no such file" (one wording
+    for every loader and extraction path)."""
+    if path.is_symlink():
+        return "dangling symbolic link"
+    return "no such file" if not path.exists() else "not a regular file"
+
+
+def os_reason(error: OSError) -> str:
+    """Why a file cannot be read, from the OSError ("cannot read file (Permission denied)")."""
     return f"cannot read file ({error.strerror or error})"
 
 
@@ -160,7 +201,7 @@ def _check_wav_length(path: Path) -> None:
 def _decode(path: Path) -> tuple[np.ndarray, int]:
     """Samples as float32 [frames, channels] and the file's sample rate."""
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
         return samples, int(rate)
     except soundfile.SoundFileError as sf_error:
         return _decode_av(path, sf_error)

@@ -26,6 +26,7 @@ from calm import methods as registry
 from calm.backbones.base import Backbone
 from calm.classifiers.conformal import warn_large_sets
 from calm.classifiers.typicality import ShiftWarning, shift_check
+from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
 from calm.data.loaders import media_item
 from calm.evaluation.answers import warn_label_leaks
@@ -96,6 +97,7 @@ def fit_classifier(
     if multi:
         raise ValueError(f"fit takes one label per item; {len(multi)} item(s) have several, e.g. {multi[0]!r}")
     warn_label_leaks(prompt, labelled)
+    check_label_conflicts(labelled)  # one file under two labels: refused; two identical files: a warning
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error=on_error,
                        progress=progress, order="store")
     if features.failed:

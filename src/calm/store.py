@@ -6,9 +6,16 @@ Layout of one store, ``root/<first 16 hex of sha256(canonical JSON key)>/``:
   directory whose ``key.json`` differs from the key asked for is refused, never reused.
 * ``data.f16``: raw float16 rows of K*D values, appended batch by batch.
 * ``journal.jsonl``: one JSON line per event, appended only after the data it describes is
-  flushed and fsynced: ``{"start", "n", "d", "keys", "ids"}`` for a batch of rows, and
-  ``{"failed", "id", "reason"}`` for an item that could not be processed.
+  flushed and fsynced: ``{"start", "n", "d", "keys", "ids", "sha256"}`` for a batch of rows (the
+  checksum of its bytes in ``data.f16``), and ``{"failed", "id", "reason"}`` for an item that
+  could not be processed. The journal is ASCII JSON: a file name that is not UTF-8 is kept as
+  ``\\udcXX`` escapes, which ``os.fsencode`` turns back into its bytes.
 * ``lock``: held (flock) by the one process writing, from its first write until ``close``.
+
+Reading needs no write access (a read-only store is read as it is; only writing raises). Each
+batch a read touches is checked once per open store (its checksum; older stores: finite values);
+the items of a damaged batch are left out of ``X`` and listed in ``failed``, so that extraction
+records them as failed and extracts them again on its next run.
 
 A journal line ends with a newline and is fsynced before ``append`` returns, so a kill -9 (or a
 power cut) at any moment loses at most the batch being written: on the next write the torn
@@ -21,6 +28,7 @@ retry it, and an item that later succeeds is no longer listed as failed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +38,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from calm.durable import fsync_dir, pwrite_all, write_all, write_atomic
 from calm.features import HeadFeatures, HeadIndex
 from calm.fingerprint import canonical_json
 
@@ -60,6 +69,7 @@ class FeatureStore:
         self._data_fd: int | None = None
         self._journal_fd: int | None = None
         self._lock_fd: int | None = None
+        self._read_only: str | None = None  # why this store cannot be written, once lock() found out
         self._load(repair=False)
 
     @classmethod
@@ -76,7 +86,7 @@ class FeatureStore:
         if not key_file.exists():
             with _writing(path):
                 path.mkdir(parents=True, exist_ok=True)
-                _write_atomic(key_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                write_atomic(key_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         try:
             stored = json.loads(key_file.read_text())
         except (OSError, ValueError) as error:
@@ -136,11 +146,14 @@ class FeatureStore:
             rows, item_keys, ids = rows[new], [item_keys[i] for i in new], [ids[i] for i in new]
         if len(ids) == 0:
             return
-        dim = X.shape[2]
+        if self._read_only is not None:
+            raise StoreError(self._read_only)
+        dim, payload = X.shape[2], rows.tobytes()
         with _writing(self.path / _DATA_FILE):
-            _pwrite_all(self._data_fd, rows.tobytes(), self._rows * len(self.heads) * dim * 2)
+            pwrite_all(self._data_fd, payload, self._rows * len(self.heads) * dim * 2)
             os.fsync(self._data_fd)
-        record = {"start": self._rows, "n": len(ids), "d": dim, "keys": list(item_keys), "ids": list(ids)}
+        record = {"start": self._rows, "n": len(ids), "d": dim, "keys": list(item_keys), "ids": list(ids),
+                  "sha256": hashlib.sha256(payload).hexdigest()}
         self._journal(record)
         self._apply(record)
 
@@ -151,7 +164,8 @@ class FeatureStore:
         if self._failed_keys.get(item_key) == (item_id, str(reason)):
             return
         record = {"failed": item_key, "id": item_id, "reason": str(reason)}
-        self._journal(record)
+        if self._read_only is None:  # a store that cannot be written keeps it in memory (reruns retry anyway)
+            self._journal(record)
         self._apply(record)
 
     def read(self, ids: Sequence[str] | None = None, *, item_keys: Sequence[str] | None = None,
@@ -160,9 +174,10 @@ class FeatureStore:
         the given ids (their latest rows) or item keys, in the order asked, or with
         ``in_store_order`` in the order they were stored.
 
-        Failed items are left out of ``X`` and listed in ``failed``; ids or keys neither stored
-        nor failed raise KeyError. Rows that come out in store order and were stored together (a
-        contiguous run) stay a view of the memory map; others are gathered into memory.
+        Failed items, and items whose stored rows are damaged (their batch fails its check), are
+        left out of ``X`` and listed in ``failed``; ids or keys neither stored nor failed raise
+        KeyError. Rows that come out in store order and were stored together (a contiguous run) stay
+        a view of the memory map; others are gathered into memory.
         """
         if ids is not None and item_keys is not None:
             raise ValueError("read: pass ids or item_keys, not both")
@@ -182,7 +197,10 @@ class FeatureStore:
             raise KeyError(f"{self.path}: no stored features for {len(missing)} item(s), e.g. {missing[:3]}")
         if in_store_order:
             wanted = sorted((row, name) for row, name in wanted if row is not None)
-        rows = np.array([row for row, _ in wanted if row is not None], dtype=np.int64)
+        damaged = self._damaged({row for row, _ in wanted if row is not None})
+        for row in sorted(damaged):
+            failed[self._row_ids[row]] = damaged[row]
+        rows = np.array([row for row, _ in wanted if row is not None and row not in damaged], dtype=np.int64)
         row_ids = [self._row_ids[r] for r in rows.tolist()]
         return HeadFeatures(self._gather(rows), self.heads, row_ids, self.fingerprint, failed)
 
@@ -208,11 +226,34 @@ class FeatureStore:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _data(self) -> np.ndarray:
+        """data.f16 memory-mapped as [rows, K, D] (the rows the journal vouches for)."""
+        shape = (self._rows, len(self.heads), self._dim or 0)
+        return np.memmap(self.path / _DATA_FILE, dtype=np.float16, mode="r", shape=shape)
+
+    def _damaged(self, rows: set[int]) -> dict[int, str]:
+        """Row -> reason, for the rows among ``rows`` whose batch fails its check (each batch is
+        checked once per open store: its checksum, or, written without one, finite values)."""
+        damaged: dict[int, str] = {}
+        data = self._data() if rows else None
+        for start, n, digest in self._batches:
+            touched = [row for row in range(start, start + n) if row in rows]
+            if touched and start not in self._checked:
+                self._checked[start] = _fault(data[start : start + n], digest)
+            if touched and self._checked[start]:
+                ids = self._row_ids[start : start + n]
+                named = ", ".join(ids[:3]) + (f" and {n - 3} more" if n > 3 else "")
+                damaged.update(dict.fromkeys(touched, (
+                    f"{self.path / _DATA_FILE}: the stored features of {named} (rows {start}..{start + n - 1}) "
+                    f"{self._checked[start]}: the file was damaged after they were written; they are not used, "
+                    "and extracting again recomputes them")))
+        return damaged
+
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         dim = self._dim or 0
         if rows.size == 0 or self._rows == 0:
             return np.zeros((0, len(self.heads), dim), dtype=np.float16)
-        data = np.memmap(self.path / _DATA_FILE, dtype=np.float16, mode="r", shape=(self._rows, len(self.heads), dim))
+        data = self._data()
         if np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
             return data[rows[0] : rows[0] + rows.size]
         return np.asarray(data[rows])
@@ -227,6 +268,8 @@ class FeatureStore:
         self._row_ids: list[str] = []
         self._failed: dict[str, str] = {}
         self._failed_keys: dict[str, tuple[str, str]] = {}
+        self._batches: list[tuple[int, int, str | None]] = []  # (first row, rows, sha256 or None)
+        self._checked: dict[int, str | None] = {}  # batch start -> why it is damaged (None: intact)
         journal = self.path / _JOURNAL_FILE
         raw = journal.read_bytes() if journal.exists() else b""
         data_size = (self.path / _DATA_FILE).stat().st_size if (self.path / _DATA_FILE).exists() else 0
@@ -267,8 +310,10 @@ class FeatureStore:
             self._failed[record["id"]] = record["reason"]
             self._failed_keys[record["failed"]] = (record["id"], record["reason"])
             self._id_row.pop(record["id"], None)
+            self._key_row.pop(record["failed"], None)  # stored, then failed (damaged rows): extract again
             return
         self._dim = int(record["d"])
+        self._batches.append((int(record["start"]), int(record["n"]), record.get("sha256")))
         for offset, (key, item_id) in enumerate(zip(record["keys"], record["ids"])):
             row = record["start"] + offset
             self._key_row[key] = row
@@ -281,11 +326,19 @@ class FeatureStore:
     def lock(self) -> None:
         """Become the store's one writer (idempotent): take the write lock, then re-read what is
         stored, since another process may have written since this one opened it. A writer that
-        holds the lock raises StoreError at once."""
-        if self._journal_fd is not None:
+        holds the lock raises StoreError at once; a store that cannot be written (read-only file
+        system or folder) stays a reader, and only storing features in it then raises."""
+        if self._journal_fd is not None or self._read_only is not None:
             return
-        with _writing(self.path):
+        try:
             self._lock_fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            reason = f"{self.path}: cannot write the feature store ({error.strerror or error})"
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(reason) from error
+            self._read_only = reason  # a reader, then: what is stored now, as it is
+            self._load(repair=False)
+            return
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -296,14 +349,14 @@ class FeatureStore:
         with _writing(self.path):
             self._data_fd = os.open(self.path / _DATA_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
             self._journal_fd = os.open(self.path / _JOURNAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _journal(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = (json.dumps(record) + "\n").encode()  # ASCII: a non-UTF-8 file name stays an escape
         size = os.fstat(self._journal_fd).st_size
         try:
             with _writing(self.path / _JOURNAL_FILE):
-                _write_all(self._journal_fd, line)
+                write_all(self._journal_fd, line)
                 os.fsync(self._journal_fd)
         except BaseException:
             os.ftruncate(self._journal_fd, size)  # never leave half a line for the next record
@@ -321,35 +374,8 @@ def _writing(path: Path) -> Iterator[None]:
         raise StoreError(f"{path}: cannot write the feature store ({error.strerror or error})") from error
 
 
-def _write_all(fd: int, payload: bytes) -> None:
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _pwrite_all(fd: int, payload: bytes, offset: int) -> None:
-    view = memoryview(payload)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fault(batch: np.ndarray, digest: str | None) -> str | None:
+    """Why a stored batch cannot be trusted, or None."""
+    if digest is not None:
+        return None if hashlib.sha256(batch).hexdigest() == digest else "do not match their checksum in the journal"
+    return None if np.isfinite(batch).all() else "hold NaN or inf, which a store never keeps"

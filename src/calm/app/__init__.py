@@ -5,6 +5,6 @@
 """
 
 from calm.app.server import make_server
-from calm.app.session import AppSession, BusyError, FitResult, Progress
+from calm.app.session import AppSession, BusyError, FitResult, Progress, StoppedError
 
-__all__ = ["AppSession", "BusyError", "FitResult", "Progress", "make_server"]
+__all__ = ["AppSession", "BusyError", "FitResult", "Progress", "StoppedError", "make_server"]

@@ -9,11 +9,15 @@ Every model step is a call of the public API (:func:`calm.extract` with a featur
 :func:`calm.predict.fit_classifier`, :func:`calm.predict.predict_files`,
 :func:`calm.classifiers.save` / :func:`calm.classifiers.load`). One lock serialises them: the
 backbone runs one request at a time, and a second request while one runs gets :class:`BusyError`.
+
+The session reads files of this machine only inside its ``root`` (:meth:`AppSession.add_folder`);
+what the page uploads goes under ``workdir``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import warnings
@@ -22,22 +26,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
-from calm.classifiers.plots import layer_profile
+from calm.classifiers.conformal import rejection_threshold
+from calm.classifiers.plots import layer_profile, weight_maps
 from calm.classifiers.trust import describe
 from calm.data.items import Item
-from calm.data.loaders import load_dataset, media_item
+from calm.data.loaders import LAYOUTS, load_dataset, media_item
 from calm.fingerprint import check_fingerprint
 from calm.heads import extract, feature_fingerprint
 from calm.media import MediaLoadError, load_audio
 from calm.predict import Prediction, fit_classifier, predict_files
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+SET_LEVEL = 0.9
+"""Coverage of the prediction sets the page shows."""
+log = logging.getLogger("calm.app")
 
 
 class BusyError(RuntimeError):
     """The backbone is running another request (a fit or a classification)."""
+
+
+class StoppedError(RuntimeError):
+    """The app is stopping (:meth:`AppSession.stop`): the fit was cancelled between two batches."""
 
 
 @dataclass
@@ -69,17 +83,23 @@ class AppSession:
         workdir: uploaded clips go to ``workdir/clips``, features to the store ``workdir/store``.
         prompt: the feature prompt of new fits (a loaded classifier brings its own).
         batch_size: clips per forward pass, and per step of the progress shown while fitting.
+        root: the folder whose datasets :meth:`add_folder` may read (default: the current directory).
     """
 
-    def __init__(self, backbone: Backbone, workdir: str | Path, prompt: str, batch_size: int = 8) -> None:
+    def __init__(self, backbone: Backbone, workdir: str | Path, prompt: str, batch_size: int = 8,
+                 root: str | Path | None = None) -> None:
         self.backbone = backbone
         self.workdir = Path(workdir)
         self.prompt = prompt
         self.batch_size = batch_size
+        self.root = Path.cwd().resolve() if root is None else Path(root).resolve()
         self.classes: dict[str, dict[str, Path]] = {}
         self.classifier: Any = None
         self.progress = Progress()
+        self.set_sizes: list[int] = []
+        self.shots: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- classes and clips ------------------------------------------------------------------
     def add_class(self, name: str) -> str:
@@ -112,13 +132,30 @@ class AppSession:
             raise ValueError(f"class {class_name!r} has no clip {name!r}")
         del clips[name]
 
-    def add_folder(self, root: str | Path) -> int:
-        """Add every labelled clip of a dataset folder (class subfolders, a CSV ...: see
-        :func:`calm.load_dataset`) by reference; returns how many were added."""
-        items = load_dataset(root)
+    def add_folder(self, spec: str | Path) -> int:
+        """Add every labelled clip of a dataset under :attr:`root` (a folder of class subfolders, a
+        CSV, ``layout:path``: see :func:`calm.load_dataset`; relative to the root) by reference;
+        returns how many were added.
+
+        The folder or metadata file, and every clip it lists, must lie inside the root (symbolic
+        links resolved): the page can make the app read nothing else on this machine. A dataset
+        that does not load is refused with a message that quotes nothing of the file (the
+        loader's own message, which may, goes to the log of the terminal running the app).
+        """
+        path = self._under_root(spec)
+        try:
+            items = load_dataset(path)
+        except (ValueError, OSError) as error:
+            log.warning("%s: %s", spec, error)
+            raise ValueError(f"{spec}: not a dataset the app can read (a folder of class subfolders, or a CSV "
+                             "with path and label columns); the reason is in the terminal running calm app") from None
+        outside = [i for i in items if i.audio is not None and not _inside(Path(i.audio), self.root)]
+        if outside:
+            raise ValueError(f"{spec}: {len(outside)} of its {len(items)} clip(s) lie outside {self.root}, "
+                             "the folder the app may read; nothing was added")
         multi = [i.id for i in items if isinstance(i.label, tuple)]
         if multi:
-            raise ValueError(f"{root}: the app takes one label per clip; {multi[0]!r} has several")
+            raise ValueError(f"{spec}: the app takes one label per clip; {len(multi)} clip(s) have several")
         added = 0
         for item in items:
             if item.label is None or item.audio is None:
@@ -139,6 +176,7 @@ class AppSession:
         """Extract the clips not in the store yet (batch by batch, updating :attr:`progress`), then
         fit :func:`calm.predict.fit_classifier`'s default method on all clips."""
         items = self.items()
+        counts = [len(clips) for clips in self.classes.values()]
         empty = [name for name, clips in self.classes.items() if not clips]
         if len(self.classes) < 2 or empty:
             raise ValueError("fit needs at least two classes, each with at least one clip"
@@ -147,6 +185,8 @@ class AppSession:
             store = self.workdir / "store"
             self._report(on_progress, "extracting", 0, len(items))
             for start in range(0, len(items), self.batch_size):
+                if self._stopping.is_set():
+                    raise StoppedError("the app is stopping: the fit was cancelled")
                 batch = items[start:start + self.batch_size]
                 extract(self.backbone, batch, self.prompt, batch_size=self.batch_size, store=store)
                 self._report(on_progress, "extracting", start + len(batch), len(items))
@@ -155,7 +195,7 @@ class AppSession:
                 warnings.simplefilter("always")
                 classifier = fit_classifier(self.backbone, items, self.prompt, batch_size=self.batch_size,
                                             store=store)
-            self.classifier = classifier
+            self._use(classifier, (min(counts), max(counts)))
         return FitResult(describe(classifier), [str(c) for c in classifier.classes_], len(items),
                          list(dict.fromkeys(str(w.message) for w in caught)),
                          getattr(classifier, "held_out_accuracy_", None))
@@ -163,13 +203,49 @@ class AppSession:
     def classify(self, filename: str, data: bytes) -> Prediction:
         """Label one uploaded clip; an undecodable one raises :class:`calm.MediaLoadError` naming ``filename``.
 
-        The row is :func:`calm.predict.predict_files`'s, shown as is: when calm gains a rejection
-        rule (an "unknown" label), the page shows it without change here.
+        The row is :func:`calm.predict.predict_files`'s; with a classifier that can reject, with
+        ``reject=True`` (its label is "unknown" below the classifier's threshold, and it has the
+        open-set score) and its :data:`SET_LEVEL` prediction set, whose size is kept for
+        :meth:`set_summary`.
         """
         classifier = self._fitted()
         path = self._write_upload(Path("queries"), filename, data)
+        trusted = self.can_reject()
         with self._running():
-            return predict_files(self.backbone, classifier, [path], batch_size=1)[0]
+            row = predict_files(self.backbone, classifier, [path], batch_size=1, reject=trusted,
+                                sets=SET_LEVEL if trusted else None)[0]
+        if row.prediction_set is not None:
+            self.set_sizes.append(len(row.prediction_set))
+        return row
+
+    def can_reject(self) -> bool:
+        """Whether the classifier gives "unknown" and prediction sets (calibrated on enough clips)."""
+        return getattr(self.classifier, "threshold_", None) is not None and hasattr(self.classifier, "predict_open")
+
+    def reject_threshold(self, rate: float) -> float | None:
+        """The open-set score below which a clip is "unknown" when a share ``rate`` of clips like the
+        support may be turned away: :func:`calm.classifiers.conformal.rejection_threshold` of the
+        classifier's out-of-fold support scores, as ``calm fit --target-frr`` sets it (at its own
+        rate this is the classifier's threshold). None: too few clips to turn any away at this rate."""
+        if not self.can_reject():
+            raise ValueError("this classifier cannot say unknown: fit it with at least 2 clips per class")
+        threshold = rejection_threshold(self.classifier.open_scores_, rate)
+        return threshold if np.isfinite(threshold) else None
+
+    def set_summary(self) -> dict[str, Any] | None:
+        """What the prediction sets of the clips classified since the fit (or load) held: their
+        ``coverage``, ``mean_size`` of ``classes`` over ``clips``, and the ``shots`` (fewest, most
+        clips per class) of a fit made here; None before any set."""
+        if not self.set_sizes:
+            return None
+        return {"coverage": SET_LEVEL, "mean_size": float(np.mean(self.set_sizes)), "clips": len(self.set_sizes),
+                "classes": len(self.classifier.classes_), "shots": self.shots}
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel a running fit at its next batch and wait (up to ``timeout`` s) for the model to be
+        idle; from then on every model request is refused as busy. Returns whether it is idle."""
+        self._stopping.set()
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
     def save(self, path: str | Path) -> Path:
         """Write the classifier with :func:`calm.classifiers.save` (the file ``calm predict`` reads)."""
@@ -182,7 +258,7 @@ class AppSession:
         if "prompt" not in recorded:
             raise ValueError(f"{path}: the classifier records no prompt, so the app cannot use it")
         check_fingerprint(recorded, feature_fingerprint(self.backbone, recorded["prompt"]), str(path))
-        self.classifier = classifier
+        self._use(classifier, None)
 
     def load_bytes(self, filename: str, data: bytes) -> None:
         """:meth:`load` for an uploaded file; errors name ``filename``."""
@@ -197,11 +273,38 @@ class AppSession:
         classifier = self._fitted()
         return plot_weight_maps(classifier, path, title=f"{describe(classifier)}: head weight per class")
 
+    def weight_maps(self) -> dict[str, Any]:
+        """The head x class weight maps (:func:`calm.classifiers.plots.weight_maps`) as lists: the
+        ``classes``, and per site in ``sites`` [class][layer][head] (None where the site has no such head)."""
+        classifier = self._fitted()
+        maps = weight_maps(classifier)
+        return {"classes": [str(c) for c in classifier.classes_],
+                "sites": {site: np.where(np.isnan(grid), None, grid).tolist() for site, grid in maps.items()}}
+
     def layer_profile(self) -> dict[str, list[float]]:
         """Share of the head weight per layer, per site (:func:`calm.classifiers.layer_profile`)."""
         return {site: mass.tolist() for site, mass in layer_profile(self._fitted()).items()}
 
     # -- helpers ----------------------------------------------------------------------------
+    def _use(self, classifier: Any, shots: tuple[int, int] | None) -> None:
+        self.classifier, self.shots, self.set_sizes = classifier, shots, []
+
+    def _under_root(self, spec: str | Path) -> str:
+        """``spec`` (a path, or ``layout:path``) with its path resolved under :attr:`root`;
+        ValueError for a remote layout, a path outside the root or one that does not exist."""
+        layout, _, rest = str(spec).partition(":")
+        if not (rest and layout in LAYOUTS):
+            layout, rest = "", str(spec)
+        if layout == "hf":
+            raise ValueError(f"{spec}: the app reads folders and files under {self.root} only")
+        path = (self.root / Path(rest.strip()).expanduser()).resolve()
+        if not _inside(path, self.root):
+            raise ValueError(f"{spec}: outside {self.root}, the folder the app may read "
+                             "(start calm app with --root to choose another)")
+        if not path.exists():
+            raise ValueError(f"{spec}: no such folder or file under {self.root}")
+        return f"{layout}:{path}" if layout else str(path)
+
     def _clips_of(self, class_name: str) -> dict[str, Path]:
         if class_name not in self.classes:
             raise ValueError(f"no class {class_name!r}; make it first")
@@ -250,6 +353,11 @@ class AppSession:
         self.progress = Progress(stage, done, total)
         if on_progress is not None:
             on_progress(self.progress)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) is ``root`` or lies below it."""
+    return path.resolve().is_relative_to(root)
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:

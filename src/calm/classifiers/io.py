@@ -1,13 +1,20 @@
 """Save and load fitted classifiers as safetensors (arrays) + JSON metadata; never pickle.
 
 The metadata records the file format and version, the estimator class and its parameters, the
-classes, the head index, the fingerprint of the backbone and prompt that produced the features,
-and a SHA-256 checksum of the arrays. A :class:`~calm.classifiers.trust.Calibrated` classifier is
-its fitted estimator's file plus a ``calibration`` entry (settings, temperature, threshold) and
-its arrays under ``calibration.``. Loading checks all of it: an unreadable file, another
-format or version, an unknown estimator, invalid parameters, a head index of the wrong length,
-arrays of the wrong shape or whose checksum differs (an edited file), or a fingerprint that
-differs from the one asked for raise ValueError naming the file and saying which.
+classes, the head index, the fingerprint of the backbone and prompt that produced the features, and
+a SHA-256 ``checksum`` over all of that metadata (canonical JSON, less the checksum itself) and
+every array, so that no edit of anything that decides a prediction loads. A
+:class:`~calm.classifiers.trust.Calibrated` classifier is its fitted estimator's file plus a
+``calibration`` entry (settings, temperature, threshold) and its arrays under ``calibration.``.
+Loading checks all of it: an unreadable file, another format or version, an unknown estimator,
+invalid parameters, a head index of the wrong length, arrays of the wrong shape, a checksum that
+differs (an edited file), or a fingerprint that differs from the one asked for raise ValueError
+naming the file and saying which.
+
+Older files: version 2 and 3 files checksummed only their arrays (field ``sha256``); they load
+when that checksum holds and they carry no field of version 4 (a ``checksum``), so a current
+file whose version field is set back is refused. Version 1 files had no checksum at all and
+cannot be told from an edited file: they are refused, with the advice to fit again.
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ from sklearn.base import clone
 from calm.classifiers._base import Estimator
 from calm.classifiers.trust import LOGIT_SOURCES, Calibrated, check_settings
 from calm.features import HeadIndex
-from calm.fingerprint import as_json, check_fingerprint
+from calm.fingerprint import as_json, canonical_json, check_fingerprint
 from calm.methods import estimator_classes
 
 FORMAT = "calm-classifier"
-VERSION = 3
+VERSION = 4
 """Version 2 added the arrays' checksum and calibration, version 3 the support sketch of a
-calibrated classifier; older files still load (a version 2 calibrated file without its sketch)."""
-READABLE_VERSIONS = (1, 2, 3)
+calibrated classifier, version 4 the checksum over metadata and arrays; versions 2 and 3 still
+load (a version 2 calibrated file without its sketch)."""
+READABLE_VERSIONS = (2, 3, 4)
 CALIBRATION_PREFIX = "calibration."
 
 
@@ -77,7 +85,8 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
                                "fitted": as_json(calibrated._get_meta(), "the calibration")}
         arrays.update({CALIBRATION_PREFIX + key: np.ascontiguousarray(getattr(calibrated, key))
                        for key in calibrated._state_shapes()})
-    meta["sha256"] = _checksum(arrays)
+    meta = as_json(meta, "the classifier's metadata")
+    meta["checksum"] = _checksum(arrays, meta)
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -99,8 +108,15 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
         estimator: if given, the file must hold this classifier class.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier file at {path}")
+    try:
+        with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
+            pass
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no classifier file at {path}") from None
+    except OSError as error:
+        from calm.media import os_reason
+
+        raise ValueError(f"{path}: {os_reason(error)}") from None
     try:
         with safe_open(str(path), framework="numpy") as handle:
             header = handle.metadata() or {}
@@ -117,20 +133,19 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if version not in READABLE_VERSIONS:
+        advice = "; it has no checksum, so an edit cannot be told from the file: fit it again" if version == 1 else ""
         raise ValueError(f"{path}: classifier file format version {version}; this calm reads versions "
-                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+                         f"{', '.join(map(str, READABLE_VERSIONS))}{advice}")
     known = estimator_classes()
     cls = known.get(name)
     if cls is None:
         raise ValueError(f"{path}: unknown classifier {name!r}; known: {sorted(known)}")
     if estimator is not None and cls is not estimator:
         raise ValueError(f"{path}: holds a {name}, not a {estimator.__name__}")
-    intact = meta["version"] < 2 or meta.get("sha256") == _checksum(arrays)
     calibration = {k[len(CALIBRATION_PREFIX):]: v for k, v in arrays.items() if k.startswith(CALIBRATION_PREFIX)}
-    arrays = {k: v for k, v in arrays.items() if not k.startswith(CALIBRATION_PREFIX)}
-    clf = _restore(cls, meta, arrays, path)  # names a wrong shape first: the more telling error
-    if not intact:
-        raise ValueError(f"{path}: the arrays do not match the checksum in the metadata (edited or damaged file)")
+    plain = {k: v for k, v in arrays.items() if not k.startswith(CALIBRATION_PREFIX)}
+    clf = _restore(cls, meta, plain, path)  # names a wrong shape first: the more telling error
+    _check_integrity(path, meta, arrays)
     if fingerprint is not None:
         if clf.fingerprint_ is None:
             raise ValueError(f"{path}: the file records no feature fingerprint to check against {dict(fingerprint)}")
@@ -203,9 +218,28 @@ def _checked_array(path: Path, what: str, key: str, array: np.ndarray, shape: tu
     return np.array(array, order="C")
 
 
-def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over the arrays' names, dtypes, shapes and bytes, in name order."""
+def _check_integrity(path: Path, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """ValueError naming ``path`` unless its checksum holds: version 4's over metadata and arrays,
+    or an older version's over the arrays (and then no version 4 field may be present)."""
+    if meta["version"] >= 4:
+        if "checksum" not in meta:
+            raise ValueError(f"{path}: no checksum in the metadata (edited or damaged file)")
+        if meta["checksum"] != _checksum(arrays, {k: v for k, v in meta.items() if k != "checksum"}):
+            raise ValueError(f"{path}: the metadata or arrays do not match the checksum (edited or damaged file)")
+        return
+    if "checksum" in meta:
+        raise ValueError(f"{path}: claims format version {meta['version']} but carries a version 4 checksum "
+                         "(its version was set back: an edited file)")
+    if meta.get("sha256") != _checksum(arrays):
+        raise ValueError(f"{path}: the arrays do not match the checksum in the metadata (edited or damaged file)")
+
+
+def _checksum(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 over ``meta`` as canonical JSON (when given; version 4), then the arrays' names,
+    dtypes, shapes and bytes, in name order."""
     digest = hashlib.sha256()
+    if meta is not None:
+        digest.update(canonical_json(meta).encode("utf-8", "surrogatepass") + b"\n")
     for key in sorted(arrays):
         array = np.ascontiguousarray(arrays[key])
         digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())

@@ -62,7 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     rows = predict_files(backbone, clf, args.files, prompt=args.prompt, batch_size=args.batch_size,
                          on_error=args.on_error, progress=not args.quiet, reject=args.reject,
                          unknown_label=args.unknown_label, sets=args.sets)
-    with open(out, "w", newline="") if out else nullcontext(sys.stdout) as handle:
+    if not out and hasattr(sys.stdout, "reconfigure"):  # a non-UTF-8 file name is written as its bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
+    with open(out, "w", newline="", errors="surrogateescape") if out else nullcontext(sys.stdout) as handle:
         write_rows(rows, [str(c) for c in clf.classes_], handle, args.format, score=args.reject,
                    sets=args.sets is not None, typicality=args.reject or args.sets is not None)
     failed = sum(row.error is not None for row in rows)

@@ -13,12 +13,14 @@ The audio column is the one with the ``Audio`` feature (else ``audio``); it hold
 lists become multi-label tuples. An ``id`` column gives the item ids; without one an item is named
 by its audio's path, or ``<split>/<row>`` when paths are missing or repeat.
 
-Audio is decoded by calm's own loader (:func:`calm.media.load_audio`), never by ``datasets``
-(which needs torchcodec): audio stored as bytes is written once to
-``$CALM_CACHE/hf-audio/<sha256 of the bytes><suffix>`` and the item points at that file, so the
-feature store keys it by the same content hash as the original file. Relative paths are read from
-the folder of the file (or the ``save_to_disk`` folder) that holds the row. A row without audio, with a path that does not exist, or with a label that is
-not a class name, raises :class:`~calm.data.loaders.DatasetError` naming the file and the row.
+Audio is decoded by calm's own loader (:func:`calm.media.load_audio`), never by ``datasets`` (which
+needs torchcodec): audio stored as bytes is written once to ``$CALM_CACHE/hf-audio/<sha256 of the
+bytes><suffix>`` and the item points at that file, so the feature store keys it by the same content
+hash as the original file. Relative paths are read from the folder of the file (or the
+``save_to_disk`` folder) that holds the row. A cached file that does not decode is named by its file
+and row ("train.parquet: row 3 (its audio, cached as ...)"). A row without audio, with a path that
+does not exist, or with a label that is not a class name, raises
+:class:`~calm.data.loaders.DatasetError` naming the file and the row.
 Needs the ``hf`` extra: ``pip install 'calm-audio[hf]'``.
 """
 
@@ -35,6 +37,7 @@ from typing import Any, Iterator, NamedTuple
 from calm.cache import cache_dir
 from calm.data.items import Item
 from calm.data.loaders import MEDIA_SUFFIXES, VIDEO_SUFFIXES, DatasetError, at, check_unique_ids
+from calm.media import missing_reason, note_origin
 
 LABEL_COLUMNS = ("label", "labels", "class", "category")
 _TABLE_SUFFIXES = (".parquet", ".arrow")
@@ -187,12 +190,14 @@ def _audio_file(value: Any, base: Path, where: str) -> tuple[Path, str | None]:
     else:
         raise DatasetError(f"{where}: no audio (expected bytes, a path or {{'bytes', 'path'}}, got {type(value).__name__})")
     if data:
-        return _cached(data, name), name
+        path = _cached(data, name)
+        note_origin(path, where)  # a file that does not decode is named by its row, not its cache path
+        return path, name
     if not name:
         raise DatasetError(f"{where}: no audio (neither bytes nor a path)")
     path = Path(name) if Path(name).is_absolute() else base / name
     if not path.is_file():
-        raise DatasetError(f"{where}: audio file not found: {path}")
+        raise DatasetError(f"{where}: {path}: {missing_reason(path)}")
     return path, name
 
 

@@ -5,6 +5,7 @@
 
 * ``folder``: ``root/<class>/**/<file>`` (audio or video files); an optional split level
   ``root/<split>/<class>/...`` (split names such as ``train``/``test``) becomes ``Item.fold``.
+  Symbolic links to folders are followed; files it does not take are named in one warning.
 * ``csv``: a CSV with a header and the columns ``path`` (relative to the CSV's folder) and
   ``label``, optionally ``split`` (-> ``Item.fold``), ``id`` and ``video``; every other column goes
   to ``Item.meta``. An empty label means "unlabelled".
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import csv
 import importlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from calm.data.items import Item
-from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
+from calm.media import AUDIO_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES, is_audio_file, missing_reason, os_reason
 
 # Folder names that mark a split level in the folder layout.
 SPLIT_NAMES = frozenset({"train", "test", "support", "query", "val", "valid", "validation", "dev", "eval"})
@@ -104,9 +106,10 @@ def parse_number(value: str, kind: Callable[[str], Any], column: str, where: str
 
 
 def require_file(path: Path, where: str) -> Path:
-    """``path`` if it is a file, else a DatasetError naming ``where`` (file and line)."""
+    """``path`` if it is a file, else a DatasetError naming ``where`` (file and line), the path and
+    why, as extraction would (:func:`calm.media.missing_reason`)."""
     if not path.is_file():
-        raise DatasetError(f"{where}: file not found: {path}")
+        raise DatasetError(f"{where}: {path}: {missing_reason(path)}")
     return path
 
 
@@ -118,15 +121,57 @@ def media_item(
     return Item(id=id, audio=path, label=label, video=video, fold=fold, meta=meta)
 
 
-def media_files(root: Path) -> Iterator[Path]:
-    """Audio and video files below ``root``, sorted, hidden files and folders skipped. A symbolic
-    link with a media suffix is kept even when it is dangling or loops, so that loading it fails
-    with a message naming it instead of the item vanishing."""
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).parts
-        if path.suffix.lower() in MEDIA_SUFFIXES and not any(p.startswith(".") for p in rel) and (
-                path.is_symlink() or path.is_file()):
-            yield path
+def media_files(root: Path) -> list[Path]:
+    """Audio and video files below ``root``, sorted (see :func:`scan_media`)."""
+    return scan_media(root)[0]
+
+
+def scan_media(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The audio and video files below ``root``, sorted, and the files left out, each with why.
+
+    A file is taken by its suffix (:data:`calm.media.MEDIA_SUFFIXES`) or, without a suffix, when
+    soundfile reads its header as audio. Symbolic links to folders are followed (each folder once,
+    so a loop ends); hidden files and folders are skipped. A symbolic link with a media suffix is
+    kept even when it is dangling or loops, so that loading it fails with a message naming it
+    instead of the item vanishing.
+    """
+    taken: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+    def unreadable(error: OSError) -> None:
+        skipped.append((Path(error.filename), os_reason(error)))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            skipped.append((Path(folder), "a link to a folder already read (a loop, or the same folder twice)"))
+            dirs.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if name.startswith("."):
+                continue
+            if path.suffix.lower() in MEDIA_SUFFIXES:
+                if path.is_symlink() or path.is_file():
+                    taken.append(path)
+                else:
+                    skipped.append((path, "not a regular file"))
+            elif not path.suffix and is_audio_file(path):
+                taken.append(path)
+            else:
+                skipped.append((path, "no suffix, and soundfile does not read it as audio" if not path.suffix
+                                else f"{path.suffix!r} is not an audio or video suffix"))
+    return sorted(taken), sorted(skipped)
+
+
+def warn_left_out(skipped: list[tuple[Path, str]], root: Path) -> None:
+    """One warning naming the files of ``root`` that were not taken, with a count and examples."""
+    if skipped:
+        examples = "; ".join(f"{path.relative_to(root)} ({why})" for path, why in sorted(skipped)[:5])
+        warnings.warn(f"{root}: left out {len(skipped)} file(s), e.g. {examples}",
+                      stacklevel=3)
 
 
 def clip_index(root: Path) -> dict[str, Path]:
@@ -187,11 +232,17 @@ def load_folder(root: Path | str) -> list[Item]:
     has_splits = bool(subdirs) and all(p.name.lower() in SPLIT_NAMES for p in subdirs)
     groups = [(p.name, p) for p in subdirs] if has_splits else [(None, root)]
     items: list[Item] = []
+    left_out: list[tuple[Path, str]] = []
     for split, base in groups:
+        left_out += [(p, "not in a class folder, so it has no label") for p in base.iterdir()
+                     if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".")]
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in media_files(class_dir):
+            paths, skipped = scan_media(class_dir)
+            left_out += skipped
+            for path in paths:
                 item_id = path.relative_to(root).as_posix()
                 items.append(media_item(item_id, path, class_dir.name, split))
+    warn_left_out(left_out, root)
     if not items:
         raise DatasetError(
             f"{at(root)}: no audio files in class subfolders (expected root/<class>/<file> with one of "

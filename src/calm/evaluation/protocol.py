@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from calm import methods as registry
+from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
 from calm.evaluation.answers import warn_label_leaks
 from calm.evaluation.planning import check_task, classes_of, duplicate_groups, plan, quiet_plan, resolve_methods
@@ -110,6 +111,7 @@ def evaluate(
     labelled = [i for i in items if i.label is not None]
     task = check_task(task, labelled)
     warn_label_leaks(prompt, labelled)
+    check_label_conflicts(labelled)  # one file under two labels: refused; two identical files: a warning
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
                        progress=progress, order="store")  # episodes select rows by id
     unhashed = [i for i in labelled if i.id not in features.failed and i.id not in features.content]

@@ -193,7 +193,7 @@ class EvaluationReport:
         paths = {"json": out / "report.json", "markdown": out / "report.md"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         paths["markdown"].write_text(f"# Evaluation: {self.config.get('fingerprint', {}).get('model_id')}\n\n"
-                                     + self.markdown())
+                                     + self.markdown(), errors="surrogateescape")  # non-UTF-8 names as their bytes
         metric = self.metrics[0]
         paths["shots_plot"] = plots.plot_metric_vs_shots(self.summary_rows(), metric, out / f"{metric}_vs_shots.png",
                                                          label=METRIC_NAMES[metric])

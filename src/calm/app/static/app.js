@@ -3,6 +3,10 @@
 
 const $ = (id) => document.getElementById(id);
 let state = null;
+let shownClassifier = null; // the classifier the page's controls were set for (as JSON)
+let last = null;            // the last classification
+let threshold = null;       // the "unknown" threshold at the chosen rate (null: none is turned away)
+let thresholdAsked = 0;     // requests for a threshold so far (a slider sends many; the last one counts)
 
 function say(text, kind) {
   const box = $("message");
@@ -23,6 +27,9 @@ async function call(method, path, body) {
     response = await fetch(path, options);
   } catch (error) {
     throw new Error(`the calm app server does not answer (${error.message}); is it still running?`);
+  }
+  if (!(response.headers.get("Content-Type") || "").startsWith("application/json")) {
+    throw new Error((await response.text()).trim() || `${response.status} ${response.statusText}`);
   }
   const reply = await response.json();
   if (!response.ok) throw new Error(reply.error || `${response.status} ${response.statusText}`);
@@ -71,6 +78,14 @@ function render(next) {
     : "None yet: fit one, or load a file.";
   $("download").hidden = !clf;
   $("interpretation").hidden = !clf;
+  if (JSON.stringify(clf) !== shownClassifier) { // a new fit or file: its own rejection rate, no old result
+    shownClassifier = JSON.stringify(clf);
+    $("reject-controls").hidden = !(clf && clf.reject_rate !== null);
+    if (clf && clf.reject_rate !== null) $("reject-rate").value = Math.round(100 * clf.reject_rate);
+    last = null;
+    $("result").hidden = true;
+    updateThreshold();
+  }
 }
 
 async function act(action, done) {
@@ -139,15 +154,8 @@ async function fit() {
 async function classify(file) {
   $("fit").disabled = true;
   try {
-    const reply = await call("POST", withName("api/classify", { name: file.name }), file);
-    $("result-name").textContent = reply.name;
-    $("result-label").textContent = reply.label;
-    $("result-atypical").hidden = !(reply.typicality !== null && reply.typicality <= 0.1);
-    const rows = Object.entries(reply.probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
-      el("tr", {}, el("td", {}, label), el("td", {}, p.toFixed(3)),
-        el("td", { className: "bar-cell" }, el("div", { className: "bar", style: `width: ${100 * p}%` }))));
-    $("result-probabilities").replaceChildren(...rows);
-    $("result").hidden = false;
+    last = await call("POST", withName("api/classify", { name: file.name }), file);
+    showResult();
     say("", "ok");
   } catch (error) {
     say(error.message, "error");
@@ -156,18 +164,64 @@ async function classify(file) {
   }
 }
 
+// The label shown: the most probable class, or "unknown" when rejection is on and the clip's
+// open-set score is below the threshold of the chosen rate (the rule of `calm predict --reject`).
+function shownLabel(reply) {
+  if (!$("reject").checked || reply.score === null || threshold === null) return reply.top;
+  return reply.score < threshold ? "unknown" : reply.top;
+}
+
+function showResult() {
+  if (!last) return;
+  $("result-name").textContent = last.name;
+  $("result-label").textContent = shownLabel(last);
+  $("result-score").textContent = $("reject").checked && last.score !== null
+    ? `(open-set score ${last.score.toFixed(2)}; ` + (threshold === null
+      ? "with this few clips, none is turned away at this rate)" : `unknown below ${threshold.toFixed(2)})`) : "";
+  $("result-atypical").hidden = !(last.typicality !== null && last.typicality <= 0.1);
+  const rows = Object.entries(last.probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
+    el("tr", {}, el("td", {}, label), el("td", {}, p.toFixed(3)),
+      el("td", { className: "bar-cell" }, el("div", { className: "bar", style: `width: ${100 * p}%` }))));
+  $("result-probabilities").replaceChildren(...rows);
+  const sets = last.sets;
+  $("result-set").hidden = $("set-summary").hidden = last.set === null || !sets;
+  if (last.set !== null && sets) {
+    const level = Math.round(100 * sets.coverage);
+    $("result-set").textContent = `${level}% prediction set: {${last.set.join(", ")}} (over clips like yours, `
+      + `such sets hold the true class ${level} times in 100).`;
+    const shots = sets.shots === null ? "" : `At ${sets.shots[0] === sets.shots[1] ? sets.shots[0]
+      : `${sets.shots[0]}–${sets.shots[1]}`} shots, `;
+    const wide = sets.mean_size >= 1.5;
+    $("set-summary").textContent = `${shots}the ${level}% sets hold ${sets.mean_size.toFixed(1)} of ${sets.classes} `
+      + `classes on average here (${sets.clips} clip${sets.clips === 1 ? "" : "s"} classified)`
+      + (wide ? ": the guarantee holds by naming several classes; add clips to each class to narrow them." : ".");
+    $("set-summary").className = wide ? "note wide" : "note";
+  }
+  $("result").hidden = false;
+}
+
+async function updateThreshold() {
+  $("reject-rate-value").textContent = `${$("reject-rate").value}%`;
+  $("reject-rate-box").hidden = !$("reject").checked;
+  const asked = ++thresholdAsked;
+  let next = null;
+  if ($("reject").checked && state && state.classifier && state.classifier.reject_rate !== null) {
+    try {
+      next = (await call("GET", withName("api/threshold", { rate: Number($("reject-rate").value) / 100 }))).threshold;
+    } catch (error) {
+      say(error.message, "error");
+    }
+  }
+  if (asked !== thresholdAsked) return;
+  threshold = next;
+  showResult();
+}
+
 async function showInterpretation() {
-  $("weights").src = `api/weights.png?t=${Date.now()}`;
   try {
-    const profile = await call("GET", "api/profile");
-    const top = Math.max(...Object.values(profile).flat(), 1e-12);
-    const sites = Object.entries(profile).map(([site, shares]) => el("div", { className: "profile-site" },
-      el("span", { className: "name", textContent: site }),
-      ...shares.map((share, layer) => el("div", {
-        className: "layer", title: `${site} layer ${layer}: ${(100 * share).toFixed(1)}% of the head weight`,
-        style: `height: ${100 * share / top}%`,
-      }, el("span", { textContent: String(layer) })))));
-    $("profile").replaceChildren(...sites);
+    $("profile").replaceChildren(...drawProfile(await call("GET", "api/profile")));
+    $("weights").replaceChildren(...drawWeightMaps(await call("GET", "api/weights"),
+      $("interpretation").clientWidth || 1200));
   } catch (error) {
     say(error.message, "error");
   }
@@ -258,6 +312,8 @@ window.addEventListener("DOMContentLoaded", async () => {
     if (file) classify(file);
   };
   $("classify-record").onclick = () => recordInto($("classify-record"), classify);
+  $("reject").onchange = updateThreshold;
+  $("reject-rate").oninput = updateThreshold;
   $("load-file").onchange = async () => {
     const file = $("load-file").files[0];
     $("load-file").value = "";
