@@ -135,7 +135,7 @@ class Calibrated(Estimator):
         return meta
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
-        status = CALIBRATED if meta.get("n_calibration_") else SINGLE_SHOT  # absent before calm 0.4
+        status = CALIBRATED if meta.get("n_calibration_") else SINGLE_SHOT  # absent from older files
         super()._set_meta({"held_out_accuracy_": None, "calibration_status_": status, **meta})  # and 0.3
         if isinstance(self.threshold_, str):
             self.threshold_ = float(self.threshold_)
