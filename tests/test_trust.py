@@ -25,6 +25,7 @@ from calm.classifiers import (
     save,
 )
 from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
+from calm.classifiers.io import _checksum
 from calm.classifiers.temperature import fit_inverse_temperature
 from calm.classifiers.trust import canonical_order, fold_assignment
 from calm.data.items import Item
@@ -258,14 +259,20 @@ def test_save_load_keeps_calibration_and_threshold(tmp_path):
     with safe_open(str(path), framework="numpy") as handle:
         meta = json.loads(handle.metadata()["calm"])
         arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-    meta["calibration"]["fitted"]["temperature_"] = -1.0
-    save_file(arrays, str(tmp_path / "bad.safetensors"), metadata={"calm": json.dumps(meta)})
+    meta["calibration"]["fitted"]["temperature_"] = -1.0  # checksummed again: the check behind the checksum
+    save_file(arrays, str(tmp_path / "bad.safetensors"), metadata={"calm": json.dumps(restamped(meta, arrays))})
     with pytest.raises(ValueError, match="damaged calibration metadata"):
         load(tmp_path / "bad.safetensors")
     del meta["calibration"]
-    save_file(arrays, str(tmp_path / "bad2.safetensors"), metadata={"calm": json.dumps(meta)})
+    save_file(arrays, str(tmp_path / "bad2.safetensors"), metadata={"calm": json.dumps(restamped(meta, arrays))})
     with pytest.raises(ValueError, match="calibration arrays without calibration metadata"):
         load(tmp_path / "bad2.safetensors")
+
+
+def restamped(meta: dict, arrays: dict) -> dict:
+    """``meta`` with the checksum a file with these arrays would carry (format 4)."""
+    bare = {k: v for k, v in meta.items() if k != "checksum"}
+    return {**bare, "checksum": _checksum(arrays, bare)}
 
 
 # ---------------------------------------------------------------- evaluation
