@@ -20,15 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from calm import methods as registry
-from calm.classifiers.trust import OPEN_SCORES, Calibrated
+from calm.classifiers.openset import OPEN_SCORES
+from calm.classifiers.trust import DEFAULT_OPEN_SCORE, Calibrated
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder, column_index
 
-SHOWN = ("ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
+SHOWN = ("calibrated", "ece_uncalibrated", "ece", "nll_uncalibrated", "nll", "coverage_90", "set_size_90", "auroc",
          "fpr_at_95_tpr", "unknown_rejected", "known_rejected", "atypical", "shifted", "coverage_90_conservative",
          "set_size_90_conservative")
 OPEN_KINDS = (*OPEN_SCORES, "typicality")
-"""Open-set scores compared: the classifier's three, and the model-free typicality."""
+"""Open-set scores compared: the calibrated class scores' three, the whitened distances' three, and
+the model-free typicality."""
 
 
 def draw_support(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -38,7 +40,7 @@ def draw_support(y: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.n
     return np.sort(np.concatenate(rows))
 
 
-def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
+def run(path: Path, methods: list[str], shots: list[int], seeds: int, open_score: str) -> None:
     data = np.load(path, allow_pickle=False)
     X, y, split = data["X"], data["y"].astype(str), data["split"].astype(str)
     classes = sorted(set(y.tolist()))
@@ -61,7 +63,7 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
                 make = registry.get(name).make
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    clf = Calibrated(make()).fit(Xs, ys)
+                    clf = Calibrated(make(), open_score=open_score).fit(Xs, ys)
                     rows.append(recorder.score(name, k, seed, clf, make, Xs, ys.tolist(), Xq, yq))
                     if clf.threshold_ is not None:  # the sets without smoothing, for comparison
                         conservative = clf.set_mask(Xq, 0.9, smooth=False)
@@ -69,7 +71,7 @@ def run(path: Path, methods: list[str], shots: list[int], seeds: int) -> None:
                         rows[-1]["coverage_90_conservative"] = calibration.coverage(conservative, truth)
                         rows[-1]["set_size_90_conservative"] = calibration.mean_set_size(conservative)
             cells = [_mean([r.get(m) for r in rows]) for m in SHOWN]
-            cells += [_mean([r["auroc_by_score"][s] for r in rows if "auroc_by_score" in r]) for s in OPEN_KINDS]
+            cells += [_mean([r["auroc_by_score"].get(s) for r in rows if "auroc_by_score" in r]) for s in OPEN_KINDS]
             print(f"| {name} | {k} | " + " | ".join(cells) + f" | {(time.perf_counter() - started) / seeds:.1f} |",
                   flush=True)
 
@@ -85,9 +87,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["calm", "sav"], choices=registry.names(feature_only=True))
     parser.add_argument("--shots", nargs="+", type=int, default=[4, 16])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--open-score", choices=OPEN_SCORES, default=DEFAULT_OPEN_SCORE,
+                        help="the rejection score whose threshold gives the rejected shares (default: calm's)")
     args = parser.parse_args()
     for path in args.features:
-        run(path, args.methods, args.shots, args.seeds)
+        run(path, args.methods, args.shots, args.seeds, args.open_score)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from calm.classifiers import (
     save,
 )
 from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
-from calm.classifiers.trust import fit_inverse_temperature, fold_assignment
+from calm.classifiers.io import _checksum
+from calm.classifiers.temperature import fit_inverse_temperature
+from calm.classifiers.trust import canonical_order, fold_assignment
 from calm.data.items import Item
 from calm.evaluation import calibration
 from calm.evaluation.protocol import evaluate_features
@@ -214,6 +216,8 @@ def test_queries_permuted_give_the_same_calibration_in_the_evaluation():
 def test_held_out_accuracy_is_the_cross_fitted_accuracy():
     Xs, ys = draw(3, seed=5, noise=2.5)
     clf = quiet_fit(Calibrated(CALMClassifier()), Xs, ys)
+    order = canonical_order(Xs, np.unique(ys, return_inverse=True)[1])  # the folds are dealt in this order
+    Xs, ys = Xs[order], ys[order]
     folds = fold_assignment(np.unique(ys, return_inverse=True)[1], 5, seed=0)
     hits = []
     for fold in range(folds.max() + 1):
@@ -255,14 +259,20 @@ def test_save_load_keeps_calibration_and_threshold(tmp_path):
     with safe_open(str(path), framework="numpy") as handle:
         meta = json.loads(handle.metadata()["calm"])
         arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-    meta["calibration"]["fitted"]["temperature_"] = -1.0
-    save_file(arrays, str(tmp_path / "bad.safetensors"), metadata={"calm": json.dumps(meta)})
+    meta["calibration"]["fitted"]["temperature_"] = -1.0  # checksummed again: the check behind the checksum
+    save_file(arrays, str(tmp_path / "bad.safetensors"), metadata={"calm": json.dumps(restamped(meta, arrays))})
     with pytest.raises(ValueError, match="damaged calibration metadata"):
         load(tmp_path / "bad.safetensors")
     del meta["calibration"]
-    save_file(arrays, str(tmp_path / "bad2.safetensors"), metadata={"calm": json.dumps(meta)})
+    save_file(arrays, str(tmp_path / "bad2.safetensors"), metadata={"calm": json.dumps(restamped(meta, arrays))})
     with pytest.raises(ValueError, match="calibration arrays without calibration metadata"):
         load(tmp_path / "bad2.safetensors")
+
+
+def restamped(meta: dict, arrays: dict) -> dict:
+    """``meta`` with the checksum a file with these arrays would carry (format 4)."""
+    bare = {k: v for k, v in meta.items() if k != "checksum"}
+    return {**bare, "checksum": _checksum(arrays, bare)}
 
 
 # ---------------------------------------------------------------- evaluation

@@ -122,3 +122,17 @@ def test_fit_reports_the_held_out_accuracy(fitted, tmp_path, capsys):
     accuracy = load(tmp_path / "again.safetensors").held_out_accuracy_
     assert line == [(f"held-out accuracy on the support: {accuracy:.1%} of 15 clips, each classified by a copy "
                      "fitted without it (an estimate for new clips like these)")]
+
+
+def test_fit_on_one_clip_per_class_says_uncalibrated(fitted, tmp_path, capsys):
+    model, _ = fitted
+    for name in TONES:
+        (tmp_path / "one" / name).mkdir(parents=True)
+        (tmp_path / "one" / name / "a.wav").write_bytes((model.parent / "train" / name / f"{name}0.wav").read_bytes())
+    capsys.readouterr()
+    assert cli("fit", "--data", str(tmp_path / "one"), "--model", "tiny:qwen2_audio", "--out",
+               str(tmp_path / "one.safetensors")) == 0
+    out = capsys.readouterr().out
+    assert "DefaultClassifier (uncalibrated) on 3 classes" in out
+    assert "probabilities: uncalibrated: no class has two support clips" in out
+    assert load(tmp_path / "one.safetensors").calibration_status_.startswith("uncalibrated")

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from calm import methods as registry
 from calm.backbones.base import Backbone
+from calm.classifiers.conformal import warn_large_sets
 from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
@@ -181,6 +182,7 @@ def predict_files(
         members = [None] * len(labels)
         if sets is not None:
             members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
+            warn_large_sets(classifier, members, sets)
         typical = _typicality(classifier, features)
         names = [str(c) for c in classifier.classes_]
         for item_id, label, p, score, in_set, t in zip(features.ids, labels, probabilities, scores, members, typical):

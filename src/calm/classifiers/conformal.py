@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -54,3 +56,34 @@ def rejection_threshold(scores: np.ndarray, rate: float) -> float:
     ordered = np.sort(np.asarray(scores, dtype=np.float64))
     rank = math.floor((ordered.size + 1) * rate + 1e-9)
     return float(ordered[rank - 1]) if rank >= 1 else -math.inf
+
+
+LARGE_SET_SHARE = 0.3
+"""Prediction sets are called large when they hold more than this share of the classes on average."""
+
+
+class LargeSetWarning(UserWarning):
+    """Prediction sets are wide: the coverage holds, but they say little about which class it is."""
+
+
+def set_size_note(sizes: Sequence[int], n_classes: int, coverage: float, n_support: int | None = None) -> str | None:
+    """One sentence for people when the prediction sets of a batch (``sizes``, classes per set) hold
+    more than :data:`LARGE_SET_SHARE` of the ``n_classes`` classes (and more than one) on average:
+    what the coverage guarantee then means and what narrows the sets. None when they are small."""
+    mean = float(np.mean(sizes)) if len(sizes) else 0.0
+    if mean <= max(1.0, LARGE_SET_SHARE * n_classes):
+        return None
+    shots = f" with {n_support / n_classes:.0f} support clips per class" if n_support else ""
+    return (f"{shots.strip().capitalize() + ', t' if shots else 'T'}he {coverage:.0%} prediction sets hold {mean:.1f} "
+            f"of {n_classes} classes on average here: the true class is in its set {coverage:.0%} of the time "
+            "because the sets are wide; add labelled clips to narrow them")
+
+
+def warn_large_sets(classifier: Any, sets: Sequence[Sequence[Any]], coverage: float) -> None:
+    """A :class:`LargeSetWarning` with :func:`set_size_note` when the ``sets`` a calibrated
+    ``classifier`` gave at ``coverage`` are large."""
+    sketch = getattr(classifier, "support_sketch_", None)
+    note = set_size_note([len(s) for s in sets], len(classifier.classes_), coverage,
+                         None if sketch is None else len(sketch))
+    if note is not None:
+        warnings.warn(note, LargeSetWarning, stacklevel=3)

@@ -21,12 +21,17 @@ It also keeps a small sketch of every support clip (:mod:`calm.classifiers.typic
 new clips can be checked for looking like the support at all: the premise of everything above.
 
 ``predict`` is the estimator's own. Classes with a single support item cannot be cross-fitted:
-their items are not scored (with a warning); with no scored item at all the probabilities stay
-uncalibrated (T = 1) and rejection and sets raise ValueError.
+their items are not scored (with a warning). The probabilities stay the estimator's own
+(``calibration_status_`` says "uncalibrated" and why) when no item could be scored (one shot:
+rejection and sets then raise ValueError), or when the temperature, refitted without each fold of
+the scored items, does not lower their NLL below the raw probabilities' own
+(:func:`calm.classifiers.temperature.cross_validated_nll`): calibration never makes the support's
+own held-out estimate worse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from typing import Any
@@ -34,15 +39,19 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from calm.classifiers._base import Estimator, NotFittedError, encode_labels
+from calm.classifiers._base import Estimator, NotFittedError, encode_labels, to_numpy
 from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
+from calm.classifiers.openset import (COMBINED_SCORES, DISTANCE_SCORES, OPEN_SCORES, HeadDistances, combine,
+                                     distance_part, open_set_score, standardise)
+from calm.classifiers.temperature import PROBA_FLOOR, cross_validated_nll, fit_temperature, nll, softmax
 from calm.classifiers.typicality import SKETCH_DIM, ShiftCheck, shift_check, sketch, typicality
 from calm.features import HeadFeatures
 
 LOGIT_SOURCES = ("decision", "log_proba")
-OPEN_SCORES = ("msp", "energy", "margin")
-PROBA_FLOOR = 1e-6
-"""log(predict_proba) is taken of probabilities floored here (vote shares can be exactly 0)."""
+DEFAULT_OPEN_SCORE = "energy+knn"
+CALIBRATED = "calibrated"
+SINGLE_SHOT = ("uncalibrated: no class has two support clips, so no clip can be held out to calibrate on; "
+               "the probabilities are the classifier's own")
 
 
 def take_rows(X: Any, rows: np.ndarray) -> Any:
@@ -52,6 +61,17 @@ def take_rows(X: Any, rows: np.ndarray) -> Any:
     if isinstance(X, np.ndarray):
         return np.asarray(X[rows])
     return X[rows]
+
+
+def canonical_order(X: Any, labels: np.ndarray) -> np.ndarray:
+    """A row order [N] that depends only on what the rows hold, not where they stand: by class
+    index, then by a hash of the row's features (then its id, for HeadFeatures), so a support
+    set given in any order is fitted in the same order."""
+    data = X.X if isinstance(X, HeadFeatures) else X
+    ids = X.ids if isinstance(X, HeadFeatures) else [""] * len(labels)
+    keys = [(int(labels[i]), hashlib.blake2b(np.ascontiguousarray(to_numpy(data[i])).tobytes(), digest_size=16)
+             .digest(), ids[i]) for i in range(len(labels))]
+    return np.array(sorted(range(len(labels)), key=keys.__getitem__), dtype=np.int64)
 
 
 def fold_assignment(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -78,53 +98,18 @@ def class_scores(estimator: Any, X: Any, source: str) -> np.ndarray:
     return np.log(np.clip(proba, PROBA_FLOOR, None))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_inverse_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """beta = 1/T minimising the mean cross-entropy of softmax(beta * scores) against targets
-    smoothed by eps = 1/(n+1) (one pseudo-count spread over the classes): without it a support
-    set whose out-of-fold scores happen to be perfectly separated would give T = 0 and certainty.
-    The loss is convex in beta, so its derivative is bisected. Returns (beta, smoothed NLL)."""
-    n, n_classes = scores.shape
-    eps = 1.0 / (n + 1)
-    targets = np.full(scores.shape, eps / n_classes)
-    targets[np.arange(n), labels] += 1.0 - eps
-    target_score = (targets * scores).sum(axis=1)
-
-    def slope(beta: float) -> float:
-        return float(np.mean((softmax(beta * scores) * scores).sum(axis=1) - target_score))
-
-    def loss(beta: float) -> float:
-        z = beta * scores
-        top = z.max(axis=1)
-        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-        return float(np.mean(lse - beta * target_score))
-
-    spread = float(np.std(scores - scores.mean(axis=1, keepdims=True))) or 1.0
-    low, high = 0.0, 1.0 / spread
-    while slope(high) < 0 and high < 1e8 / spread:
-        low, high = high, 2 * high
-    for _ in range(100):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if slope(middle) < 0 else (low, middle)
-    beta = max(0.5 * (low + high), 1e-8)
-    return beta, loss(beta)
-
-
 class Calibrated(Estimator):
     """A calm classifier with calibrated probabilities, open-set rejection and prediction sets.
 
     Args:
         estimator: an unfitted calm classifier (its class and parameters are copied; it is not fitted itself).
         target_frr: share of known-class clips that rejection may turn away (default 5%).
-        open_score: the "is it one of these classes?" score, higher meaning more known: ``energy``
-            (default: log-sum-exp of the calibrated class scores; the best of the three for CALM
-            at 16 shots on every multiclass dev set, see docs/trust.md), ``msp`` (largest
-            calibrated probability) or ``margin`` (largest minus second calibrated probability).
+        open_score: the "is it one of these classes?" score, higher meaning more known, one of
+            :data:`~calm.classifiers.openset.OPEN_SCORES` (:mod:`calm.classifiers.openset`): the
+            default ``energy+knn`` (the energy of the calibrated class scores plus the whitened
+            distance to the nearest support clip, each standardised on the support's out-of-fold
+            scores; chosen on the dev sets, docs/trust.md), ``energy``, ``msp``, ``margin``,
+            ``whitened``, ``whitened-vote`` or ``knn``.
         n_folds: most folds of the cross-fitting.
         random_state: seed of the fold assignment.
 
@@ -133,11 +118,14 @@ class Calibrated(Estimator):
     ``held_out_accuracy_`` (their accuracy: an estimate for clips like the support, a little
     pessimistic since each fold model saw fewer shots; None when nothing was scored),
     ``threshold_`` (None when nothing was scored), ``conformity_scores_`` [n] and
-    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted), and
-    ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3).
+    ``open_scores_`` [n] (the out-of-fold 1 - p(true class) and open-set scores, sorted),
+    ``calibration_status_`` ("calibrated", or "uncalibrated: " and why the probabilities are the
+    estimator's own), ``support_sketch_`` [N, SKETCH_DIM] (None in files saved before calm 0.3), and
+    for the whitened-distance scores the ``open_*`` arrays of :class:`~calm.classifiers.openset.HeadDistances`.
     """
 
-    _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_", "held_out_accuracy_")
+    _fitted_meta = ("temperature_", "logit_source_", "n_calibration_", "threshold_", "held_out_accuracy_",
+                    "calibration_status_")
 
     def _get_meta(self) -> dict[str, Any]:
         """As saved: a threshold of -inf (too few items to reject anything) as the string "-inf"."""
@@ -147,12 +135,13 @@ class Calibrated(Estimator):
         return meta
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
-        super()._set_meta({"held_out_accuracy_": None, **meta})  # absent from version 2 files
+        status = CALIBRATED if meta.get("n_calibration_") else SINGLE_SHOT  # absent from older files
+        super()._set_meta({"held_out_accuracy_": None, "calibration_status_": status, **meta})  # and 0.3
         if isinstance(self.threshold_, str):
             self.threshold_ = float(self.threshold_)
 
-    def __init__(self, estimator: Any, target_frr: float = 0.05, open_score: str = "energy", n_folds: int = 5,
-                 random_state: int = 0):
+    def __init__(self, estimator: Any, target_frr: float = 0.05, open_score: str = DEFAULT_OPEN_SCORE,
+                 n_folds: int = 5, random_state: int = 0):
         self.estimator = estimator
         self.target_frr = target_frr
         self.open_score = open_score
@@ -160,38 +149,68 @@ class Calibrated(Estimator):
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> Calibrated:
-        """Fit the estimator on (X, y), then the temperature, threshold and conformal scores out of fold."""
+        """Fit the estimator on (X, y), then the temperature, threshold and conformal scores out of
+        fold. Rows are first put in :func:`canonical_order`: the same support in any order gives the
+        same fit."""
         check_settings(self.target_frr, self.open_score, self.n_folds)
         n_items = len(X) if isinstance(X, HeadFeatures) else int(X.shape[0])
         classes, index = encode_labels(y, n_items)
-        labels = index.numpy()
+        order = canonical_order(X, index.numpy())
+        X, y, labels = take_rows(X, order), to_numpy(y)[order], index.numpy()[order]
         self.estimator_ = clone(self.estimator).fit(X, y)
         self.classes_ = self.estimator_.classes_
         self.support_sketch_ = sketch(X)
-        scored, scores = self._cross_fit(X, y, labels, classes)
+        part = distance_part(self.open_score)
+        if part is not None:
+            self._set_distances(HeadDistances().fit(X, labels, part == "knn", like=self.estimator_))
+        folds, scores, raw, open_held, failure = self._cross_fit(X, y, labels, classes)
+        scored = folds >= 0
         self.n_calibration_ = int(scored.sum())
+        self.temperature_, self.logit_source_ = 1.0, "log_proba"
         if self.n_calibration_ == 0:
-            self.temperature_, self.logit_source_, self.threshold_ = 1.0, "decision", None
-            self.held_out_accuracy_ = None
+            self.threshold_ = self.held_out_accuracy_ = None
+            self.calibration_status_ = failure or SINGLE_SHOT
             self.conformity_scores_ = np.zeros(0)
             self.open_scores_ = np.zeros(0)
+            if self.open_score in COMBINED_SCORES:
+                self.open_standards_ = np.tile([0.0, 1.0], (len(COMBINED_SCORES[self.open_score]), 1))
             return self
         truth = labels[scored]
-        fits = {source: fit_inverse_temperature(s[scored], truth) for source, s in scores.items()}
-        self.logit_source_ = min(fits, key=lambda source: fits[source][1])
-        beta = fits[self.logit_source_][0]
-        self.temperature_ = 1.0 / beta
-        logits = scores[self.logit_source_][scored] * beta
-        proba = softmax(logits)
+        held = {source: s[scored] for source, s in scores.items()}
+        source, beta = fit_temperature(held, truth)
+        raw_nll, calibrated_nll = nll(raw[scored], truth), cross_validated_nll(held, truth, folds[scored])
+        if calibrated_nll < raw_nll:
+            self.calibration_status_, self.logit_source_, self.temperature_ = CALIBRATED, source, 1.0 / beta
+            logits = held[source] * beta
+            proba = softmax(logits)
+        else:
+            self.calibration_status_ = (f"uncalibrated: calibrating did not lower the held-out NLL on the support "
+                                        f"(raw {raw_nll:.3f}, calibrated {calibrated_nll:.3f}); the probabilities "
+                                        "are the classifier's own")
+            logits, proba = held["log_proba"], raw[scored]
         self.held_out_accuracy_ = float((np.argmax(logits, axis=1) == truth).mean())
         self.conformity_scores_ = np.sort(1.0 - proba[np.arange(len(truth)), truth])
-        self.open_scores_ = np.sort(open_set_score(logits, self.open_score))
+        distance = None if open_held is None else open_held[scored]
+        self.open_scores_ = np.sort(self._held_out_open_scores(logits, distance))
         self.threshold_ = rejection_threshold(self.open_scores_, float(self.target_frr))
         return self
 
-    def _cross_fit(self, X: Any, y: Any, labels: np.ndarray, classes: np.ndarray
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Which items were scored out of fold [N] and their class scores per source [N, C]."""
+    def _held_out_open_scores(self, logits: np.ndarray, distance: np.ndarray | None) -> np.ndarray:
+        """The open-set scores [n] of the scored items from their out-of-fold calibrated logits and
+        distance scores (and, for a combined score, the standards of its parts, set here)."""
+        if self.open_score in DISTANCE_SCORES:
+            return distance
+        if self.open_score not in COMBINED_SCORES:
+            return open_set_score(logits, self.open_score)
+        parts = [open_set_score(logits, COMBINED_SCORES[self.open_score][0]), distance]
+        self.open_standards_ = np.stack([standardise(part) for part in parts])
+        return combine(parts, self.open_standards_)
+
+    def _cross_fit(self, X: Any, y: np.ndarray, labels: np.ndarray, classes: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray | None, str | None]:
+        """Each item's fold [N] (-1: not scored out of fold), its out-of-fold class scores per
+        source [N, C], raw probabilities [N, C] and, for a distance score, open-set scores [N];
+        and why nothing could be scored, if a fold could not be fitted."""
         who = f"Calibrated({type(self.estimator).__name__})"
         folds = fold_assignment(labels, self.n_folds, int(self.random_state))
         single = classes[np.bincount(labels, minlength=len(classes)) < 2]
@@ -199,7 +218,9 @@ class Calibrated(Estimator):
             warnings.warn(f"{who}: {len(single)} class(es) have a single support item (e.g. {single[0]!r}); their "
                           "items cannot be scored out of fold and do not inform the calibration", stacklevel=3)
         scores = {source: np.zeros((len(labels), len(classes))) for source in LOGIT_SOURCES}
-        y = np.asarray(y)
+        raw = np.zeros((len(labels), len(classes)))
+        part = distance_part(self.open_score)
+        open_held = np.zeros(len(labels)) if part is not None else None
         for fold in range(folds.max() + 1):
             held, kept = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
             try:
@@ -207,15 +228,20 @@ class Calibrated(Estimator):
                     warnings.simplefilter("ignore")
                     model = clone(self.estimator).fit(take_rows(X, kept), y[kept])
             except ValueError as error:
-                warnings.warn(f"{who}: cannot fit without a fold of the support set ({error}); the probabilities "
-                              "stay uncalibrated and rejection and prediction sets are unavailable", stacklevel=3)
-                return np.zeros(len(labels), dtype=bool), scores
+                reason = f"cannot fit without a fold of the support set ({error})"
+                warnings.warn(f"{who}: {reason}; the probabilities stay uncalibrated and rejection and prediction "
+                              "sets are unavailable", stacklevel=3)
+                return np.full(len(labels), -1), scores, raw, open_held, f"uncalibrated: {reason}"
             if not np.array_equal(model.classes_, classes):
                 raise AssertionError("a fold lost a class")  # fold_assignment keeps one item of each class
-            part = take_rows(X, held)
-            for source in LOGIT_SOURCES:
-                scores[source][held] = class_scores(model, part, source)
-        return folds >= 0, scores
+            rows = take_rows(X, held)
+            scores["decision"][held] = np.asarray(model.decision_function(rows), dtype=np.float64)
+            raw[held] = np.asarray(model.predict_proba(rows), dtype=np.float64)
+            scores["log_proba"][held] = np.log(np.clip(raw[held], PROBA_FLOOR, None))
+            if open_held is not None:
+                fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], part == "knn", like=model)
+                open_held[held] = fold_distances.score(rows, part)
+        return folds, scores, raw, open_held, None
 
     def __getattr__(self, name: str) -> Any:
         """Public attributes of the wrapped estimator (fitted ones such as ``fingerprint_``,
@@ -247,14 +273,29 @@ class Calibrated(Estimator):
         return class_scores(self.estimator_, X, self.logit_source_) / self.temperature_
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Calibrated probabilities [N, C]: softmax of the class scores over the temperature."""
+        """Calibrated probabilities [N, C]: softmax of the class scores over the temperature; the
+        estimator's own probabilities where calibration did not help (``calibration_status_``)."""
+        self._check_fitted()
+        if self.calibration_status_ != CALIBRATED:
+            return np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
         return softmax(self.calibrated_logits(X))
+
+    def open_set_scores(self, X: Any) -> np.ndarray:
+        """The open-set score [N] of ``open_score`` (higher: more like a known class)."""
+        self._check_fitted()
+        if self.open_score in DISTANCE_SCORES:
+            return self.head_distances().score(X, self.open_score)
+        if self.open_score not in COMBINED_SCORES:
+            return open_set_score(self.calibrated_logits(X), self.open_score)
+        logit_kind, distance_kind = COMBINED_SCORES[self.open_score]
+        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self.head_distances().score(X, distance_kind)]
+        return combine(parts, self.open_standards_)
 
     def predict_open(self, X: Any, unknown: Any = "unknown") -> tuple[np.ndarray, np.ndarray]:
         """Labels [N] (object array: :meth:`predict`'s label, or ``unknown`` where the open-set
         score is below ``threshold_``) and the open-set scores [N]. Every item keeps its row."""
         self._require_calibration("rejection")
-        score = open_set_score(self.calibrated_logits(X), self.open_score)
+        score = self.open_set_scores(X)
         labels = np.empty(len(score), dtype=object)
         labels[:] = self.predict(X).tolist()
         labels[score < self.threshold_] = unknown
@@ -300,25 +341,34 @@ class Calibrated(Estimator):
         if self.threshold_ is None:
             raise ValueError(f"{what} need support items scored out of fold: fit with at least 2 items per class")
 
+    def _set_distances(self, distances: HeadDistances) -> None:
+        self.open_mean_, self.open_matrix_ = distances.mean_, distances.matrix_
+        self.open_centres_ = distances.centres_
+        if distances.support_ is not None:
+            self.open_support_ = distances.support_
+
+    def head_distances(self) -> HeadDistances:
+        """The fitted whitened-distance scorer of a distance or combined ``open_score``."""
+        distances = HeadDistances()
+        distances.mean_, distances.matrix_ = self.open_mean_, self.open_matrix_
+        distances.centres_ = self.open_centres_
+        distances.support_ = getattr(self, "open_support_", None)
+        return distances
+
     # ---- saving (see calm.classifiers.io)
     def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:
         n = self.n_calibration_
         shapes: dict[str, tuple[int | None, ...]] = {"conformity_scores_": (n,), "open_scores_": (n,)}
         if getattr(self, "support_sketch_", None) is not None:
             shapes["support_sketch_"] = (None, SKETCH_DIM)
+        part = distance_part(self.open_score)
+        if part is not None:  # sizes are the estimator's, which io restores after these
+            shapes.update(open_mean_=(None, None), open_matrix_=(None, None, None), open_centres_=(None, None, None))
+            if part == "knn":
+                shapes["open_support_"] = (None, None, None)
+        if self.open_score in COMBINED_SCORES:
+            shapes["open_standards_"] = (len(COMBINED_SCORES[self.open_score]), 2)
         return shapes
-
-
-def open_set_score(logits: np.ndarray, kind: str) -> np.ndarray:
-    """The open-set score [N] of calibrated class scores [N, C] (higher: more like a known class)."""
-    if kind == "energy":
-        top = logits.max(axis=1)
-        return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    proba = softmax(logits)
-    if kind == "msp":
-        return proba.max(axis=1)
-    ranked = np.sort(proba, axis=1)
-    return ranked[:, -1] - ranked[:, -2]
 
 
 def check_settings(target_frr: Any, open_score: str, n_folds: Any) -> None:
@@ -333,7 +383,9 @@ def check_settings(target_frr: Any, open_score: str, n_folds: Any) -> None:
 
 def describe(classifier: Any) -> str:
     """The classifier's name for people: its estimator's class, with "(calibrated)" when it is
-    wrapped in :class:`Calibrated`."""
+    wrapped in :class:`Calibrated` and calibration helped, "(uncalibrated)" when it did not (the
+    reason is ``calibration_status_``)."""
     if isinstance(classifier, Calibrated) and hasattr(classifier, "estimator_"):
-        return f"{type(classifier.estimator_).__name__} (calibrated)"
+        state = CALIBRATED if classifier.calibration_status_ == CALIBRATED else "uncalibrated"
+        return f"{type(classifier.estimator_).__name__} ({state})"
     return type(classifier).__name__

@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     path = save(clf, out)
     print(f"{path}: {describe(clf)} on {len(clf.classes_)} classes ({', '.join(map(str, clf.classes_[:8]))}"
           f"{', ...' if len(clf.classes_) > 8 else ''}); prompt {args.prompt!r}")
+    print(f"probabilities: {getattr(clf, 'calibration_status_', 'uncalibrated (--no-calibrate)')}")
     if getattr(clf, "held_out_accuracy_", None) is not None:
         print(f"held-out accuracy on the support: {clf.held_out_accuracy_:.1%} of {clf.n_calibration_} clips, each "
               "classified by a copy fitted without it (an estimate for new clips like these)")

@@ -105,13 +105,16 @@ class EvaluationReport:
         rows = self.trust_rows()
         if not rows:
             return []
-        columns = [("ece_uncalibrated", "ECE raw"), ("ece", "ECE"), ("nll_uncalibrated", "NLL raw"), ("nll", "NLL"),
-                   ("brier", "Brier"), ("coverage_90", "coverage@90"), ("set_size_90", "set size"),
+        columns = [("calibrated", "calibrated"), ("ece_uncalibrated", "ECE raw"), ("ece", "ECE"),
+                   ("nll_uncalibrated", "NLL raw"), ("nll", "NLL"), ("brier", "Brier"), ("coverage_90", "coverage@90"),
+                   ("set_size_90", "set size"),
                    ("auroc", "open-set AUROC"), ("fpr_at_95_tpr", "FPR@95TPR"), ("atypical", "atypical"),
                    ("shifted", "shift flagged")]
-        caption = ("Trust (mean over seeds; ECE/NLL/Brier of the calibrated probabilities, raw = before "
+        caption = ("Trust (mean over seeds; calibrated: share of seeds whose probabilities were calibrated, 0 "
+                   "where they stay raw, as at one shot; ECE/NLL/Brier of the calibrated probabilities, raw = before "
                    "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
-                   "their queries unknown, energy score; atypical: share of queries with typicality <= 0.1; shift "
+                   "their queries unknown, the energy+knn score; atypical: share of queries with typicality <= 0.1; "
+                   "shift "
                    "flagged: share of seeds whose queries were flagged as unlike the support, where the "
                    "calibrated numbers may not hold):")
         lines = ["", caption, "",

@@ -3,13 +3,15 @@ of each method, per episode, from its :class:`~calm.classifiers.trust.Calibrated
 
 Which apply where:
 
-* ``multiclass``: all. Calibration (ECE over 15 bins, NLL, Brier, before and after calibration)
+* ``multiclass``: all. Calibration (whether calibration was kept, 1.0, or the probabilities stayed
+  raw, 0.0, as at one shot; ECE over 15 bins, NLL, Brier, before and after calibration)
   and 90% prediction sets (empirical coverage, mean size) on the episode's queries. Open set
   (with at least 3 classes): per seed, a fixed share of the classes (:data:`OPEN_SET_SHARE`, at
   least one, leaving at least two) is dropped from the support set; the method is fitted and
   calibrated on the rest and scores every query, the dropped classes' queries being the unknowns:
   AUROC and FPR at 95% TPR of the open-set score, and the shares of known and unknown queries
-  rejected at the support-chosen threshold.
+  rejected at the support-chosen threshold; and the AUROC of every candidate score
+  (:data:`calm.classifiers.openset.OPEN_SCORES` and typicality), to compare them.
 * ``spoof``: calibration and prediction sets; no open set (with two classes, holding one out
   leaves nothing to classify, and a new attack is still "spoof", not "unknown").
 * all but ``multilabel``: the shift check of the queries against the support set (share of
@@ -31,7 +33,7 @@ if TYPE_CHECKING:  # calm.classifiers imports torch: only when a method is score
 
 OPEN_SET_SHARE = 0.25
 SET_LEVEL = 0.9
-TRUST_METRICS = ("ece", "ece_uncalibrated", "nll", "nll_uncalibrated", "brier", "brier_uncalibrated",
+TRUST_METRICS = ("calibrated", "ece", "ece_uncalibrated", "nll", "nll_uncalibrated", "brier", "brier_uncalibrated",
                  "coverage_90", "set_size_90", "auroc", "fpr_at_95_tpr", "unknown_rejected", "known_rejected",
                  "atypical", "shifted")
 """What :class:`TrustRecorder` reports per episode (the open-set ones only where they apply)."""
@@ -67,7 +69,7 @@ class TrustRecorder:
     def score(self, name: str, shots: int, seed: int, calibrated: Calibrated, make: Callable[[], Any],
               Xs: Any, ys: Sequence[Any], Xq: Any, y_true: Sequence[Any]) -> dict[str, Any]:
         """Trust metrics of a fitted ``calibrated`` on the queries; ``make`` gives a new, unfitted
-        estimator of the method for the open-set episode."""
+        estimator of the method for the open-set episode (calibrated with the same open-set score)."""
         from calm.classifiers.trust import take_rows
         from calm.classifiers.typicality import shift_check, sketch, typicality
 
@@ -82,7 +84,7 @@ class TrustRecorder:
             "nll": calibration.nll(proba, labels), "nll_uncalibrated": calibration.nll(raw, labels),
             "brier": calibration.brier(proba, labels), "brier_uncalibrated": calibration.brier(raw, labels),
             "temperature": calibrated.temperature_, "calibration_items": calibrated.n_calibration_,
-            "threshold": calibrated.threshold_,
+            "threshold": calibrated.threshold_, "calibrated": float(calibrated.calibration_status_ == "calibrated"),
         }
         self._add_bins(name, shots, raw, proba, labels)
         queries = sketch(Xq)  # once: the shift check and the open set's typicality share it
@@ -94,33 +96,41 @@ class TrustRecorder:
         out["coverage_90"] = calibration.coverage(sets, labels)
         out["set_size_90"] = calibration.mean_set_size(sets)
         if self.open_set:
-            out.update(self._open_set(seed, make, Xs, ys, Xq, queries, y_true))
+            out.update(self._open_set(seed, make, Xs, ys, Xq, queries, y_true, calibrated.open_score))
         return out
 
     def _open_set(self, seed: int, make: Callable[[], Any], Xs: Any, ys: Sequence[Any], Xq: Any,
-                  queries: np.ndarray, y_true: Sequence[Any]) -> dict[str, Any]:
+                  queries: np.ndarray, y_true: Sequence[Any], open_score: str) -> dict[str, Any]:
         """Fit on the support without the held-out classes; their queries (sketched: ``queries``)
         are the unknowns."""
-        from calm.classifiers.trust import OPEN_SCORES, Calibrated, open_set_score, take_rows
+        from calm.classifiers.openset import (DISTANCE_SCORES, LOGIT_SCORES, HeadDistances, distance_part,
+                                             open_set_score)
+        from calm.classifiers.trust import Calibrated, take_rows
         from calm.classifiers.typicality import typicality
 
         dropped = set(held_out_classes(self.classes, seed))
         kept = np.array([y not in dropped for y in ys])
         if len({y for y in ys if y not in dropped}) < 2:
             return {}
-        clf = Calibrated(make()).fit(take_rows(Xs, np.flatnonzero(kept)), np.asarray(ys)[kept])
+        support, labels = take_rows(Xs, np.flatnonzero(kept)), np.asarray(ys)[kept]
+        clf = Calibrated(make(), open_score=open_score).fit(support, labels)
         if clf.threshold_ is None:
             return {}
         known = np.array([y not in dropped for y in y_true])
         if known.all() or not known.any():  # every query of a class was drawn into the support
             return {}
-        logits = clf.calibrated_logits(Xq)
-        score = open_set_score(logits, clf.open_score)
+        score = clf.open_set_scores(Xq)
         rejected = score < clf.threshold_
         out = {"auroc": calibration.auroc(score, known), "fpr_at_95_tpr": calibration.fpr_at_tpr(score, known),
                "unknown_rejected": float(rejected[~known].mean()), "known_rejected": float(rejected[known].mean()),
                "held_out_classes": sorted(dropped)}
-        out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in OPEN_SCORES}
+        shared = distance_part(clf.open_score) == "knn"  # the classifier's own distances, or fit them
+        distances = clf.head_distances() if shared else HeadDistances().fit(support, labels, like=clf.estimator_)
+        logits = clf.calibrated_logits(Xq)
+        out["auroc_by_score"] = {kind: calibration.auroc(open_set_score(logits, kind), known) for kind in LOGIT_SCORES}
+        out["auroc_by_score"].update({kind: calibration.auroc(distances.score(Xq, kind), known)
+                                      for kind in DISTANCE_SCORES})
+        out["auroc_by_score"][clf.open_score] = out["auroc"]  # a combined score needs its own support standards
         out["auroc_by_score"]["typicality"] = calibration.auroc(typicality(clf.support_sketch_, queries), known)
         return out
 
