@@ -285,10 +285,7 @@ class _Run:
 
     def run_pass(self, loaded: _LoadedBatch, capture: HeadCapture) -> np.ndarray:
         """The forward pass of a built batch: its [B, K, D] float32 rows; records nothing."""
-        with torch.inference_mode():
-            capture.expect(self.backbone.token_mask(loaded.inputs))
-            self.backbone.forward(loaded.inputs)
-            return capture.collect().numpy()
+        return forward_heads(self.backbone, capture, loaded.inputs)
 
     def keep(self, ids: Sequence[str], X: np.ndarray) -> None:
         """Keep (or store) the rows of a batch's items; an item whose row is not finite in float16
@@ -328,6 +325,15 @@ class _Run:
         inputs = self.backbone.build_inputs([audio for _, (audio, _) in loaded], self.prompt,
                                             videos=videos or None) if loaded else None
         return _LoadedBatch([item for item, _ in loaded], failures, inputs)
+
+
+def forward_heads(backbone: Backbone, capture: HeadCapture, inputs: Any) -> np.ndarray:
+    """One forward pass of inputs built by ``backbone.build_inputs``: the [B, K, D] float32 head
+    rows read by ``capture`` (entered); what every extraction runs per batch."""
+    with torch.inference_mode():
+        capture.expect(backbone.token_mask(inputs))
+        backbone.forward(inputs)
+        return capture.collect().numpy()
 
 
 def pad_to_minimum(audio: np.ndarray, backbone: Backbone) -> np.ndarray:
