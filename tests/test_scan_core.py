@@ -13,6 +13,7 @@ import soundfile
 
 import calm.scanning.features as scan_features
 from calm.backbones.tiny import tiny_backbone
+from calm.classifiers import load, save
 from calm.data.items import Item
 from calm.heads import extract
 from calm.media import MediaLoadError
@@ -180,8 +181,20 @@ def test_bad_files_are_named_or_recorded(backbone, classifier, recording, tmp_pa
                    ScanOptions(window=1.0, hop=0.5, on_error="record"))
     assert results[0].error == "no such file" and results[1].error.startswith("truncated")
     assert results[2].error is None and results[2].events is not None
-    with pytest.raises(ValueError, match="records no support clip lengths"):
-        scan(backbone, classifier, [recording])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: a folder with no audio files"):
         scan(backbone, classifier, [tmp_path / "empty"], ScanOptions(window=1.0, hop=0.5))
+
+
+def test_the_window_comes_from_the_support_clips_and_survives_saving(backbone, classifier, recording, tmp_path):
+    assert classifier.support_seconds_ == [0.5] * 6
+    result = scan(backbone, classifier, [recording])[0]  # window: the support's median length, hop: half of it
+    assert result.windows.lengths[0] == RATE // 2 and result.windows.starts[1] == RATE // 4
+    path = save(classifier, tmp_path / "clf.safetensors")
+    assert load(path).support_seconds_ == [0.5] * 6
+    classifier.support_seconds_ = None  # as in a file saved by calm 0.3.0
+    try:
+        with pytest.raises(ValueError, match=r"records no support clip lengths .* \(calm scan --window S\)"):
+            scan(backbone, classifier, [recording])
+    finally:
+        classifier.support_seconds_ = [0.5] * 6
