@@ -95,6 +95,12 @@ def test_fit_then_scan_writes_every_output(tmp_path, capsys):
     assert data["settings"]["window"] == 0.5 and data["files"][0]["seconds"] == 4.0
     events = data["files"][0]["events"]
     assert events and events[0]["onset"] == 0.0 and events[-1]["offset"] == 4.0  # threshold 0: all of it is events
+    (tmp_path / "ref.csv").write_text("onset,offset,label\n0.3,1.0,low\n2.0,3.0,nothing\n")
+    assert cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"), "--out", str(out),
+               "--threshold", "0", "--reference", str(tmp_path / "ref.csv")) == 0
+    scores = json.loads((out / "detection.json").read_text())
+    assert scores["tp"] + scores["fn"] == 2 and scores["tp"] + scores["fp"] == len(events) and scores["collar"] == 0.5
+    assert "(onset collar 0.5 s): F1" in capsys.readouterr().out
     assert cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"),
                "--out", str(out), "--background", "noise") == 1
     assert "background class 'noise' is not one of the classifier's classes" in capsys.readouterr().err

@@ -4,6 +4,7 @@ selection tables) and, if asked, a timeline PNG per file."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from calm.cli._common import add_backbone_arguments, add_on_error_argument, check_writable_folder
@@ -57,6 +58,15 @@ def _run(args: argparse.Namespace) -> int:
         for stem, result in zip(file_stems(results), results):
             if result.error is None:
                 plot_timeline(result, out / f"{stem}.timeline.png", options.threshold)
+    if args.reference:
+        from calm.scanning.scoring import score_scan
+
+        scores = score_scan(results, args.reference, args.collar)
+        (out / "detection.json").write_text(json.dumps(scores.as_dict(), indent=1) + "\n")
+        o = scores.overall
+        print(f"against {args.reference} (onset collar {args.collar:g} s): F1 {o.f1:.3f}, precision {o.precision:.3f}, "
+              f"recall {o.recall:.3f} ({o.tp} hit(s), {o.fp} false alarm(s), {o.fn} missed); macro-F1 "
+              f"{scores.macro_f1:.3f}; per class in {out / 'detection.json'}")
     hours = sum(r.seconds for r in results) / 3600
     events = sum(len(r.events) for r in results)
     print(f"{events} event(s) in {len(results)} file(s), {hours:.2f} h of audio (window {options.window:g} s, hop "
@@ -94,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
                         help="join events of one class at most S seconds apart (default: 0)")
     parser.add_argument("--timeline", action="store_true", help="also draw <file>.timeline.png per file")
+    parser.add_argument("--reference", default=None, metavar="CSV",
+                        help="score the events against reference events (onset,offset,label[,file] in seconds; file "
+                             "relative to the CSV) -> event-based precision, recall, F1 in detection.json")
+    parser.add_argument("--collar", type=float, default=0.5, metavar="S",
+                        help="onset collar for --reference: a found event within S seconds of a reference onset of "
+                             "its class is a hit (default: 0.5)")
     parser.add_argument("--store", default=None,
                         help="feature store root: a rerun, or another classifier on the same model and prompt, "
                              "reuses the windows' features")
