@@ -198,3 +198,20 @@ def test_the_window_comes_from_the_support_clips_and_survives_saving(backbone, c
             scan(backbone, classifier, [recording])
     finally:
         classifier.support_seconds_ = [0.5] * 6
+
+
+def test_quiet_clips_are_the_quietest_windows_written_as_clips(tmp_path):
+    from calm.scanning.background import quiet_clips
+
+    rng = np.random.default_rng(0)
+    level = np.repeat([0.5, 0.01, 0.3, 0.02, 0.0, 0.005], RATE)  # per second; second 4 is digital silence
+    audio = (level * rng.standard_normal(len(level))).astype(np.float32)
+    soundfile.write(tmp_path / "rec.wav", audio, RATE, subtype="FLOAT")
+    items = quiet_clips([tmp_path / "rec.wav"], window=1.0, count=3, folder=tmp_path / "bg")
+    assert [i.label for i in items] == ["background"] * 3
+    starts = [int(i.id.rsplit("-", 1)[1]) // RATE for i in items]
+    assert starts == [1, 3, 5]  # the three quietest seconds with sound, in time order
+    clip, rate = soundfile.read(items[0].audio, dtype="float32")
+    assert rate == RATE and np.array_equal(clip, audio[RATE:2 * RATE])
+    with pytest.raises(ValueError, match="hold 5 window.* fewer than the 9 background clips"):
+        quiet_clips([tmp_path / "rec.wav"], window=1.0, count=9, folder=tmp_path / "bg")
