@@ -31,7 +31,8 @@ TONES = {"low": 300.0, "high": 2500.0}
 
 def tone(hz: float, seconds: float, seed: int) -> np.ndarray:
     t = np.arange(int(RATE * seconds)) / RATE
-    return (0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * np.random.default_rng(seed).standard_normal(len(t))).astype(np.float32)
+    noise = 0.01 * np.random.default_rng(seed).standard_normal(len(t))
+    return (0.3 * np.sin(2 * np.pi * hz * t) + noise).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,8 @@ def test_the_result_is_the_same_whatever_the_batch_size_and_threads(backbone, cl
             for b, t in ((1, 0), (4, 1), (32, 0))]
     for other in runs[1:]:
         np.testing.assert_allclose(other.probabilities, runs[0].probabilities, atol=1e-6)
-        assert [(e.label, e.onset, e.offset) for e in other.events] == [(e.label, e.onset, e.offset) for e in runs[0].events]
+        spans = [(e.label, e.onset, e.offset) for e in runs[0].events]
+        assert [(e.label, e.onset, e.offset) for e in other.events] == spans
         np.testing.assert_allclose([e.peak for e in other.events], [e.peak for e in runs[0].events], atol=1e-6)
     first = runs[0]
     assert first.probabilities.shape == (len(first.windows), 2) and first.windows.spans[-1] == pytest.approx(5.3)

@@ -27,6 +27,7 @@ from calm.backbones.base import Backbone
 from calm.capture import HeadCapture
 from calm.features import HeadFeatures
 from calm.heads import default_loader_threads, feature_fingerprint, forward_heads, pad_to_minimum
+from calm.media import MediaLoadError
 from calm.scanning.windows import Windows, read_window
 from calm.store import FeatureStore
 
@@ -80,7 +81,8 @@ class WindowExtractor:
         HeadFeatures of up to ``batch_size`` windows at a time, in window order."""
         if self.capture is None:
             raise RuntimeError("use WindowExtractor as a context manager")
-        ids = [window_id(content, s, n, windows.rate) for s, n in zip(windows.starts.tolist(), windows.lengths.tolist())]
+        spans = zip(windows.starts.tolist(), windows.lengths.tolist())
+        ids = [window_id(content, start, n, windows.rate) for start, n in spans]
         keys = [FeatureStore.item_key(i, content) for i in ids]
         done = self.store.done_keys() if self.store is not None else set()
         bounds = [(a, min(a + self.batch_size, len(ids))) for a in range(0, len(ids), self.batch_size)]
@@ -94,10 +96,11 @@ class WindowExtractor:
             if todo:
                 with np.errstate(over="ignore"):
                     computed = forward_heads(self.backbone, self.capture, inputs).astype(np.float16)
-                bad = [ids[i] for i, row in zip(todo, computed) if not np.isfinite(row).all()]
+                bad = [i for i, row in zip(todo, computed) if not np.isfinite(row).all()]
                 if bad:
-                    raise ValueError(f"{path}: the features of window {bad[0]} are not finite (NaN, inf or beyond "
-                                     "float16): the audio there is probably corrupt")
+                    at = windows.starts[bad[0]] / windows.rate
+                    raise MediaLoadError(path, f"the features of the window at {at:.3f} s are not finite (NaN, inf or "
+                                               "beyond float16): the audio there is probably corrupt")
                 rows[[i - a for i in todo]] = computed
                 self.computed += len(todo)
                 if self.store is not None:

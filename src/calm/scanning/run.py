@@ -142,7 +142,8 @@ def scan(
     if options.on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
     if options.reject and not hasattr(classifier, "predict_open"):
-        raise ValueError("rejection needs a calibrated classifier; refit it with calm fit (which calibrates by default)")
+        raise ValueError("rejection needs a calibrated classifier; refit it with calm fit (which calibrates by "
+                         "default)")
     recorded = getattr(classifier, "fingerprint_", None) or {}
     if "prompt" not in recorded:
         raise ValueError("the classifier records no prompt (fit on plain arrays?); fit it with calm fit")
