@@ -4,6 +4,7 @@ table; the timeline PNG is drawn; the CLI writes them all and names a bad argume
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 
@@ -13,7 +14,7 @@ import soundfile
 
 from calm.cli import main
 from calm.scanning.events import Event
-from calm.scanning.outputs import as_json, audacity_labels, file_stems, raven_table, write_csv
+from calm.scanning.outputs import as_json, audacity_labels, file_stems, raven_table, write_csv, write_windows
 from calm.scanning.run import FileScan
 from calm.scanning.timeline import plot_timeline
 from calm.scanning.windows import plan_windows
@@ -54,6 +55,16 @@ def test_csv_and_json(result, tmp_path):
     assert data["files"][0]["events"][1] == {"onset": 3.0, "offset": 4.5, "label": "frog", "peak": 0.7, "mean": 0.6123}
 
 
+def test_window_rows(result):
+    result.scores = np.linspace(0, 1, len(result.windows))
+    handle = io.StringIO()
+    write_windows(result, handle, unknown_label="?")
+    rows = list(csv.reader(io.StringIO(handle.getvalue())))
+    assert rows[0] == ["onset", "offset", "label", "score", "p_bird", "p_frog"] and len(rows) == len(result.windows) + 1
+    assert rows[1] == ["0.000", "0.750", "?", "0.0000", "0.8000", "0.2000"]  # window 0 is rejected
+    assert rows[2][:3] == ["0.750", "1.250", "bird"] and rows[-1][1] == "8.000"
+
+
 def test_file_stems_are_distinct():
     scans = [FileScan(p, []) for p in ("a/rec.wav", "b/rec.flac", "c/other.wav")]
     assert file_stems(scans) == ["rec", "rec-2", "other"]
@@ -86,10 +97,10 @@ def test_fit_then_scan_writes_every_output(tmp_path, capsys):
                "--out", str(tmp_path / "clf.safetensors")) == 0
     out = tmp_path / "scan"
     assert cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"), "--out", str(out),
-               "--timeline", "--threshold", "0") == 0
+               "--timeline", "--windows", "--threshold", "0") == 0
     assert "in 1 file(s), 0.00 h of audio (window 0.5 s, hop 0.25 s)" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"events.csv", "events.json", "rec.audacity.txt",
-                                               "rec.Table.1.selections.txt", "rec.timeline.png"}
+                                               "rec.Table.1.selections.txt", "rec.timeline.png", "rec.windows.csv"}
     data = json.loads((out / "events.json").read_text())
     assert data["settings"]["window"] == 0.5 and data["files"][0]["seconds"] == 4.0
     events = data["files"][0]["events"]

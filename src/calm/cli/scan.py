@@ -50,8 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"classifier": str(args.classifier), "model": clf.fingerprint_.get("model_id"),
                 "classes": [str(c) for c in clf.classes_], "window": options.window, "hop": options.hop,
                 "threshold": options.threshold, "reject": options.reject, "background": options.background,
-                "merge_gap": options.merge_gap}
-    written = write_outputs(results, out, settings)
+                "unknown_label": options.unknown_label, "merge_gap": options.merge_gap}
+    written = write_outputs(results, out, settings, windows=args.windows)
     if args.timeline:
         from calm.scanning.timeline import plot_timeline
 
@@ -104,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
                         help="join events of one class at most S seconds apart (default: 0)")
     parser.add_argument("--timeline", action="store_true", help="also draw <file>.timeline.png per file")
+    parser.add_argument("--windows", action="store_true",
+                        help="also write <file>.windows.csv: every window's stretch, label (unknown if rejected) and "
+                             "probabilities")
     parser.add_argument("--reference", default=None, metavar="CSV",
                         help="score the events against reference events (onset,offset,label[,file] in seconds; file "
                              "relative to the CSV) -> event-based precision, recall, F1 in detection.json")

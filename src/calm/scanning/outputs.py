@@ -1,5 +1,6 @@
 """A scan's events in the formats people open them in.
 
+* With ``windows=True``, a CSV per file of every window: its stretch, label and probabilities.
 * CSV and JSON of every file's events (``file, onset, offset, label, peak, mean``; the JSON also
   lists each file's length and error, and the scan's settings).
 * An Audacity label track per file (File > Import > Labels): tab-separated ``onset, offset,
@@ -57,6 +58,20 @@ def raven_table(result: FileScan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_windows(result: FileScan, handle: TextIO, unknown_label: str = "unknown") -> None:
+    """One row per window of a file: the stretch it stands for (``onset``, ``offset``), the class it
+    is active for (``unknown_label`` if rejected, empty if neither), its open-set ``score`` (with
+    rejection) and one probability column per class."""
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(["onset", "offset", "label", "score", *(f"p_{c}" for c in result.classes)])
+    spans = result.windows.spans if result.windows is not None else []
+    for i, p in enumerate(result.probabilities):
+        rejected = result.rejected is not None and bool(result.rejected[i])
+        label = unknown_label if rejected else (result.labels[i] or "")
+        score = f"{result.scores[i]:.4f}" if result.scores is not None else ""
+        writer.writerow([f"{spans[i]:.3f}", f"{spans[i + 1]:.3f}", label, score, *(f"{v:.4f}" for v in p)])
+
+
 def file_stems(results: Sequence[FileScan]) -> list[str]:
     """A distinct name per file for its own outputs: its stem, with ``-2``, ``-3`` ... after the
     first file of the same stem."""
@@ -69,9 +84,11 @@ def file_stems(results: Sequence[FileScan]) -> list[str]:
     return stems
 
 
-def write_outputs(results: Sequence[FileScan], folder: str | Path, settings: dict[str, Any]) -> dict[str, Path]:
-    """``events.csv``, ``events.json``, and per readable file ``<stem>.audacity.txt`` and
-    ``<stem>.Table.1.selections.txt`` (Raven's own naming) in ``folder``; name -> path."""
+def write_outputs(results: Sequence[FileScan], folder: str | Path, settings: dict[str, Any],
+                  windows: bool = False) -> dict[str, Path]:
+    """``events.csv``, ``events.json``, and per readable file ``<stem>.audacity.txt``,
+    ``<stem>.Table.1.selections.txt`` (Raven's own naming) and, with ``windows``,
+    ``<stem>.windows.csv`` in ``folder``; name -> path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {"csv": folder / "events.csv", "json": folder / "events.json"}
@@ -82,4 +99,7 @@ def write_outputs(results: Sequence[FileScan], folder: str | Path, settings: dic
         if result.error is None:
             (folder / f"{stem}.audacity.txt").write_text(audacity_labels(result))
             (folder / f"{stem}.Table.1.selections.txt").write_text(raven_table(result))
+            if windows:
+                with open(folder / f"{stem}.windows.csv", "w", newline="") as handle:
+                    write_windows(result, handle, settings.get("unknown_label", "unknown"))
     return written
