@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--model", default="whisper-base")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoder-seconds", type=float, default=None)
-    parser.add_argument("--minutes", type=float, default=5.0, help="audio for the throughput run")
-    parser.add_argument("--hours", type=float, default=2.0, help="audio for the memory run")
+    parser.add_argument("--minutes", type=float, default=5.0, help="audio for the throughput run (0: none)")
+    parser.add_argument("--hours", type=float, default=2.0, help="audio for the memory run (0: none)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -96,6 +96,8 @@ def main() -> None:
                   f"1 s windows every 0.5 s, batch {args.batch_size}): {args.minutes:g} min of audio in "
                   f"{minutes * 60:.1f} s = {args.minutes / 60 / minutes:.3f} h of audio per minute, "
                   f"{len(result.windows) / minutes / 60:.1f} windows/s; {len(result.events)} events")
+        if args.hours <= 0:
+            return
         tiny = tiny_backbone("whisper")
         clf = fit_classifier(tiny, items, PROMPT, method="auto")
         before = peak_rss_mb()
