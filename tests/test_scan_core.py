@@ -183,6 +183,8 @@ def test_bad_files_are_named_or_recorded(backbone, classifier, recording, tmp_pa
                    ScanOptions(window=1.0, hop=0.5, on_error="record"))
     assert results[0].error == "no such file" and results[1].error.startswith("truncated")
     assert results[2].error is None and results[2].events is not None
+    with pytest.raises(ValueError, match="merge_gap must be at least 0 seconds"):  # before any work
+        scan(backbone, classifier, [missing], ScanOptions(window=1.0, hop=0.5, merge_gap=-1))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: a folder with no audio files"):
         scan(backbone, classifier, [tmp_path / "empty"], ScanOptions(window=1.0, hop=0.5))

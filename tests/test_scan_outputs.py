@@ -114,5 +114,7 @@ def test_fit_then_scan_writes_every_output(tmp_path, capsys):
     assert cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"),
                "--out", str(out), "--background", "noise") == 1
     assert "background class 'noise' is not one of the classifier's classes" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"), "--hop", "-1")
+    for bad in (("--hop", "-1"), ("--collar", "-0.1"), ("--merge-gap", "x"), ("--threshold", "1.5")):
+        with pytest.raises(SystemExit):
+            cli("scan", "--classifier", str(tmp_path / "clf.safetensors"), str(tmp_path / "long"), *bad)
+        assert f"argument {bad[0]}" in capsys.readouterr().err

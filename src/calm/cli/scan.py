@@ -20,6 +20,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a number of seconds, at least 0, got {text!r}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -101,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="windows unlike every class (open-set score below the classifier's threshold) are "
                              "unknown and never part of an event")
     parser.add_argument("--unknown-label", default="unknown", help="label of rejected windows (default: unknown)")
-    parser.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
+    parser.add_argument("--merge-gap", type=_non_negative, default=0.0, metavar="S",
                         help="join events of one class at most S seconds apart (default: 0)")
     parser.add_argument("--timeline", action="store_true", help="also draw <file>.timeline.png per file")
     parser.add_argument("--windows", action="store_true",
@@ -110,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", default=None, metavar="CSV",
                         help="score the events against reference events (onset,offset,label[,file] in seconds; file "
                              "relative to the CSV) -> event-based precision, recall, F1 in detection.json")
-    parser.add_argument("--collar", type=float, default=0.5, metavar="S",
+    parser.add_argument("--collar", type=_non_negative, default=0.5, metavar="S",
                         help="onset collar for --reference: a found event within S seconds of a reference onset of "
                              "its class is a hit (default: 0.5)")
     parser.add_argument("--store", default=None,

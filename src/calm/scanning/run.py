@@ -152,6 +152,8 @@ def scan(
     hop = options.hop or default_hop(window)
     classes = [str(c) for c in classifier.classes_]
     active_labels(np.zeros((0, len(classes))), classes, options.threshold, background=options.background)  # checks
+    if not options.merge_gap >= 0:
+        raise ValueError(f"merge_gap must be at least 0 seconds, got {options.merge_gap!r}")
     plans = [_plan(path, window, hop, options.on_error) for path in audio_files(paths)]
     bar = _hours_bar(sum(w.seconds for _, w in plans if isinstance(w, Windows))) if progress else None
     results = []
