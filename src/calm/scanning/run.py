@@ -186,7 +186,7 @@ def _plan(path: Path, window: float, hop: float, on_error: str) -> tuple[Path, W
 
 def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows: Windows, classes: list[str],
                options: ScanOptions, bar: Any) -> FileScan:
-    content = content_hash(path)
+    content = content_hash(path) if extractor.store is not None else str(path)  # the hash keys stored windows only
     probabilities, scores, rejected = [], [], []
     done = 0
     for features in extractor.batches(path, windows, content):
