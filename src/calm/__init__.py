@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "predict_files": "calm.predict",
     "load_backbone_for": "calm.predict",
     "Prediction": "calm.predict",
+    "scan": "calm.scanning",
+    "ScanOptions": "calm.scanning",
     "Method": "calm.methods",
     "register_method": "calm.methods",
     "save": "calm.classifiers",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
     from calm.methods import Method
     from calm.methods import register as register_method
     from calm.predict import Prediction, fit_classifier, load_backbone_for, predict_files
+    from calm.scanning import ScanOptions, scan
     from calm.store import FeatureStore
 
 

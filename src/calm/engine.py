@@ -324,6 +324,15 @@ class ExtractionEngine:
         return HeadFeatures(X, traits.heads, finished, traits.fingerprint, dict(self.failed), content)
 
 
+def forward_heads(backbone: Backbone, capture: HeadCapture, inputs: Any) -> np.ndarray:
+    """One forward pass of inputs built by ``backbone.build_inputs``: the [B, K, D] float32 head
+    rows read by ``capture`` (entered); what every extraction runs per batch."""
+    with torch.inference_mode():
+        capture.expect(backbone.token_mask(inputs))
+        backbone.forward(inputs)
+        return capture.collect().numpy()
+
+
 class BatchRunner:
     """Loads planned batches and runs the backbone on them (records nothing: results and loading
     errors go back to an :class:`ExtractionEngine`). Use as a context manager (hooks and loader
@@ -354,10 +363,7 @@ class BatchRunner:
 
     def run(self, loaded: LoadedBatch) -> np.ndarray:
         """The forward pass of a loaded batch: its [B, K, D] float32 rows."""
-        with torch.inference_mode():
-            self.capture.expect(self.backbone.token_mask(loaded.inputs))
-            self.backbone.forward(loaded.inputs)
-            return self.capture.collect().numpy()
+        return forward_heads(self.backbone, self.capture, loaded.inputs)
 
     def _build(self, batch: Sequence[Item], clips: Sequence[np.ndarray | MediaLoadError]) -> LoadedBatch:
         """Model inputs of the items that loaded (video frames read here); the others with their errors."""

@@ -85,7 +85,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     path = Path(path)
     check_readable(path)
-    _check_wav_length(path)
+    check_wav_length(path)
     samples, rate = _decode(path)
     if samples.shape[0] == 0:
         raise MediaLoadError(path, "no audio samples (0 frames)")
@@ -179,7 +179,7 @@ def os_reason(error: OSError) -> str:
     return f"cannot read file ({error.strerror or error})"
 
 
-def _check_wav_length(path: Path) -> None:
+def check_wav_length(path: Path) -> None:
     """For a RIFF/WAVE file: the data chunk must hold as many bytes as its header declares."""
     with open(path, "rb") as handle:
         head = handle.read(12)

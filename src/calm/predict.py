@@ -31,7 +31,8 @@ from calm.data.items import Item
 from calm.data.loaders import media_item
 from calm.evaluation.answers import warn_label_leaks
 from calm.fingerprint import check_fingerprint
-from calm.heads import extract, feature_fingerprint
+from calm.heads import extract, feature_fingerprint, media_path
+from calm.media import duration
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def fit_classifier(
         params: the estimator's parameters (e.g. ``tau=0.1``).
 
     Returns:
-        The fitted estimator; it carries ``head_index_`` and ``fingerprint_`` (with the prompt),
-        so ``calm.classifiers.save(clf, path)`` records them.
+        The fitted estimator; it carries ``head_index_``, ``fingerprint_`` (with the prompt) and
+        ``support_seconds_`` (the support clips' lengths, from which ``calm.scan`` sizes its
+        windows), so ``calm.classifiers.save(clf, path)`` records them.
     """
     if method not in registry.names(feature_only=True):
         raise ValueError(f"method must be one of {registry.names(feature_only=True)}, got {method!r}")
@@ -110,7 +112,10 @@ def fit_classifier(
         from calm.classifiers import Calibrated
 
         estimator = Calibrated(estimator, target_frr=target_frr)
-    return estimator.fit(features, [label[i] for i in features.ids])
+    fitted = estimator.fit(features, [label[i] for i in features.ids])
+    items_by_id = {i.id: i for i in labelled}
+    fitted.support_seconds_ = [round(duration(media_path(items_by_id[i])), 3) for i in features.ids]  # calm scan
+    return fitted
 
 
 def load_backbone_for(classifier: Any, model: str | None = None, **options: Any) -> Backbone:

@@ -57,6 +57,7 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
             one recorded at fit, if any); :func:`load` can then refuse features from elsewhere.
     """
     calibrated = clf if isinstance(clf, Calibrated) else None
+    support_seconds = getattr(clf, "support_seconds_", None)  # the support clips' lengths (calm scan's window)
     if calibrated is not None:
         calibrated._check_fitted()
         clf = calibrated.estimator_
@@ -78,6 +79,7 @@ def save(clf: Estimator, path: str | os.PathLike, heads: HeadIndex | None = None
         "heads": None if heads is None else heads.to_dict(),
         "fingerprint": None if fingerprint is None else as_json(dict(fingerprint), "the fingerprint"),
         "fitted": as_json(clf._get_meta(), f"{name}'s fitted metadata"),
+        "support_seconds": as_json(support_seconds, "the support clip lengths"),
     }
     if calibrated is not None:
         settings = {k: v for k, v in calibrated.get_params(deep=False).items() if k != "estimator"}
@@ -146,6 +148,7 @@ def load(path: str | os.PathLike, fingerprint: Mapping[str, Any] | None = None,
     plain = {k: v for k, v in arrays.items() if not k.startswith(CALIBRATION_PREFIX)}
     clf = _restore(cls, meta, plain, path)  # names a wrong shape first: the more telling error
     _check_integrity(path, meta, arrays)
+    clf.support_seconds_ = meta.get("support_seconds")  # optional: absent from files of calm <= 0.3.0
     if fingerprint is not None:
         if clf.fingerprint_ is None:
             raise ValueError(f"{path}: the file records no feature fingerprint to check against {dict(fingerprint)}")

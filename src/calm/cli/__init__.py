@@ -17,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "demo", "app")
+SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "scan", "demo", "app")
 
 ERRORS = (ValueError, OSError, RuntimeError, ImportError, KeyError, TypeError)
 """What a subcommand's bad input raises (MediaLoadError, DatasetError and StoreError among them)."""
