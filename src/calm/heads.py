@@ -143,7 +143,8 @@ def extract(
         run = _Run(backbone, prompt, feature_store, on_error, stop_after_last_site, np.dtype(dtype))
         run.hash_items(items)
         pending = [item for item in items if item.id in run.keys and run.keys[item.id] not in run.done]
-        run.process(pending, batch_size, progress, loader_threads)
+        if pending:  # nothing to run: a deferred backbone (calm.backbones.loading) loads no weights
+            run.process(pending, batch_size, progress, loader_threads)
         finished = [item.id for item in items if item.id not in run.failed]
         if feature_store is not None:
             stored = feature_store.read(item_keys=[run.keys[i] for i in finished], in_store_order=order == "store")
