@@ -68,7 +68,10 @@ class Method:
         if unknown:
             raise ValueError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
                              f"its parameters: {', '.join(valid)}")
-        self.make(**self.split(params)[0])._validate_params()
+        try:
+            self.make(**self.split(params)[0])._validate_params()
+        except ValueError as error:
+            raise ValueError(f"method {self.name!r}: {error}") from None
 
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``params`` as (estimator parameters, options with defaults filled in)."""

@@ -298,7 +298,8 @@ class Calibrated(Estimator):
     def _require_calibration(self, what: str) -> None:
         self._check_fitted()
         if self.threshold_ is None:
-            raise ValueError(f"{what} need support items scored out of fold: fit with at least 2 items per class")
+            raise ValueError(f"{what}: the classifier has no support items scored out of fold; fit it with at least "
+                             "2 items per class")
 
     # ---- saving (see calm.classifiers.io)
     def _state_shapes(self) -> dict[str, tuple[int | None, ...]]:

@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from calm import methods as registry
 from calm.data.items import Item
 from calm.evaluation.answers import warn_label_leaks
-from calm.evaluation.planning import check_task, classes_of, duplicate_groups, plan, quiet_plan, resolve_methods
+from calm.evaluation.planning import (check_evaluation, check_task, classes_of, duplicate_groups, plan, quiet_plan,
+                                      resolve_methods)
 from calm.evaluation.provenance import configuration
 from calm.evaluation.report import EvaluationReport
 from calm.evaluation.runner import Runner
@@ -110,7 +111,7 @@ def evaluate(
                              f"not {backbone.family}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]  # drawn twice below
     labelled = [i for i in items if i.label is not None]
-    task = check_task(task, labelled)
+    task = check_evaluation(labelled, shots=shots, seeds=seeds, methods=chosen, task=task, query_fold=query_fold)
     warn_label_leaks(prompt, labelled)
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
                        progress=progress, order="store")  # episodes select rows by id
