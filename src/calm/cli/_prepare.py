@@ -64,8 +64,11 @@ def backbone_for(args: argparse.Namespace, prompt: str) -> Any:
     return load_backbone_deferred(args.model, backbone_options(args), store=args.store, prompt=prompt)
 
 
+FULL_WINDOW = 30.0
+"""Whisper's own encoder window, in seconds (the speed hint is about running all of it)."""
+
 SHORT_CLIPS = 1 / 3
-"""The speed hint is given when the longest clip is shorter than this share of Whisper's window."""
+"""The speed hint is given when the longest clip is shorter than this share of the window."""
 
 
 def encoder_window_hint(backbone: Any, paths: Sequence[Any]) -> str | None:
@@ -80,7 +83,9 @@ def encoder_window_hint(backbone: Any, paths: Sequence[Any]) -> str | None:
     if not backbone.has_encoder_window or backbone.options.encoder_seconds is not None \
             or backbone.device.type != "cpu" or not paths:
         return None
-    window = backbone.window_seconds or 30.0
+    window = backbone.window_seconds or 0.0
+    if window < FULL_WINDOW:
+        return None
     lengths = []
     for path in paths:
         try:
