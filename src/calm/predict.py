@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from calm import methods as registry
+from calm.backbones import loading
 from calm.backbones.base import Backbone
+from calm.backbones.options import BackboneOptions
+from calm.classifiers.trust import Calibrated, check_settings
 from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.items import Item
 from calm.data.loaders import media_item
+from calm.evaluation import metrics
 from calm.evaluation.answers import warn_label_leaks
 from calm.fingerprint import check_fingerprint
 from calm.heads import extract, feature_fingerprint
@@ -93,8 +97,6 @@ def fit_classifier(
     label = {i.id: i.label for i in labelled}
     estimator = registry.get(method).make(**params)
     if calibrate:
-        from calm.classifiers import Calibrated
-
         estimator = Calibrated(estimator, target_frr=target_frr)
     return estimator.fit(features, [label[i] for i in features.ids])
 
@@ -106,8 +108,6 @@ def check_fit(method: str, params: Mapping[str, Any], calibrate: bool = True, ta
         raise ValueError(f"method must be one of {registry.names(feature_only=True)}, got {method!r}")
     registry.get(method).check_params(params)
     if calibrate:
-        from calm.classifiers.trust import Calibrated, check_settings
-
         defaults = Calibrated(None, target_frr=target_frr)
         check_settings(defaults.target_frr, defaults.open_score, defaults.n_folds)
 
@@ -137,9 +137,6 @@ def load_backbone_for(classifier: Any, model: str | None = None, *, store: Any =
     is refused later, by :func:`predict_files`. With a feature store root ``store`` that already
     holds features of this model and prompt (default: the classifier's), the weights load only
     when a file is not in it (:func:`calm.backbones.loading.load_backbone_deferred`)."""
-    from calm.backbones import BackboneOptions, load_backbone
-    from calm.backbones.loading import load_backbone_deferred
-
     recorded = getattr(classifier, "fingerprint_", None) or {}
     name = model or recorded.get("model_id")
     if not name:
@@ -149,8 +146,8 @@ def load_backbone_for(classifier: Any, model: str | None = None, *, store: Any =
     chosen = BackboneOptions(**{**from_file, **{k: v for k, v in options.items() if v is not None}})
     prompt = prompt or recorded.get("prompt")
     if store is not None and prompt is not None:
-        return load_backbone_deferred(name, chosen, store=store, prompt=prompt)
-    return load_backbone(name, chosen)
+        return loading.load_backbone_deferred(name, chosen, store=store, prompt=prompt)
+    return loading.load_backbone(name, chosen)
 
 
 def predict_files(
@@ -227,8 +224,6 @@ def score_predictions(rows: Sequence[Prediction], truth: Mapping[str, Any]) -> d
     counts as wrong), ``confusion`` [C, C] (row: true class, column: predicted, in the order of
     ``classes``: the true and predicted labels, sorted), ``n`` (rows scored) and ``unreadable``
     (rows with an error, not scored)."""
-    from calm.evaluation import metrics
-
     scored = [row for row in rows if row.error is None and truth.get(row.path) is not None]
     if not scored:
         raise ValueError("no readable file has a label to compare with")

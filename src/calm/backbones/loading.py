@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from calm.backbones.base import Backbone, local_revision, resolve_device, resolve_dtype
 from calm.backbones.options import BackboneOptions
 from calm.backbones.registry import adapter_class, detect_family
 from calm.features import HeadIndex
 from calm.fingerprint import as_json, check_fingerprint
 
-if TYPE_CHECKING:
-    from calm.backbones.base import Backbone
 
 OFFLINE_NAMES: tuple[str, ...] = ("whisper-base", "whisper-tiny.en")
 
@@ -72,8 +71,6 @@ def expected_identity(name_or_path: str | Path, options: BackboneOptions | None 
     """The fields of the fingerprint that :func:`load_backbone` would give (model id, revision,
     dtype, the options that change features), told from the name, options, config and files
     alone, without loading weights; None for a hub id (only the hub knows its revision)."""
-    from calm.backbones.base import local_revision, resolve_device, resolve_dtype
-
     options = options or BackboneOptions()
     name = str(name_or_path)
     device = resolve_device(options.device)

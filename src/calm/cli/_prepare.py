@@ -9,6 +9,9 @@ import json
 import math
 from typing import Any, Sequence
 
+from calm import methods
+from calm.cli._common import backbone_options
+
 
 def parse_param(text: str) -> tuple[str, Any]:
     """``NAME=VALUE`` with VALUE read as JSON where it parses (``tau=0.1``, ``top_k=null``), else a string."""
@@ -28,8 +31,6 @@ class ParamHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help
         if action.dest == "param" and text is not None:
-            from calm import methods
-
             listed = "; ".join(f"{name}: {', '.join(methods.get(name).parameter_names()) or '-'}"
                                for name in methods.names(feature_only=True))
             text = f"{text}. Parameters by method: {listed}"
@@ -45,7 +46,7 @@ def add_param_argument(parser: argparse.ArgumentParser) -> None:
 def check_files(paths: Sequence[str]) -> None:
     """Every path is a readable file that an audio or video decoder recognises (from its header);
     else one ValueError naming the first bad one and why, before any model loads."""
-    from calm.media import MediaLoadError, duration
+    from calm.media import MediaLoadError, duration  # soundfile: only for the commands that read files
 
     for path in paths:
         try:
@@ -58,8 +59,7 @@ def check_files(paths: Sequence[str]) -> None:
 def backbone_for(args: argparse.Namespace, prompt: str) -> Any:
     """The backbone ``--model`` names with the arguments' options; with ``--store``, one whose
     weights load only if a feature is missing (:func:`calm.backbones.loading.load_backbone_deferred`)."""
-    from calm.backbones.loading import load_backbone_deferred
-    from calm.cli._common import backbone_options
+    from calm.backbones.loading import load_backbone_deferred  # torch: only where a model may run
 
     return load_backbone_deferred(args.model, backbone_options(args), store=args.store, prompt=prompt)
 
@@ -75,7 +75,7 @@ def encoder_window_hint(backbone: Any, paths: Sequence[Any]) -> str | None:
     """For a Whisper backbone running its full 30 s window on a CPU over clips much shorter than
     that: what ``--encoder-seconds`` would give (None otherwise, or when no weights were loaded:
     the features are all stored)."""
-    from calm.backbones.loading import DeferredBackbone
+    from calm.backbones.loading import DeferredBackbone  # imported with the backbone already
     from calm.media import MediaLoadError, duration
 
     if isinstance(backbone, DeferredBackbone) and not backbone.loaded:
