@@ -176,3 +176,16 @@ def test_the_encoder_window_hint_for_short_clips_on_whisper_s_full_window(folder
     assert "30x less" in hint and "changes the features" in hint.lower()
     assert encoder_window_hint(full.with_options(encoder_seconds=5.0), clips) is None
     assert encoder_window_hint(tiny_backbone("qwen2_audio"), clips) is None
+
+
+def test_evaluate_and_fit_on_a_complete_store_load_no_weights(folder, tmp_path, capsys, monkeypatch):
+    common = ["--data", str(folder), "--model", "tiny:whisper", "--store", str(tmp_path / "store"), "--quiet"]
+    evaluate = ["evaluate", *common, "--methods", "auto", "sav", "--shots", "1", "--seeds", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*evaluate, "--out", str(tmp_path / "first")]) == 0
+        monkeypatch.setattr(calm.backbones.loading, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+        assert main([*evaluate, "--out", str(tmp_path / "second")]) == 0
+        assert main(["fit", *common, "--out", str(tmp_path / "clf.safetensors")]) == 0
+    first, second = ((tmp_path / name / "report.md").read_text() for name in ("first", "second"))
+    assert first == second
