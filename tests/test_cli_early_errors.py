@@ -133,3 +133,19 @@ def test_fingerprint_differences_are_one_line_and_lists_are_summarised():
     assert message == ("the classifier: features from another backbone, options or prompt than expected ("
                        "encoder_seconds: expected None, got 5.0; sites: expected 4 entries, got 2; the same first 2); "
                        "refit, or use the same model, options and prompt")
+
+
+def test_rejection_without_out_of_fold_items_says_so_in_a_sentence():
+    import numpy as np
+
+    from calm.classifiers import Calibrated
+    from calm.classifiers.default import DefaultClassifier
+
+    X = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = Calibrated(DefaultClassifier()).fit(X, ["a", "b"])
+    with pytest.raises(ValueError) as caught:
+        clf.predict_open(X)
+    assert str(caught.value) == ("rejection: the classifier has no support items scored out of fold; fit it with at "
+                                 "least 2 items per class")
