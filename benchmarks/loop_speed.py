@@ -7,7 +7,7 @@ options and prompt). Each command runs as its own process, start-up included, as
     PYTHONPATH=src python benchmarks/loop_speed.py --fit-data fit5.csv --eval-data dev8.csv \\
         --store store --encoder-seconds 5 [--seeds 10] [--shots 1 3 5 10]
 
-Prints wall seconds per command and the ratios; the two evaluate reports must be identical (but
+Prints wall (and for fit, CPU) seconds per command and the ratios; the two evaluate reports must be identical (but
 for the seconds each fit took), which it checks.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,14 @@ EAGER = ("import sys, calm.backbones.loading as loading; "
 """``calm`` as before deferred weights: the model is loaded even when every feature is stored."""
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env={**os.environ})
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def results(report: Path) -> str:
@@ -60,11 +65,12 @@ def main() -> None:
         fit = ["fit", "--data", args.fit_data, "--out", f"{tmp}/clf.safetensors", *common]
         deferred = min(timed([*calm, *fit]) for _ in range(args.repeats))
         eager = min(timed([sys.executable, "-c", EAGER, *fit]) for _ in range(args.repeats))
-        print(f"calm fit, every feature stored: {deferred:.2f} s without loading weights, {eager:.2f} s loading "
-              f"them ({eager / deferred:.2f}x); best of {args.repeats}")
+        print(f"calm fit, every feature stored (best of {args.repeats}): without loading weights {deferred[0]:.2f} s "
+              f"wall, {deferred[1]:.2f} s CPU; loading them {eager[0]:.2f} s wall, {eager[1]:.2f} s CPU "
+              f"({eager[0] / deferred[0]:.2f}x wall, {eager[1] / deferred[1]:.2f}x CPU)")
         evaluate = ["evaluate", "--data", args.eval_data, "--shots", *args.shots, "--seeds", args.seeds, *common]
-        one = timed([*calm, *evaluate, "--workers", "1", "--out", f"{tmp}/one"])
-        auto = timed([*calm, *evaluate, "--out", f"{tmp}/auto"])
+        one = timed([*calm, *evaluate, "--workers", "1", "--out", f"{tmp}/one"])[0]
+        auto = timed([*calm, *evaluate, "--out", f"{tmp}/auto"])[0]
         same = results(Path(tmp, "one", "report.json")) == results(Path(tmp, "auto", "report.json"))
         print(f"calm evaluate, shots {' '.join(args.shots)}, {args.seeds} seeds: {one:.1f} s with one worker, "
               f"{auto:.1f} s with one per core ({os.cpu_count()} cores; {one / auto:.2f}x); "

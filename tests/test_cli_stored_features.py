@@ -43,15 +43,6 @@ def _clips(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.wav"))
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(calm.backbones.loading, "load_backbone", refuse)
-    monkeypatch.setattr(calm.backbones, "load_backbone", refuse)
-
-
 def _same_without_weights(name: str, options: BackboneOptions, clips: list[Path], store: Path, monkeypatch) -> None:
     loaded = load_backbone(name, options)
     stored = extract(loaded, clips, PROMPT, store=store)

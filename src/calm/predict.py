@@ -230,7 +230,8 @@ def score_predictions(rows: Sequence[Prediction], truth: Mapping[str, Any]) -> d
     y_true = [str(truth[row.path]) for row in scored]
     y_pred = [row.label for row in scored]
     classes = sorted(set(y_true) | set(y_pred))
-    return {"accuracy": metrics.accuracy(y_true, y_pred), "macro_f1": metrics.macro_f1(y_true, y_pred, sorted(set(y_true))),
+    return {"accuracy": metrics.accuracy(y_true, y_pred),
+            "macro_f1": metrics.macro_f1(y_true, y_pred, sorted(set(y_true))),
             "confusion": metrics.confusion_matrix(y_true, y_pred, classes), "classes": classes, "n": len(scored),
             "unreadable": sum(row.error is not None for row in rows)}
 
