@@ -4,6 +4,9 @@ count; and its warnings come back as one line per kind, with a count and plain v
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -67,3 +70,17 @@ def test_notes_group_by_kind_and_write_numpy_values_plainly():
         "asked for 20 heads but only 12 vary (2 fits: sav, sav-white; 1, 3-shot)",
         "probe (1-shot): Calibrated(LogisticProbe): class 'clap' has one item",
     ]
+
+
+def test_balanced_accuracy_is_the_same_in_every_process():
+    """Recalls 1/3, 2/5 ... 8/17 sum to a last bit that depended on the order of a set of strings,
+    which changes with the hash seed: worker processes must agree with the parent."""
+    code = ("from calm.evaluation.metrics import balanced_accuracy\n"
+            "t, p = [], []\n"
+            "for k, name in enumerate('abcdefgh'):\n"
+            "    t += [name] * (3 + 2 * k)\n"
+            "    p += [name] * (k + 1) + ['z'] * (2 + k)\n"
+            "print(repr(balanced_accuracy(t, p)))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(8)}
+    assert len(runs) == 1
