@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--shots", nargs="+", default=["1", "3", "5", "10"])
     parser.add_argument("--seeds", default="10")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fit-only", action="store_true", help="measure calm fit only")
     args = parser.parse_args()
     window = ["--encoder-seconds", args.encoder_seconds] if args.encoder_seconds else []
     common = ["--model", args.model, "--store", args.store, "--quiet", *window]
@@ -68,6 +69,8 @@ def main() -> None:
         print(f"calm fit, every feature stored (best of {args.repeats}): without loading weights {deferred[0]:.2f} s "
               f"wall, {deferred[1]:.2f} s CPU; loading them {eager[0]:.2f} s wall, {eager[1]:.2f} s CPU "
               f"({eager[0] / deferred[0]:.2f}x wall, {eager[1] / deferred[1]:.2f}x CPU)")
+        if args.fit_only:
+            return
         evaluate = ["evaluate", "--data", args.eval_data, "--shots", *args.shots, "--seeds", args.seeds, *common]
         one = timed([*calm, *evaluate, "--workers", "1", "--out", f"{tmp}/one"])[0]
         auto = timed([*calm, *evaluate, "--out", f"{tmp}/auto"])[0]
