@@ -115,7 +115,7 @@ def test_tuning_impossible_at_one_shot_is_reported_not_hidden():
     report = quiet_evaluate(features, items, shots=(1, 2), seeds=2, methods=["calm-tuned"])
     one = [r for r in report.results if r["shots"] == 1]
     assert all("error" in r and r["metrics"] == {} for r in one)
-    assert any("calm-tuned (1-shot): not evaluated" in note for note in report.notes)
+    assert any(note.startswith("not evaluated") and "(2 fits: calm-tuned; 1-shot)" in note for note in report.notes)
     rows = {r["shots"]: r for r in report.summary_rows()}
     assert rows[1]["accuracy"] is None and rows[2]["accuracy"] is not None
     assert "| calm-tuned | 1 | — | — | — |" in report.markdown()

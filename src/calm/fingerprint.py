@@ -32,16 +32,26 @@ def as_json(value: Any, what: str) -> Any:
 
 
 def differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
-    """One line per field in which two fingerprints differ (compared in their JSON form)."""
+    """One short phrase per field in which two fingerprints differ (compared in their JSON form);
+    lists (such as the sites) are summarised by their lengths and first differing entry."""
     expected, got = as_json(dict(expected), "a fingerprint"), as_json(dict(got), "a fingerprint")
-    return [f"  {key}: expected {expected.get(key)!r}, got {got.get(key)!r}"
+    return [f"{key}: {_difference(expected.get(key), got.get(key))}"
             for key in sorted(set(expected) | set(got)) if expected.get(key) != got.get(key)]
 
 
+def _difference(expected: Any, got: Any) -> str:
+    if not (isinstance(expected, list) and isinstance(got, list)):
+        return f"expected {expected!r}, got {got!r}"
+    first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    where = (f"first difference at #{first}: {expected[first]!r} vs {got[first]!r}"
+             if first < min(len(expected), len(got)) else f"the same first {first}")
+    return f"expected {len(expected)} entries, got {len(got)}; {where}"
+
+
 def check_fingerprint(expected: Mapping[str, Any], got: Mapping[str, Any], what: str) -> None:
-    """FingerprintError (a ValueError) naming ``what`` and every differing field when features come from another
-    backbone, backbone options or prompt."""
-    lines = differences(expected, got)
-    if lines:
-        raise FingerprintError(f"{what}: features from another backbone, options or prompt than expected (refit, or "
-                               "use the same model, options and prompt):\n" + "\n".join(lines))
+    """FingerprintError (a ValueError), on one line, naming ``what`` and every differing field when
+    features come from another backbone, backbone options or prompt."""
+    found = differences(expected, got)
+    if found:
+        raise FingerprintError(f"{what}: features from another backbone, options or prompt than expected ("
+                               f"{'; '.join(found)}); refit, or use the same model, options and prompt")

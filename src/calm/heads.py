@@ -100,6 +100,11 @@ def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: Ext
              store: Any = None) -> HeadFeatures:
     """Plan, then load, run and keep batch after batch (with a store: stored items skipped, each
     finished batch appended)."""
+    if not getattr(backbone, "loaded", True):  # deferred (calm.backbones.loading): weights only if there is work
+        stored = _all_stored(backbone, items, prompt, config, store)
+        if stored is not None:
+            return stored
+        backbone = backbone.load()
     backbone.compile_for(len(items))  # before the fingerprint: compiled features are keyed apart
     traits = BackboneTraits.of(backbone, prompt)
     with opened_store(store, traits.fingerprint, traits.heads) as feature_store:
@@ -120,6 +125,24 @@ def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: Ext
         if bar is not None:
             bar.close()
         return engine.features(items)
+
+
+def _all_stored(backbone: Any, items: Sequence[Item], prompt: str, config: ExtractionConfig,
+                store: Any) -> HeadFeatures | None:
+    """The features of ``items`` read from ``store`` when it holds every one intact (no model
+    needed: the fingerprint and heads are the store's own), else None."""
+    fingerprint, heads = feature_fingerprint(backbone, prompt), backbone.head_index()
+    with opened_store(store, fingerprint, heads) as feature_store:
+        content = item_content(items)
+        if feature_store is None or len(content) < len(items) or any(item.video for item in items):
+            return None
+        keys = [feature_store.item_key(item.id, content[item.id]) for item in items]
+        if not set(keys) <= feature_store.done_keys():
+            return None
+        stored = feature_store.read(item_keys=keys, in_store_order=config.order == "store")
+        if stored.failed:
+            return None
+        return HeadFeatures(stored.X, heads, stored.ids, fingerprint, {}, {i: content[i] for i in stored.ids})
 
 
 def _progress_bar(total: int) -> Any:

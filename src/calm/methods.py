@@ -56,6 +56,24 @@ class Method:
         estimator's)."""
         return self.estimator_class()(**{**self.defaults, **params})
 
+    def parameter_names(self) -> list[str]:
+        """The parameters ``--param`` may set: the estimator's (from its ``__init__``) and the
+        method's own options, sorted."""
+        return sorted({*self.estimator_class()._get_param_names(), *self.options})
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """ValueError for a parameter the method does not take (listing those it takes) or an
+        invalid value (the estimator's own check), before any work is done."""
+        valid = self.parameter_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                             f"its parameters: {', '.join(valid)}")
+        try:
+            self.make(**self.split(params)[0])._validate_params()
+        except ValueError as error:
+            raise ValueError(f"method {self.name!r}: {error}") from None
+
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``params`` as (estimator parameters, options with defaults filled in)."""
         options = {k: params.get(k, v) for k, v in self.options.items()}

@@ -20,15 +20,19 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from calm import methods as registry
+from calm.backbones import loading
 from calm.backbones.base import Backbone
+from calm.backbones.options import BackboneOptions
 from calm.classifiers.conformal import warn_large_sets
+from calm.classifiers.trust import Calibrated, check_settings
 from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
 from calm.data.loaders import media_item
+from calm.evaluation import metrics
 from calm.evaluation.answers import warn_label_leaks
 from calm.fingerprint import check_fingerprint
 from calm.heads import extract, feature_fingerprint, media_path
@@ -85,19 +89,8 @@ def fit_classifier(
         ``support_seconds_`` (the support clips' lengths, from which ``calm.scan`` sizes its
         windows), so ``calm.classifiers.save(clf, path)`` records them.
     """
-    if method not in registry.names(feature_only=True):
-        raise ValueError(f"method must be one of {registry.names(feature_only=True)}, got {method!r}")
-    labelled = [i for i in items if i.label is not None]
-    if not labelled:
-        raise ValueError(f"none of the {len(items)} item(s) has a label: a CSV needs a 'label' (or 'class') column "
-                         "with a value per row, a folder one subfolder per class")
-    unlabelled = [i.id for i in items if i.label is None]
-    if unlabelled:
-        warnings.warn(f"{len(unlabelled)} of {len(items)} item(s) have no label and are left out, e.g. "
-                      f"{', '.join(unlabelled[:3])}", stacklevel=2)
-    multi = [i.id for i in labelled if isinstance(i.label, tuple)]
-    if multi:
-        raise ValueError(f"fit takes one label per item; {len(multi)} item(s) have several, e.g. {multi[0]!r}")
+    check_fit(method, params, calibrate, target_frr)
+    labelled = labelled_items(items, stacklevel=3)
     warn_label_leaks(prompt, labelled)
     check_label_conflicts(labelled)  # one file under two labels: refused; two identical files: a warning
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error=on_error,
@@ -109,8 +102,6 @@ def fit_classifier(
     label = {i.id: i.label for i in labelled}
     estimator = registry.get(method).make(**params)
     if calibrate:
-        from calm.classifiers import Calibrated
-
         estimator = Calibrated(estimator, target_frr=target_frr)
     fitted = estimator.fit(features, [label[i] for i in features.ids])
     items_by_id = {i.id: i for i in labelled}
@@ -118,20 +109,53 @@ def fit_classifier(
     return fitted
 
 
-def load_backbone_for(classifier: Any, model: str | None = None, **options: Any) -> Backbone:
+def check_fit(method: str, params: Mapping[str, Any], calibrate: bool = True, target_frr: float = 0.05) -> None:
+    """What :func:`fit_classifier` checks before any work: the method fits an estimator, its
+    parameters' names and values, and the calibration's rejection rate (ValueError naming them)."""
+    if method not in registry.names(feature_only=True):
+        raise ValueError(f"method must be one of {registry.names(feature_only=True)}, got {method!r}")
+    registry.get(method).check_params(params)
+    if calibrate:
+        defaults = Calibrated(None, target_frr=target_frr)
+        check_settings(defaults.target_frr, defaults.open_score, defaults.n_folds)
+
+
+def labelled_items(items: Sequence[Item], stacklevel: int = 2) -> list[Item]:
+    """The items a classifier is fit on: those with one label (a warning counts those without
+    one); ValueError when none has a label or some have several."""
+    labelled = [i for i in items if i.label is not None]
+    if not labelled:
+        raise ValueError(f"none of the {len(items)} item(s) has a label: a CSV needs a 'label' (or 'class') column "
+                         "with a value per row, a folder one subfolder per class")
+    unlabelled = [i.id for i in items if i.label is None]
+    if unlabelled:
+        warnings.warn(f"{len(unlabelled)} of {len(items)} item(s) have no label and are left out, e.g. "
+                      f"{', '.join(unlabelled[:3])}", stacklevel=stacklevel)
+    multi = [i.id for i in labelled if isinstance(i.label, tuple)]
+    if multi:
+        raise ValueError(f"fit takes one label per item; {len(multi)} item(s) have several, e.g. {multi[0]!r}")
+    return labelled
+
+
+def load_backbone_for(classifier: Any, model: str | None = None, *, store: Any = None, prompt: str | None = None,
+                      **options: Any) -> Backbone:
     """The backbone a saved classifier was fit with: its model and the options recorded in its
     fingerprint (dtype, Whisper's encoder window, compile). ``model`` (a path or name of the same
     model) and ``options`` (device, fast ...) override; a backbone that would give other features
-    is refused later, by :func:`predict_files`."""
-    from calm.backbones import BackboneOptions, load_backbone
-
+    is refused later, by :func:`predict_files`. With a feature store root ``store`` that already
+    holds features of this model and prompt (default: the classifier's), the weights load only
+    when a file is not in it (:func:`calm.backbones.loading.load_backbone_deferred`)."""
     recorded = getattr(classifier, "fingerprint_", None) or {}
     name = model or recorded.get("model_id")
     if not name:
         raise ValueError("the classifier records no model (fit on plain arrays?); name one (calm predict --model)")
     from_file = {"dtype": recorded.get("dtype"), "compile": bool(recorded.get("compile", False)),
                  "encoder_seconds": recorded.get("encoder_seconds"), "video_max_pixels": recorded.get("video_max_pixels")}
-    return load_backbone(name, BackboneOptions(**{**from_file, **{k: v for k, v in options.items() if v is not None}}))
+    chosen = BackboneOptions(**{**from_file, **{k: v for k, v in options.items() if v is not None}})
+    prompt = prompt or recorded.get("prompt")
+    if store is not None and prompt is not None:
+        return loading.load_backbone_deferred(name, chosen, store=store, prompt=prompt)
+    return loading.load_backbone(name, chosen)
 
 
 def predict_files(
@@ -141,6 +165,7 @@ def predict_files(
     prompt: str | None = None,
     *,
     batch_size: int = 8,
+    store: Any = None,
     on_error: str = "raise",
     progress: bool = False,
     reject: bool = False,
@@ -153,6 +178,8 @@ def predict_files(
         classifier: fitted by :func:`fit_classifier` (or loaded with :func:`calm.classifiers.load`).
         prompt: default: the one in the classifier's fingerprint. Features under another prompt
             or from another backbone than the classifier's raise ValueError naming both.
+        store: a feature store root (or open store), as in :func:`calm.heads.extract`: files
+            already in it are not run again, new ones are added (keyed by path and content).
         on_error: ``"raise"``: a file that cannot be loaded raises an error naming it;
             ``"record"``: its row has ``error`` set and no label (never dropped).
         reject: label a file ``unknown_label`` when its open-set score is below the classifier's
@@ -175,8 +202,9 @@ def predict_files(
         prompt = recorded["prompt"]
     if recorded:
         check_fingerprint(recorded, feature_fingerprint(backbone, prompt), "the classifier")
-    items = [media_item(str(n), Path(p), None) for n, p in enumerate(paths)]
-    features = extract(backbone, items, prompt, batch_size=batch_size, on_error=on_error, progress=progress)
+    items = [media_item(p, Path(p), None) for p in dict.fromkeys(str(p) for p in paths)]  # id: the path
+    features = extract(backbone, items, prompt, batch_size=batch_size, store=store, on_error=on_error,
+                       progress=progress)
     rows: dict[str, Prediction] = {}
     if len(features):
         labels = classifier.predict(features)
@@ -191,13 +219,30 @@ def predict_files(
         typical = _typicality(classifier, features)
         names = [str(c) for c in classifier.classes_]
         for item_id, label, p, score, in_set, t in zip(features.ids, labels, probabilities, scores, members, typical):
-            rows[item_id] = Prediction(str(paths[int(item_id)]), str(label), {c: float(v) for c, v in zip(names, p)},
+            rows[item_id] = Prediction(item_id, str(label), {c: float(v) for c, v in zip(names, p)},
                                        score=None if score is None else float(score), prediction_set=in_set,
                                        typicality=None if t is None else float(t))
     for item_id, reason in features.failed.items():
-        path = str(paths[int(item_id)])
-        rows[item_id] = Prediction(path, None, {}, reason.removeprefix(f"{path}: "))
-    return [rows[item.id] for item in items]
+        rows[item_id] = Prediction(item_id, None, {}, reason.removeprefix(f"{item_id}: "))
+    return [rows[str(p)] for p in paths]
+
+
+def score_predictions(rows: Sequence[Prediction], truth: Mapping[str, Any]) -> dict[str, Any]:
+    """How predictions compare with known labels (``truth``: path -> label), over the readable
+    rows with a label: ``accuracy``, ``macro_f1`` (mean F1 of the true classes; a rejected clip
+    counts as wrong), ``confusion`` [C, C] (row: true class, column: predicted, in the order of
+    ``classes``: the true and predicted labels, sorted), ``n`` (rows scored) and ``unreadable``
+    (rows with an error, not scored)."""
+    scored = [row for row in rows if row.error is None and truth.get(row.path) is not None]
+    if not scored:
+        raise ValueError("no readable file has a label to compare with")
+    y_true = [str(truth[row.path]) for row in scored]
+    y_pred = [row.label for row in scored]
+    classes = sorted(set(y_true) | set(y_pred))
+    return {"accuracy": metrics.accuracy(y_true, y_pred),
+            "macro_f1": metrics.macro_f1(y_true, y_pred, sorted(set(y_true))),
+            "confusion": metrics.confusion_matrix(y_true, y_pred, classes), "classes": classes, "n": len(scored),
+            "unreadable": sum(row.error is not None for row in rows)}
 
 
 def _typicality(classifier: Any, features: Any) -> list[float | None]:

@@ -339,7 +339,8 @@ class Calibrated(Estimator):
     def _require_calibration(self, what: str) -> None:
         self._check_fitted()
         if self.threshold_ is None:
-            raise ValueError(f"{what} need support items scored out of fold: fit with at least 2 items per class")
+            raise ValueError(f"{what}: the classifier has no support items scored out of fold; fit it with at least "
+                             "2 items per class")
 
     def _set_distances(self, distances: HeadDistances) -> None:
         self.open_mean_, self.open_matrix_ = distances.mean_, distances.matrix_

@@ -4,7 +4,7 @@ Each subcommand lives in its own module with ``register(subparsers)``, which add
 sets ``func`` to a callable taking the parsed arguments and returning an exit status. Errors have
 one path, :func:`main`: a problem with an input, a file or an argument is one line on stderr
 naming it, and exit status 1 (``CALM_DEBUG=1`` shows the traceback instead). Python warnings
-become plain sentences on stderr, each once, unless ``--quiet``.
+become plain sentences on stderr, each once, unless ``--quiet``, which also silences transformers.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with plain_warnings(f"calm {args.command}", quiet=getattr(args, "quiet", False)):
+    quiet = getattr(args, "quiet", False)
+    with plain_warnings(f"calm {args.command}", quiet=quiet), quiet_libraries(quiet):
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
@@ -88,6 +89,40 @@ def plain_warnings(prefix: str, quiet: bool) -> Iterator[None]:
         warnings.simplefilter("always")
         warnings.showwarning = show
         yield
+
+
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+"""What silences transformers and the hub (read when they are imported)."""
+
+
+@contextmanager
+def quiet_libraries(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, transformers' progress bars ("Loading weights") and log messages are off
+    while the command runs: through the environment for a first import, through transformers'
+    own switches if it is already imported (both restored after)."""
+    if not quiet:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
+    os.environ.update(QUIET_ENVIRONMENT)
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    bars, verbosity = (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()) if hf_logging else (False, 0)
+    if hf_logging:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if hf_logging:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

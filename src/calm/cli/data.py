@@ -12,9 +12,15 @@ def _list(args: argparse.Namespace) -> int:
     from calm.devdata.recipes import RECIPES as recipes
 
     for name in sorted(recipes):
-        doc = (recipes[name].__doc__ or "").strip().splitlines()
-        print(f"{name}\t{plain(doc[0]) if doc else ''}")
+        print(f"{name}\t{first_sentence(recipes[name].__doc__ or '')}")
     return 0
+
+
+def first_sentence(doc: str) -> str:
+    """A docstring's first sentence, whole even when it runs over several lines, as plain text."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    found = re.match(r"(.+?[.?!])(?=\s+[A-Z]|$)", paragraph)
+    return plain(found.group(1) if found else paragraph)
 
 
 def plain(text: str) -> str:

@@ -7,12 +7,14 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="prepare the demo data, extract with the offline Whisper base, evaluate, print the table"
-    )
+        "demo", help="prepare the demo data, extract with the offline Whisper base, evaluate, print the table",
+        description="The offline end-to-end run: build the two demo tasks (spoken numbers, spoofing) from the "
+                    "Debian recordings, extract their head features with the offline Whisper base, evaluate every "
+                    "method over several support draws and print the table (reports under --out).")
     parser.add_argument("--out", default="runs/demo", help="where the reports go (default: runs/demo)")
     parser.add_argument("--model", default="whisper-base", help="backbone (default: the offline whisper-base)")
     parser.add_argument("--seeds", type=int, default=5, help="support samplings per shot count (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
     parser.add_argument("--encoder-seconds", type=float, default=5.0,
                         help="Whisper encoder window in seconds (default 5: the clips' length); 30 = the reference")
     parser.add_argument("--loaders", type=int, default=None, metavar="N",

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
-from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder, load_model
+from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder
+from calm.cli._prepare import backbone_for, encoder_window_hint
 
 
 def _run(args: argparse.Namespace) -> int:
     from calm.data.loaders import load_dataset
+    from calm.evaluation.planning import check_evaluation
     from calm.evaluation.protocol import evaluate
 
     check_writable_folder(args.out, "the report")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     items = load_dataset(args.data)
-    backbone = load_model(args)
+    check_evaluation(items, shots=args.shots, seeds=args.seeds, methods=args.methods, task=args.task,
+                     query_fold=args.query_fold)  # before any model loads
+    backbone = backbone_for(args, args.prompt)
+    hint = encoder_window_hint(backbone, [item.media_path for item in items])
+    if hint:
+        warnings.warn(hint)
     named = args.methods is not None  # --methods: exactly those; else every method (chat ones where they apply)
     report = evaluate(
         backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
@@ -21,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         zero_shot=False if args.no_zero_shot else (None if named else True),
         pseudo_label=False if args.no_pseudo_label else (None if named else True),
         progress=not args.quiet, query_fold=args.query_fold,
-        samples=args.samples, max_new_tokens=args.max_new_tokens, trust=not args.no_trust,
+        samples=args.samples, max_new_tokens=args.max_new_tokens, trust=not args.no_trust, workers=args.workers,
     )
     paths = report.write(args.out)
     print(report.markdown())
@@ -37,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="few-shot evaluation of every method on a dataset -> report.json, report.md, plots",
         description="Extract features once, then fit every method on K-shot support sets drawn per seed and "
                     "score it on disjoint queries (official folds or splits where the dataset has them). "
-                    "Writes report.json (every number and the configuration), report.md and PNG plots.")
+                    "Writes report.json (every number and the configuration), report.md and PNG plots. Shot "
+                    "counts, methods and the report folder are checked before any model loads; with --store, a "
+                    "rerun whose features are all stored loads no model weights.")
     parser.add_argument("--data", required=True,
                         help="a folder of class subfolders, a CSV (path,label[,split]), a dataset root or layout:path")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"feature prompt (default: {DEFAULT_PROMPT!r})")
@@ -50,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")
     parser.add_argument("--out", default="calm-report", help="report folder (default: calm-report)")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes fitting episodes in parallel (default: one per core when the fits would "
+                             "take more than a few seconds); the report is the same for every count")
     parser.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot baseline")
     parser.add_argument("--no-pseudo-label", action="store_true", help="leave out the pseudo-label variant")
     parser.add_argument("--no-trust", action="store_true",

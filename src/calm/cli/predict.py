@@ -6,10 +6,12 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from contextlib import nullcontext
 from typing import Any, Sequence, TextIO
 
 from calm.cli._common import add_backbone_arguments, add_on_error_argument, check_writable_file
+from calm.cli._prepare import check_files, encoder_window_hint
 
 
 def write_rows(rows: Sequence[Any], classes: Sequence[str], handle: TextIO, fmt: str, score: bool = False,
@@ -56,11 +58,17 @@ def _run(args: argparse.Namespace) -> int:
     from calm.predict import load_backbone_for, predict_files
 
     out = check_writable_file(args.out, "the predictions file") if args.out else None
+    paths, truth = _inputs(args)
     clf = load(args.classifier)
-    backbone = load_backbone_for(clf, args.model, device=args.device, dtype=args.dtype, fast=args.fast,
-                                 compile=args.compile or None, encoder_seconds=args.encoder_seconds,
-                                 loaders=args.loaders)
-    rows = predict_files(backbone, clf, args.files, prompt=args.prompt, batch_size=args.batch_size,
+    if args.on_error == "raise":
+        check_files(paths)  # a missing or undecodable file: before the model loads
+    backbone = load_backbone_for(clf, args.model, store=args.store, prompt=args.prompt, device=args.device,
+                                 dtype=args.dtype, fast=args.fast, compile=args.compile or None,
+                                 encoder_seconds=args.encoder_seconds, loaders=args.loaders)
+    hint = encoder_window_hint(backbone, paths)
+    if hint:
+        warnings.warn(hint)
+    rows = predict_files(backbone, clf, paths, prompt=args.prompt, batch_size=args.batch_size, store=args.store,
                          on_error=args.on_error, progress=not args.quiet, reject=args.reject,
                          unknown_label=args.unknown_label, sets=args.sets)
     if not out and hasattr(sys.stdout, "reconfigure"):  # a non-UTF-8 file name is written as its bytes
@@ -72,7 +80,39 @@ def _run(args: argparse.Namespace) -> int:
     if failed:
         print(f"calm predict: {failed} of {len(rows)} file(s) could not be read (see their rows' error)",
               file=sys.stderr)
+    if truth is not None and failed < len(rows):
+        from calm.predict import score_predictions
+
+        print(summary(score_predictions(rows, truth)), file=sys.stdout if out else sys.stderr)
     return 1 if failed == len(rows) else 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[str], dict[str, Any] | None]:
+    """The files to label, and with ``--data`` their labels by path."""
+    if not args.files and args.data is None:
+        raise ValueError("no files to label: give audio files, or --data with a labelled folder or CSV")
+    paths = [str(p) for p in args.files]
+    if args.data is None:
+        return paths, None
+    from calm.data.loaders import load_dataset
+
+    items = [item for item in load_dataset(args.data) if item.media_path is not None]
+    truth = {str(item.media_path): item.label for item in items if not isinstance(item.label, tuple)}
+    return paths + [p for p in truth if p not in set(paths)], truth
+
+
+def summary(scores: dict[str, Any]) -> str:
+    """Accuracy, macro-F1 and the confusion matrix as text (row: true class, column: predicted)."""
+    classes = scores["classes"]
+    width = max(len(c) for c in classes)
+    lines = [f"accuracy {scores['accuracy']:.1%} of {scores['n']} labelled clip(s), macro-F1 {scores['macro_f1']:.1%}"
+             + (f"; {scores['unreadable']} unreadable, not scored" if scores["unreadable"] else ""),
+             "confusion (row: true class, column: predicted):",
+             " " * width + "  " + "  ".join(c.rjust(max(len(c), 3)) for c in classes)]
+    for name, counts in zip(classes, scores["confusion"]):
+        lines.append(name.ljust(width) + "  " + "  ".join(str(int(n)).rjust(max(len(c), 3))
+                                                          for c, n in zip(classes, counts)))
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,9 +121,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Extract features of each file with the classifier's own model, options and prompt, and print "
                     "(or write) its label and per-class probabilities. With --reject or --sets, a typicality column "
                     "says how much each clip looks like the support clips (<= 0.1: unlike all of them), and a "
-                    "calibrated classifier warns when the files as a batch do not look like its support set. Exit "
-                    "status 1 when no file could be read.")
-    parser.add_argument("files", nargs="+", help="audio or video files")
+                    "calibrated classifier warns when the files as a batch do not look like its support set. Files "
+                    "are checked (readable, a known audio or video header) before the model loads. Exit status 1 "
+                    "when no file could be read.")
+    parser.add_argument("files", nargs="*", help="audio or video files")
+    parser.add_argument("--data", default=None,
+                        help="a labelled folder or CSV (as for calm fit): label its clips too and report accuracy, "
+                             "macro-F1 and the confusion matrix against its labels")
+    parser.add_argument("--store", default=None,
+                        help="feature store root: files already in it are not run again, new ones are added")
     parser.add_argument("--classifier", required=True, help="file written by calm fit")
     parser.add_argument("--prompt", default=None,
                         help="feature prompt, only for a classifier that records none (default: the classifier's)")

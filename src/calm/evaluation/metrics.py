@@ -75,9 +75,10 @@ def macro_f1(
 
 
 def balanced_accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable | None]) -> float:
-    """Mean per-class recall over the classes present in ``y_true``."""
+    """Mean per-class recall over the classes present in ``y_true`` (in sorted order: a set of
+    strings iterates in another order in each process, which changed the sum's last bit)."""
     t, p = _pair(y_true, y_pred)
-    return float(np.mean([np.mean(p[t == name] == name) for name in set(t.tolist())]))
+    return float(np.mean([np.mean(p[t == name] == name) for name in sorted(set(t.tolist()), key=str)]))
 
 
 def classification_summary(

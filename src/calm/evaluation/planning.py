@@ -93,6 +93,31 @@ def plan(features: HeadFeatures, items: Sequence[Item], shots: Iterable[int], se
     return result
 
 
+def check_plan(items: Sequence[Item], shots: Iterable[int], seeds: int | Iterable[int], query_fold: str | None) -> None:
+    """Raise what :func:`plan` would over these items (too few items in a class for a shot count,
+    an unknown query fold, an empty query ...), before any feature is extracted. Items that later
+    fail or duplicate others only make episodes harder to draw, so passing here is necessary,
+    not sufficient."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # raised again, and noted, when the episodes are drawn
+        for shot in sorted({int(s) for s in shots}):
+            for ep in episodes(items, shot, seed_list, query_fold=query_fold):
+                if not ep.query:
+                    raise ValueError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
+
+
+def check_evaluation(items: Sequence[Item], *, shots: Iterable[int], seeds: int | Iterable[int],
+                     methods: Sequence[str] | None, task: str | None, query_fold: str | None) -> str:
+    """Everything about an evaluation that can be checked before any model loads (methods, task,
+    episodes: :func:`check_plan`); the task."""
+    resolve_methods(methods)
+    labelled = [i for i in items if i.label is not None]
+    task = check_task(task, labelled)
+    check_plan(labelled, shots, seeds, query_fold)
+    return task
+
+
 def quiet_plan(*args, **kwargs) -> dict[int, list[Episode]]:
     """:func:`plan` without its warnings (for a second drawing of episodes already reported)."""
     with warnings.catch_warnings():

@@ -44,10 +44,12 @@ from calm import methods as registry
 from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
 from calm.evaluation.answers import warn_label_leaks
-from calm.evaluation.planning import check_task, classes_of, duplicate_groups, plan, quiet_plan, resolve_methods
+from calm.evaluation.planning import (check_evaluation, check_task, classes_of, duplicate_groups, plan, quiet_plan,
+                                      resolve_methods)
 from calm.evaluation.provenance import configuration
 from calm.evaluation.report import EvaluationReport
 from calm.evaluation.runner import Runner
+from calm.evaluation.workers import run_units
 from calm.evaluation.zeroshot import ModelAnswers, answer_prompt, generate_answers
 from calm.features import HeadFeatures
 
@@ -76,6 +78,7 @@ def evaluate(
     temperature: float = 1.0,
     max_new_tokens: int = 16,
     trust: bool = True,
+    workers: int | None = 1,
 ) -> EvaluationReport:
     """Extract once, then evaluate every method on the same episodes.
 
@@ -91,7 +94,7 @@ def evaluate(
         answer_template: the question both ask (default by task, see :func:`~calm.evaluation.zeroshot.answer_prompt`).
         samples, temperature: sampled answers per support clip for the pseudo-labels.
         max_new_tokens: answer length limit.
-        trust: as in :func:`evaluate_features`.
+        trust, workers: as in :func:`evaluate_features`.
 
     Items whose files cannot be loaded are left out and listed in the report's ``failed``.
     """
@@ -109,7 +112,7 @@ def evaluate(
                              f"not {backbone.family}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]  # drawn twice below
     labelled = [i for i in items if i.label is not None]
-    task = check_task(task, labelled)
+    task = check_evaluation(labelled, shots=shots, seeds=seeds, methods=chosen, task=task, query_fold=query_fold)
     warn_label_leaks(prompt, labelled)
     check_label_conflicts(labelled)  # one file under two labels: refused; two identical files: a warning
     features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
@@ -124,7 +127,7 @@ def evaluate(
                                       batch_size=batch_size, progress=progress))
     return evaluate_features(features, labelled, shots=shots, seeds=seeds, methods=chosen, task=task,
                              query_fold=query_fold, progress=progress, answers=answers, params=params,
-                             content=content, notes=notes, trust=trust)
+                             content=content, notes=notes, trust=trust, workers=workers)
 
 
 def _model_answers(backbone: Backbone, labelled: list[Item], episodes_plan: dict, chosen: list[str], task: str,
@@ -166,6 +169,7 @@ def evaluate_features(
     content: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     trust: bool = True,
+    workers: int | None = 1,
 ) -> EvaluationReport:
     """Evaluate methods on precomputed features (no model runs).
 
@@ -186,6 +190,9 @@ def evaluate_features(
         notes: notes to start the report's notes with.
         trust: also calibrate each method on its support and report calibration, prediction-set
             and open-set metrics (:mod:`calm.evaluation.trust`; not for multilabel tasks).
+        workers: processes that fit episodes in parallel (None: as many as there are cores, when
+            the fits would take long enough to repay starting them; :mod:`calm.evaluation.workers`).
+            The report is the same whatever the count.
     """
     chosen = resolve_methods(methods)
     params = params or {}
@@ -198,7 +205,8 @@ def evaluate_features(
     labelled = [i for i in items if i.label is not None]
     task = check_task(task, labelled)
     settings = {name: registry.get(name).split(params.get(name, {})) for name in chosen}
-    runner = Runner(task, classes_of(labelled), answers, features, settings, trust)
+    runner_args = (task, classes_of(labelled), answers, features, settings, trust)
+    runner = Runner(*runner_args)
     for message in notes:
         runner.add_note(message)
     if content is not None:
@@ -209,12 +217,12 @@ def evaluate_features(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         episodes_plan = plan(features, labelled, shots, seeds, query_fold, content)
-        runner.note(caught, "episodes")
-        steps = sum(len(eps) for eps in episodes_plan.values()) * len(chosen)
-        with tqdm(total=steps, desc="evaluate", unit="fit", disable=not progress) as bar:
-            for shots_per_class, eps in episodes_plan.items():
-                for episode in eps:
-                    runner.episode(episode, shots_per_class, caught, bar)
+        for w in caught:
+            runner.add_note(f"episodes: {w.message}")
+        caught.clear()
+    units = [(shots_per_class, episode) for shots_per_class, eps in episodes_plan.items() for episode in eps]
+    with tqdm(total=len(units) * len(chosen), desc="evaluate", unit="fit", disable=not progress) as bar:
+        run_units(runner, runner_args, units, workers, bar)
     for message in runner.notes:
         warnings.warn(message, stacklevel=2)
     return EvaluationReport(

@@ -3,6 +3,7 @@ CALM's weights and notes. How a method runs is its strategy (:mod:`calm.evaluati
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections import Counter
@@ -14,6 +15,7 @@ from calm import methods as registry
 from calm.data.episodes import Episode
 from calm.evaluation import metrics
 from calm.evaluation.answers import AnswerMatch
+from calm.evaluation.notes import Notes
 from calm.evaluation.strategies import EpisodeData, answer_match
 from calm.evaluation.trust import TrustRecorder
 from calm.evaluation.zeroshot import ModelAnswers
@@ -37,21 +39,26 @@ class Runner:
         self.results: list[dict[str, Any]] = []
         self.confusion: dict[str, dict[int, np.ndarray]] = {}
         self.calm_weights: dict[int, list[np.ndarray]] = {}
-        self.notes: list[str] = []
+        self._notes = Notes()
         self._matches: dict[str, AnswerMatch | None] = {}
         self.trust = TrustRecorder(task, classes) if trust and task != "multilabel" else None
 
-    def note(self, caught: list[warnings.WarningMessage], where: str) -> None:
-        """Move caught warnings into the notes (each message once)."""
+    def note(self, caught: list[warnings.WarningMessage], method: str | None = None, shots: int | None = None) -> None:
+        """Move caught warnings into the notes (grouped by kind, :class:`~calm.evaluation.notes.Notes`),
+        as raised by ``method``'s fit at ``shots`` (None: by the run as a whole)."""
         for w in caught:
-            self.add_note(f"{where}: {w.message}")
+            self._notes.add(str(w.message), method, shots)
         caught.clear()
 
     def add_note(self, message: str) -> None:
-        if message not in self.notes:
-            self.notes.append(message)
+        self._notes.add(message)
 
-    def episode(self, episode: Episode, shots: int, caught: list[warnings.WarningMessage], bar: Any) -> None:
+    @property
+    def notes(self) -> list[str]:
+        """The notes, one line per kind of warning."""
+        return self._notes.lines()
+
+    def episode(self, episode: Episode, shots: int, caught: list[warnings.WarningMessage], bar: Any = None) -> None:
         """Every method on one episode. A method that cannot run on it (too few shots to tune, a
         missing optional package ...) is reported as not evaluated, with the reason; the others go on."""
         support, query = episode
@@ -67,8 +74,33 @@ class Runner:
             self.results.append({"method": name, "shots": shots, "seed": episode.seed, "query_fold": episode.query_fold,
                                  "n_support": len(support), "n_query": len(query), **outcome,
                                  "seconds": round(time.perf_counter() - started, 4)})
-            self.note(caught, f"{name} ({shots}-shot)")
-            bar.update(1)
+            self.note(caught, name, shots)
+            if bar is not None:
+                bar.update(1)
+
+    def merge(self, other: Runner) -> None:
+        """Add what ``other`` (a runner of the same evaluation, on later episodes) collected, in the
+        order a single runner would have: the same numbers, bit for bit, however episodes were shared out."""
+        self.results += other.results
+        for name, by_shots in other.confusion.items():
+            mine = self.confusion.setdefault(name, {})
+            for shots, counts in by_shots.items():
+                mine[shots] = mine.get(shots, 0) + counts
+        for shots, weights in other.calm_weights.items():
+            self.calm_weights.setdefault(shots, []).extend(weights)
+        self._notes.extend(other._notes)
+        if self.trust is not None and other.trust is not None:
+            for name, by_shots in other.trust.bins.items():
+                for shots, bins in by_shots.items():
+                    mine = self.trust.bins.setdefault(name, {}).setdefault(shots, {})
+                    for key, binned in bins.items():
+                        mine[key] = mine.get(key, 0) + binned
+
+    def detached(self) -> Runner:
+        """What :meth:`merge` takes, without the features and answers (small to send between processes)."""
+        twin = copy.copy(self)
+        twin.features, twin.answers, twin.strategies, twin._matches = None, None, {}, {}
+        return twin
 
     # ---- what strategies call
     def match(self, item_id: str) -> AnswerMatch | None:
