@@ -284,7 +284,7 @@ def test_a_dangling_link_gets_one_message_in_extract_fit_predict_and_a_csv(tmp_p
     assert main(["fit", "--data", str(root), "--model", "tiny:qwen2_audio", "--out", str(clf), "--quiet",
                  "--on-error", "record"]) == 0
     assert main(["predict", "--classifier", str(clf), str(gone), "--quiet"]) == 1
-    assert f"calm predict: {message}\n" in capsys.readouterr().err
+    assert f"calm predict: {message} (checked before loading the model" in capsys.readouterr().err
     table = tmp_path / "list.csv"
     table.write_text(f"path,label\n{gone},low\n")
     with pytest.raises(DatasetError, match=f"^{table}:2: {message}$"):

@@ -30,7 +30,7 @@ import numpy as np
 
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
-from calm.classifiers.conformal import rejection_threshold
+from calm.classifiers.conformal import LargeSetWarning, rejection_threshold
 from calm.classifiers.plots import layer_profile, weight_maps
 from calm.classifiers.trust import describe
 from calm.data.items import Item
@@ -212,7 +212,8 @@ class AppSession:
         classifier = self._fitted()
         path = self._write_upload(Path("queries"), filename, data)
         trusted = self.can_reject()
-        with self._running():
+        with self._running(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", LargeSetWarning)  # the page says it over all clips (set_summary)
             row = predict_files(self.backbone, classifier, [path], batch_size=1, reject=trusted,
                                 sets=SET_LEVEL if trusted else None)[0]
         if row.prediction_set is not None:
