@@ -67,8 +67,16 @@ class LinearProbe(FeatureClassifier):
         self.n_iter_ = int(np.max(model.n_iter_))
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Logits [N, C]; with two classes the first column is 0."""
-        z = concatenated_unit_heads(self._features(X)).astype(np.float64) @ self.coef_.T + self.intercept_
+        """Logits [N, C]; with two classes the first column is 0. Accumulated head block by head
+        block in float64, so the concatenated features are never materialised."""
+        features = self._features(X)
+        dim = features.shape[2]
+        coef = torch.from_numpy(self.coef_)
+        z = torch.from_numpy(self.intercept_).expand(len(features), -1).clone()
+        for items, cols, x in features.blocks(dtype=torch.float32):
+            block = normalise(x).transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)
+            z[items] += block @ coef[:, cols.start * dim:cols.stop * dim].T
+        z = z.numpy()
         return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
 
     def predict_proba(self, X: Any) -> np.ndarray:
