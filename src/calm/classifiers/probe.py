@@ -24,7 +24,8 @@ def concatenated_unit_heads(features: FeatureBlocks) -> np.ndarray:
 
 
 Reflectors = tuple[torch.Tensor, torch.Tensor]
-"""A Householder QR of Z^T as LAPACK's geqrf leaves it (``torch.geqrf``): reflectors and their scales."""
+"""A Householder QR of Z^T as LAPACK's geqrf leaves it: reflectors [F, N] and their scales [N]
+(what ``torch.ormqr`` applies)."""
 
 
 def row_space(Z: np.ndarray) -> tuple[np.ndarray, Reflectors | None]:
@@ -38,9 +39,9 @@ def row_space(Z: np.ndarray) -> tuple[np.ndarray, Reflectors | None]:
     coordinates Z Q are R^T: the QR's triangle, so Q itself is never formed."""
     if 4 * Z.shape[0] > Z.shape[1]:
         return Z, None
-    n = Z.shape[0]
-    reflectors, scales = torch.geqrf(torch.from_numpy(Z.astype(np.float64)).T)
-    return np.ascontiguousarray(torch.triu(reflectors[:n]).T.numpy()), (reflectors, scales)
+    h, scales = np.linalg.qr(Z.T.astype(np.float64), mode="raw")  # geqrf's output, transposed
+    reflectors = torch.from_numpy(h).T
+    return np.ascontiguousarray(np.tril(h[:, :Z.shape[0]])), (reflectors, torch.from_numpy(scales))
 
 
 def from_row_space(coef: np.ndarray, basis: Reflectors | None) -> np.ndarray:
