@@ -23,18 +23,35 @@ def concatenated_unit_heads(features: FeatureBlocks) -> np.ndarray:
     return out
 
 
-def row_space(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Coordinates of the rows of Z [N, F] in an orthonormal basis Q [F, r] of their span, and Q
-    (None, and Z itself, unless N is well below F).
+Reflectors = tuple[torch.Tensor, torch.Tensor]
+"""A Householder QR of Z^T as LAPACK's geqrf leaves it: reflectors [F, N] and their scales [N]
+(what ``torch.ormqr`` applies)."""
+
+
+def row_space(Z: np.ndarray) -> tuple[np.ndarray, Reflectors | None]:
+    """Coordinates of the rows of Z [N, F] in an orthonormal basis Q [F, N] of their span, and Q as
+    Householder reflectors (None, and Z itself, unless N is well below F).
 
     An L2-penalised linear model with an unpenalised intercept has its weights in the span of its
     training rows, and the penalty and every logit are the same in these coordinates, so fitting
-    on Z Q and mapping the weights back by Q^T gives the same model as fitting on Z, much faster
-    when there are few items and many features."""
+    on Z Q and mapping the weights back by Q^T (:func:`from_row_space`) gives the same model as
+    fitting on Z, much faster when there are few items and many features. With Z^T = Q R, the
+    coordinates Z Q are R^T: the QR's triangle, so Q itself is never formed."""
     if 4 * Z.shape[0] > Z.shape[1]:
         return Z, None
-    basis, _ = np.linalg.qr(Z.T.astype(np.float64))
-    return Z.astype(np.float64) @ basis, basis
+    h, scales = np.linalg.qr(Z.T.astype(np.float64), mode="raw")  # geqrf's output, transposed
+    reflectors = torch.from_numpy(h).T
+    return np.ascontiguousarray(np.tril(h[:, :Z.shape[0]])), (reflectors, torch.from_numpy(scales))
+
+
+def from_row_space(coef: np.ndarray, basis: Reflectors | None) -> np.ndarray:
+    """Weights [C, F] in the features' space from weights [C, N] on row-space coordinates: coef Q^T."""
+    if basis is None:
+        return coef
+    reflectors, scales = basis
+    padded = torch.zeros(reflectors.shape[0], coef.shape[0], dtype=torch.float64)
+    padded[:coef.shape[1]] = torch.from_numpy(np.asarray(coef, dtype=np.float64).T)
+    return torch.ormqr(reflectors, scales, padded).T.numpy()
 
 
 class LinearProbe(FeatureClassifier):
@@ -44,16 +61,23 @@ class LinearProbe(FeatureClassifier):
 
     _fitted_meta = ("n_iter_",)
 
-    def _set_model(self, model: Any, basis: np.ndarray | None) -> None:
+    def _set_model(self, model: Any, basis: Reflectors | None) -> None:
         """coef_, intercept_ and n_iter_ from a fitted LogisticRegression (on row-space coordinates)."""
-        coef = model.coef_ if basis is None else model.coef_ @ basis.T
-        self.coef_ = np.ascontiguousarray(coef, dtype=np.float64)
+        self.coef_ = np.ascontiguousarray(from_row_space(model.coef_, basis), dtype=np.float64)
         self.intercept_ = np.ascontiguousarray(model.intercept_, dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Logits [N, C]; with two classes the first column is 0."""
-        z = concatenated_unit_heads(self._features(X)).astype(np.float64) @ self.coef_.T + self.intercept_
+        """Logits [N, C]; with two classes the first column is 0. Accumulated head block by head
+        block in float64, so the concatenated features are never materialised."""
+        features = self._features(X)
+        dim = features.shape[2]
+        coef = torch.from_numpy(self.coef_)
+        z = torch.from_numpy(self.intercept_).expand(len(features), -1).clone()
+        for items, cols, x in features.blocks(dtype=torch.float32):
+            block = normalise(x).transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)
+            z[items] += block @ coef[:, cols.start * dim:cols.stop * dim].T
+        z = z.numpy()
         return np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -98,6 +98,31 @@ def ledoit_wolf_shrinkage(residuals: torch.Tensor) -> torch.Tensor:
     return torch.where(beta > 0, beta / delta.clamp_min(torch.finfo(residuals.dtype).tiny), torch.zeros_like(mu))
 
 
+def inverse_cholesky(A: torch.Tensor, out: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+    """Write L^{-1} into ``out`` [k, n, n], with L L^T = A [k, n, n] (symmetric, unit mean diagonal),
+    and return [k] bool: heads whose A is not positive definite in working precision (a pivot at
+    or below ``floor``, default n * eps; their ``out`` is meaningless).
+
+    Recursive blocked Cholesky (as LAPACK's potrf2) that carries the inverse factor along instead
+    of the factor: with A = [[A11, A21^T], [A21, A22]] and M1 = L11^{-1},
+    L21 = A21 M1^T, M2 = chol(A22 - L21 L21^T)^{-1}, L^{-1} = [[M1, 0], [-M2 L21 M1, M2]].
+    Every step is one batched matmul over all k heads: no per-head LAPACK call (which MKL runs
+    multithreaded per 128 x 128 matrix, many times slower on a busy machine).
+    """
+    n = A.shape[-1]
+    floor = n * torch.finfo(A.dtype).eps if floor is None else floor
+    if n == 1:
+        out.copy_(torch.rsqrt(A.clamp_min(torch.finfo(A.dtype).tiny)))
+        return ~(A[:, 0, 0] > floor)
+    h = n // 2
+    singular = inverse_cholesky(A[:, :h, :h], out[:, :h, :h], floor)
+    l21 = torch.bmm(A[:, h:, :h], out[:, :h, :h].mT)
+    singular |= inverse_cholesky(torch.baddbmm(A[:, h:, h:], l21, l21.mT, alpha=-1), out[:, h:, h:], floor)
+    out[:, h:, :h] = torch.bmm(out[:, h:, h:], torch.bmm(l21, out[:, :h, :h])).neg_()
+    out[:, :h, h:] = 0.0
+    return singular
+
+
 class HeadWhitener(Estimator):
     """A scikit-learn-style transformer of head features [N, K, D]: ``fit(X, y)`` on the support,
     ``transform(X)`` any features (see the module docstring for the formulas).
@@ -125,7 +150,7 @@ class HeadWhitener(Estimator):
         n_classes = len(self.classes_)
         counts = torch.bincount(labels, minlength=n_classes).to(features.dtype)
         mean = torch.zeros(n_heads, dim, dtype=features.dtype)
-        matrix = torch.zeros(n_heads, dim, dim, dtype=features.dtype)
+        shrunk = torch.empty(n_heads, dim, dim, dtype=features.dtype)  # S_lambda / t, factored once for all heads
         lam = torch.ones(n_heads, dtype=torch.float64)
         constant = torch.zeros(n_heads, dtype=torch.bool)
         eye = torch.eye(dim, dtype=features.dtype)
@@ -135,25 +160,26 @@ class HeadWhitener(Estimator):
                 raise ValueError(f"{features.name} holds NaN or inf values (in heads {cols.start}..{cols.stop - 1})")
             constant[cols] = constant_heads(x, norms)
             if self.normalize:
-                x = normalise(x)
+                x = x.div_(norms.clamp_min_(torch.finfo(x.dtype).tiny).unsqueeze(-1))
             class_means = torch.zeros(x.shape[0], n_classes, dim, dtype=x.dtype).index_add_(1, labels, x)
             class_means /= counts.view(1, -1, 1)
             if self.center:
                 mean[cols] = x.mean(1)
-            residuals = x - class_means[:, labels]
-            S = torch.bmm(residuals.transpose(1, 2), residuals) / max(n_items - n_classes, 1)
+            residuals = x.sub_(class_means[:, labels])
+            S = torch.bmm(residuals.transpose(1, 2), residuals, out=shrunk[cols]).div_(max(n_items - n_classes, 1))
             block_lam = self._intensity(rule, S, residuals, n_items - n_classes)
             scale = torch.diagonal(S, dim1=-2, dim2=-1).mean(-1)
             spread = (scale > 0) & (n_items > n_classes)
             block_lam = torch.where(spread, block_lam, torch.ones_like(block_lam))
-            rel = S / scale.clamp_min(torch.finfo(S.dtype).tiny).view(-1, 1, 1)
-            rel = (1 - block_lam).view(-1, 1, 1) * rel + block_lam.view(-1, 1, 1) * eye
-            L, info = torch.linalg.cholesky_ex(torch.where((block_lam == 1).view(-1, 1, 1), eye, rel))
-            if bool((info != 0).any()):
-                raise ValueError(f"HeadWhitener: shrinkage {rule!r} leaves the within-class covariance of "
-                                 f"{int((info != 0).sum())} head(s) singular; use a shrinkage above 0")
-            matrix[cols] = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+            rel = S.div_(scale.clamp_min(torch.finfo(S.dtype).tiny).view(-1, 1, 1)).mul_((1 - block_lam).view(-1, 1, 1))
+            rel.diagonal(dim1=-2, dim2=-1).add_(block_lam.view(-1, 1))
+            rel[block_lam == 1] = eye
             lam[cols] = block_lam.to(torch.float64)
+        matrix = torch.empty_like(shrunk)
+        singular = inverse_cholesky(shrunk, matrix)
+        if bool(singular.any()):
+            raise ValueError(f"HeadWhitener: shrinkage {rule!r} leaves the within-class covariance of "
+                             f"{int(singular.sum())} head(s) singular; use a shrinkage above 0")
         matrix[constant] = 0.0
         mean[constant] = 0.0
         self.mean_, self.matrix_ = mean.numpy(), matrix.numpy()
@@ -196,7 +222,7 @@ class WhitenedBlocks(FeatureBlocks):
 
     def __init__(self, base: FeatureBlocks, mean: np.ndarray, matrix: np.ndarray, normalize: bool):
         self.data, self.name, self.shape, self.dtype = base.data, base.name, base.shape, base.dtype
-        self.mean = torch.from_numpy(mean).to(self.dtype)
+        self.mean = torch.from_numpy(mean).to(self.dtype) if mean.any() else None  # not centred: nothing to subtract
         self.matrix_t = torch.from_numpy(matrix).to(self.dtype).transpose(1, 2)
         self.normalize = normalize
 
@@ -205,6 +231,7 @@ class WhitenedBlocks(FeatureBlocks):
         if self.normalize:
             norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
             x.div_(norms.clamp_min_(torch.finfo(x.dtype).tiny))
-        x.sub_(self.mean[heads].to(dtype).unsqueeze(1))
+        if self.mean is not None:
+            x.sub_(self.mean[heads].to(dtype).unsqueeze(1))
         out = scratch.get("white", tuple(x.shape), dtype)
         return torch.bmm(x, self.matrix_t[heads].to(dtype), out=out)
