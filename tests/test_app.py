@@ -39,6 +39,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip("needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)",
                 allow_module_level=True)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -105,7 +106,10 @@ def browser(tmp_path) -> Iterator[Any]:
 
 
 def wait(driver: Any, condition, seconds: float = 120) -> Any:
-    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(lambda d: condition(d))
+    """``condition`` polled until true; an element the page re-drew between finding and reading it
+    is looked up again at the next poll."""
+    return WebDriverWait(driver, seconds, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
 
 
 def text(driver: Any, element_id: str) -> str:
