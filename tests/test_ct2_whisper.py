@@ -127,7 +127,7 @@ def test_missing_wheel_names_the_extra(monkeypatch):
 
 
 def test_unknown_model_name():
-    with pytest.raises(KeyError, match="whisper-tiny.en"):
+    with pytest.raises(ValueError, match="whisper-tiny.en"):
         offline_model_dir("whisper-huge")
 
 

@@ -43,6 +43,7 @@ from calm.backbones.options import BackboneOptions
 from calm.data.items import Item
 from calm.engine import (BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine, ExtractionPlan,
                          as_items, opened_store)
+from calm.errors import MissingDependencyError
 from calm.features import HeadFeatures
 
 
@@ -245,7 +246,7 @@ def _check_reachable(address: str, timeout: float) -> None:
             import ray.util.client  # noqa: F401  (ray[client]: grpcio)
             import grpc  # noqa: F401
         except ImportError:
-            raise ImportError(f"{address}: ray:// addresses need Ray's client: pip install 'calm-audio[ray]' "
+            raise MissingDependencyError(f"{address}: ray:// addresses need Ray's client: pip install 'calm-audio[ray]' "
                               "(it includes ray[client])") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
@@ -263,5 +264,5 @@ def _import_ray() -> Any:
         import ray
         import ray.data  # needs pyarrow, part of the extra
     except ImportError as error:
-        raise ImportError(f"extraction on Ray needs the ray extra: pip install 'calm-audio[ray]' ({error})") from None
+        raise MissingDependencyError(f"extraction on Ray needs the ray extra: pip install 'calm-audio[ray]' ({error})") from None
     return ray

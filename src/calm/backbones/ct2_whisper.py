@@ -27,6 +27,7 @@ import torch
 
 from calm.backbones.ct2_format import Ct2FormatError, Ct2Model, read_ct2
 from calm.cache import build_atomically, cache_dir
+from calm.errors import InputError
 
 __all__ = ["Ct2FormatError", "Ct2Model", "OFFLINE_MODELS", "convert", "offline_model_dir", "read_ct2"]
 
@@ -277,7 +278,7 @@ def offline_model_dir(name: str) -> Path:
     exists is complete. Later calls return it at once.
     """
     if name not in OFFLINE_MODELS:
-        raise KeyError(f"unknown offline model {name!r}; known: {sorted(OFFLINE_MODELS)}")
+        raise InputError(f"unknown offline model {name!r}; known: {sorted(OFFLINE_MODELS)}")
     source = OFFLINE_MODELS[name]
     parts = [_package_dir(package, name) / rel for package, rel in source.parts]
     files = _package_dir(source.files[0], name) / source.files[1]

@@ -17,10 +17,15 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
+from calm.errors import CalmError
+
 SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "scan", "demo", "app")
 
-ERRORS = (ValueError, OSError, RuntimeError, ImportError, KeyError, TypeError)
-"""What a subcommand's bad input raises (MediaLoadError, DatasetError and StoreError among them)."""
+ERRORS = (CalmError, ValueError, OSError, ImportError)
+"""What bad input or a bad environment raises: every :class:`~calm.errors.CalmError`, the bare
+``ValueError`` of argument checks not yet moved under it, ``OSError`` as the system raised it and
+a missing package's ``ImportError``. A ``KeyError``, ``TypeError`` or ``RuntimeError`` is a bug
+(or, from torch, a device failure) and keeps its traceback."""
 
 DESCRIPTION = ("Few-shot audio classifiers from the attention heads of audio-language models (SAV, CALM). "
                "Extract head features, fit a classifier on a few labelled clips per class, label new clips, "

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from calm.errors import MissingDependencyError
 from calm.features import HeadIndex
 
 
@@ -20,7 +21,7 @@ def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("report plots need matplotlib: pip install 'calm-audio[plots]'") from None
+        raise MissingDependencyError("report plots need matplotlib: pip install 'calm-audio[plots]'") from None
     return Figure(figsize=(width, height), layout="constrained")
 
 
