@@ -19,22 +19,7 @@ from calm.classifiers.trust import CALIBRATED, describe
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder
 from calm.features import HeadFeatures, HeadIndex
-
-K, D, C = 6, 8, 4
-
-
-def draw(shots: int, seed: int, classes: int = C, noise: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
-    means = np.random.default_rng(123).standard_normal((classes, K, D))
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(classes), shots)
-    X = means[y] + noise * rng.standard_normal((len(y), K, D))
-    return X.astype(np.float32), np.array([f"c{i}" for i in y])
-
-
-def quiet_fit(clf, X, y):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return clf.fit(X, y)
+from test_trust import C, D, K, draw, quiet_fit
 
 
 # ---------------------------------------------------------------- one shot: raw, and said so

@@ -6,38 +6,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
 from calm.cli._common import add_backbone_arguments, add_on_error_argument, check_writable_folder
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a positive number of seconds, got {text!r}")
-    return value
+def _number(accept: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """An argparse type: a float that ``accept`` takes, else an error saying it wants ``wanted``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not accept(value):  # NaN fails every test
+            raise argparse.ArgumentTypeError(f"{wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"a number of seconds, at least 0, got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a probability between 0 and 1, got {text!r}")
-    return value
+_seconds = _number(lambda v: v > 0, "a positive number of seconds")
+_non_negative = _number(lambda v: v >= 0, "a number of seconds, at least 0")
+_probability = _number(lambda v: 0 <= v <= 1, "a probability between 0 and 1")
 
 
 def _run(args: argparse.Namespace) -> int:
