@@ -2,7 +2,7 @@
 
     calm data prepare detection --out data/detection
     python benchmarks/scan_detection.py data/detection --task instruments --encoder-seconds 5 --hop 1 \\
-        --store features/ --json instruments.json
+        --thresholds 0.3 0.5 0.7 --store features/ --json instruments.json
 
 For a task of ``calm data prepare detection`` (:mod:`calm.devdata.detection`), ``auto`` is fitted on
 its 5 support clips per class and scans the task's long files, once per background strategy:
@@ -15,8 +15,9 @@ its 5 support clips per class and scans the task's long files, once per backgrou
 * ``threshold``: no background class and no rejection (the threshold alone; same scan as ``reject``).
 
 The window is the median length of the class clips, at least the hop. Window features go to one
-store, so every strategy after the first reads them back. Printed per strategy: event precision,
-recall, F1 (micro, over all classes) and macro F1 at ``--collar``, and the recall at each SNR.
+store, so every strategy and threshold after the first reads them back. Printed per strategy and
+threshold: event precision, recall, F1 (micro, over all classes) and macro F1 at ``--collar``, and
+the recall at each SNR.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def reference(task_dir: Path) -> list[tuple[Span, float]]:
                  float(row["snr"])) for row in csv.DictReader(handle)]
 
 
+def score(found: list[Span], refs: list[tuple[Span, float]], collar: float) -> dict:
+    """Event scores of ``found``, with the recall at each SNR and the number of events found."""
+    scores = score_events(found, [span for span, _ in refs], collar)
+    by_snr = {}
+    for snr in sorted({s for _, s in refs}):
+        subset = [span for span, s in refs if s == snr]
+        by_snr[f"{snr:g}"] = score_events(found, subset, collar).overall.tp / len(subset)
+    return {**scores.as_dict(), "recall_by_snr_db": by_snr, "events_found": len(found)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="the folder calm data prepare detection wrote")
@@ -66,7 +77,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoder-seconds", type=float, default=None)
     parser.add_argument("--hop", type=float, default=None, help="seconds between windows (default: calm scan's)")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5],
+                        help="scan at each of these thresholds (after the first, from the store)")
     parser.add_argument("--collar", type=float, default=COLLAR)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--store", type=Path, required=True, help="feature store for support clips and windows")
@@ -98,25 +110,22 @@ def main() -> None:
             start = time.perf_counter()
             clf = fit_classifier(backbone, support, PROMPT, method="auto", store=args.store,
                                  batch_size=args.batch_size)
-            options = ScanOptions(window=window, hop=hop, threshold=args.threshold, background=background,
-                                  reject=reject)
-            scanned = scan(backbone, clf, files, options, store=args.store, batch_size=args.batch_size)
-            found = [Span(str(Path(e.file).resolve()), e.onset, e.offset, e.label) for r in scanned for e in r.events]
-            scores = score_events(found, [span for span, _ in refs], args.collar)
-            by_snr = {}
-            for snr in sorted({s for _, s in refs}):
-                subset = [span for span, s in refs if s == snr]
-                by_snr[f"{snr:g}"] = score_events(found, subset, args.collar).overall.tp / len(subset)
-            o = scores.overall
-            results[strategy] = {**scores.as_dict(), "recall_by_snr_db": by_snr, "events_found": len(found),
-                                 "seconds": time.perf_counter() - start}
-            print(f"{args.task} {strategy:9s}: F1 {o.f1:.3f}  precision {o.precision:.3f}  recall {o.recall:.3f}  "
-                  f"macro F1 {scores.macro_f1:.3f}  ({len(found)} events found, {o.tp} hits); recall by SNR "
-                  + ", ".join(f"{k} dB {v:.2f}" for k, v in by_snr.items())
-                  + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
+            for threshold in args.thresholds:
+                options = ScanOptions(window=window, hop=hop, threshold=threshold, background=background,
+                                      reject=reject)
+                scanned = scan(backbone, clf, files, options, store=args.store, batch_size=args.batch_size)
+                found = [Span(str(Path(e.file).resolve()), e.onset, e.offset, e.label)
+                         for r in scanned for e in r.events]
+                results.setdefault(strategy, {})[f"{threshold:g}"] = row = score(found, refs, args.collar)
+                row["seconds"] = time.perf_counter() - start
+                print(f"{args.task} {strategy:9s} threshold {threshold:g}: F1 {row['f1']:.3f}  precision "
+                      f"{row['precision']:.3f}  recall {row['recall']:.3f}  macro F1 {row['macro_f1']:.3f}  "
+                      f"({len(found)} events found, {row['tp']} hits); recall by SNR "
+                      + ", ".join(f"{k} dB {v:.2f}" for k, v in row["recall_by_snr_db"].items())
+                      + f"  [{row['seconds']:.0f} s]", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"task": args.task, "window": window, "hop": hop, "minutes": seconds / 60,
-                                         "events": len(refs), "collar": args.collar, "threshold": args.threshold,
+                                         "events": len(refs), "collar": args.collar,
                                          "strategies": results}, indent=1))
 
 

@@ -101,6 +101,17 @@ def test_tiny_benchmark_reference_matches_where_the_clips_were_placed(tmp_path, 
         task_dir = listing.parent / row["task"]
         support = list(csv.DictReader(open(listing.parent / row["support"])))
         assert sorted(r["label"] for r in support) == ["background"] * 5 + ["high"] * 5 + ["low"] * 5
+        shots = [r for r in support if r["label"] != "background"]
+        assert [r["snr"] for r in shots] == ["0", "6", "12"] * 3 + ["0"]
+        bed = np.tile(prompt, 10)[:sum(len(audio[r["id"]]) for r in shots)]  # each shot over its own stretch
+        start = 0
+        for r in shots:
+            clip = audio[r["id"]]
+            part = sf.read(task_dir / r["path"])[0] - bed[start:start + len(clip)]
+            np.testing.assert_allclose(part, clip * (part @ clip) / (clip @ clip), atol=1e-6)
+            snr = 20 * np.log10(np.sqrt(np.mean(part ** 2)) / np.sqrt(np.mean(bed ** 2)))
+            assert snr == pytest.approx(float(r["snr"]), abs=1e-3)
+            start += len(clip)
         events = list(csv.DictReader(open(listing.parent / row["reference"])))
         assert {e["file"] for e in events} == {f"{row['task']}-00.wav", f"{row['task']}-01.wav"}
         assert not {e["clip"] for e in events} & {r["id"] for r in support}  # placed clips are not support clips

@@ -4,8 +4,10 @@ background recordings at known times and several SNRs, with the reference events
 For each task (the ``instruments`` and ``drums`` dev sets, :mod:`calm.devdata.devsets`,
 :mod:`calm.devdata.drums`), ``<out>/<task>/`` gets:
 
-* ``support.csv`` (``id, path, label``): :data:`SHOTS` clips per class, and :data:`BACKGROUND_CLIPS`
-  clips of the background labelled :data:`BACKGROUND_LABEL` (for a named background class);
+* ``support.csv`` (``id, path, label, snr``): :data:`SHOTS` clips per class, each added to a stretch
+  of the same kind of background at :data:`SNRS` dB in turn (as a user would cut the first events
+  of a recording), and :data:`BACKGROUND_CLIPS` clips of the background alone, labelled
+  :data:`BACKGROUND_LABEL` (for a named background class);
 * ``long/<task>-NN.wav``: :data:`FILES` recordings of :data:`FILE_SECONDS` s each (float WAV,
   16 kHz): a background stream with the task's other clips added at random times, one every
   :data:`GAP` seconds (uniform), at :data:`SNRS` dB in turn;
@@ -15,8 +17,8 @@ The background is real speech: the Asterisk telephone prompts (``asterisk-core-s
 CC BY-SA 3.0; five professional speakers, :func:`calm.devdata.sources.asterisk_sounds`) read one
 after another with the pauses they were recorded with, resampled to 16 kHz. Support clips, placed
 clips and background clips are disjoint (placed clips may repeat, each only after all were placed),
-and so are the prompts behind each file and behind the background clips. A clip's SNR is its RMS
-level over the RMS level of the whole background file. Everything is seeded (:data:`SEED`).
+and so are the prompts behind each file, the background clips and the support clips. A clip's SNR is its RMS
+level over the RMS level of the whole background file (for support clips, of their stretches together). Everything is seeded (:data:`SEED`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ SNRS: tuple[float, ...] = (0.0, 6.0, 12.0)
 BACKGROUND_LABEL = "background"
 TASKS: dict[str, Callable[..., Path]] = {"instruments": devsets.prepare_instruments, "drums": drums.prepare_drums}
 _STAMP = "recipe.json"
-_VERSION = 2
+_VERSION = 3
 
 
 class Placed(NamedTuple):
@@ -148,10 +150,6 @@ def _write_task(root: Path, task: str, sources: list[Source], prompts: list[Path
     support, others = _split(sources, rng)
     (root / "clips").mkdir(parents=True)
     (root / "long").mkdir()
-    rows = []
-    for source in support:
-        sf.write(root / "clips" / f"{source.id}.wav", _read(source.path), RATE, subtype="FLOAT")
-        rows.append((source.id, f"clips/{source.id}.wav", source.label))
     used = 0
     pool = ((source, _read(source.path)) for source in _pool(others, rng))
     events = []
@@ -162,13 +160,23 @@ def _write_task(root: Path, task: str, sources: list[Source], prompts: list[Path
         name = f"{task}-{index:02d}.wav"
         sf.write(root / "long" / name, mixture.astype(np.float32), RATE, subtype="FLOAT")
         events.extend((name, *event) for event in placed)
+    rows = []
     for index in range(BACKGROUND_CLIPS):
         audio, count = speech_stream(prompts[used:], BACKGROUND_SECONDS)
         used += count
         clip = f"{task}-background-{index:02d}"
         sf.write(root / "clips" / f"{clip}.wav", audio.astype(np.float32), RATE, subtype="FLOAT")
-        rows.append((clip, f"clips/{clip}.wav", BACKGROUND_LABEL))
-    _write_csv(root / "support.csv", ("id", "path", "label"), rows)
+        rows.append((clip, f"clips/{clip}.wav", BACKGROUND_LABEL, ""))
+    clean = [(source, _read(source.path)) for source in support]
+    bed, count = speech_stream(prompts[used:], sum(len(audio) for _, audio in clean) / RATE)
+    used += count
+    level, start = _rms(bed), 0
+    for (source, audio), snr in zip(clean, _cycle(SNRS)):
+        mixed = bed[start:start + len(audio)] + audio * (level * 10 ** (snr / 20) / _rms(audio))
+        start += len(audio)
+        sf.write(root / "clips" / f"{source.id}.wav", mixed.astype(np.float32), RATE, subtype="FLOAT")
+        rows.append((source.id, f"clips/{source.id}.wav", source.label, f"{snr:g}"))
+    _write_csv(root / "support.csv", ("id", "path", "label", "snr"), rows)
     _write_csv(root / "long" / "reference.csv", ("file", "onset", "offset", "label", "snr", "clip"),
                [(f, f"{on:.7f}", f"{off:.7f}", label, f"{snr:g}", clip) for f, on, off, label, snr, clip in events])
     return used
