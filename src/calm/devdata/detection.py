@@ -35,7 +35,7 @@ from calm.cache import build_atomically, cache_dir
 from calm.devdata import devsets, drums
 from calm.devdata.sources import DemoDataError, asterisk_sounds
 
-__all__ = ["BACKGROUND_LABEL", "Placed", "SNRS", "build_detection", "place_clips", "prepare_detection",
+__all__ = ["BACKGROUND_LABEL", "Placed", "SNRS", "build_detection", "dev_sources", "place_clips", "prepare_detection",
            "speech_stream"]
 
 RATE = 16000
@@ -212,7 +212,8 @@ def build_detection(out_dir: Path, tasks: dict[str, list[Source]], prompts: Sequ
     return built / "tasks.csv"
 
 
-def _dev_sources(task: str) -> list[Source]:
+def dev_sources(task: str) -> list[Source]:
+    """The clips of dev set ``task`` (one of :data:`TASKS`), prepared into the calm cache if needed."""
     metadata = TASKS[task](cache_dir("data", task), verbose=False)
     with open(metadata, newline="", encoding="utf-8") as handle:
         return [Source(row["id"], row["label"], metadata.parent / row["path"]) for row in csv.DictReader(handle)]
@@ -223,4 +224,4 @@ def prepare_detection(out_dir: Path, verbose: bool = True) -> Path:
     each (4 files of 5 min), at 0, 6 and 12 dB; see the module doc. Returns ``tasks.csv``."""
     sounds = asterisk_sounds()
     prompts = sorted(p for p in sounds.rglob("*.wav"))
-    return build_detection(out_dir, {task: _dev_sources(task) for task in TASKS}, prompts, verbose=verbose)
+    return build_detection(out_dir, {task: dev_sources(task) for task in TASKS}, prompts, verbose=verbose)
