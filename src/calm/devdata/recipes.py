@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from calm.cache import cache_dir
-from calm.devdata import devsets, drums, speech
+from calm.devdata import detection, devsets, drums, speech
 from calm.errors import InputError
 
 RECIPES: dict[str, Callable[..., Path]] = {
@@ -27,6 +27,7 @@ RECIPES: dict[str, Callable[..., Path]] = {
     "languages-shift": devsets.prepare_languages_shift,
     "drums": drums.prepare_drums,
     "drums-shift": drums.prepare_drums_shift,
+    "detection": detection.prepare_detection,
 }
 """Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
 
