@@ -128,8 +128,9 @@ def test_04_clips_longer_than_the_window_warn_once(tmp_path, qwen):
 
 
 # 5 ------------------------------------------------------------------------------------------------
-def test_05_an_unreadable_file_says_so(tmp_path, monkeypatch):
-    path = tone(tmp_path / "locked.wav", 440.0)
+def deny_open(monkeypatch: pytest.MonkeyPatch, module: str, path: Path) -> None:
+    """``open`` in ``module`` raises PermissionError for ``path``, as the kernel does for a file
+    this user may not read (root reads any file, so chmod alone cannot test it)."""
     real_open = open
 
     def deny(file, *args, **kwargs):
@@ -137,7 +138,12 @@ def test_05_an_unreadable_file_says_so(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr("calm.media.open", deny, raising=False)
+    monkeypatch.setattr(f"{module}.open", deny, raising=False)
+
+
+def test_05_an_unreadable_file_says_so(tmp_path, monkeypatch):
+    path = tone(tmp_path / "locked.wav", 440.0)
+    deny_open(monkeypatch, "calm.media", path)
     with pytest.raises(MediaLoadError, match=r"locked.wav: cannot read file \(Permission denied\)"):
         load_audio(path, RATE)
 

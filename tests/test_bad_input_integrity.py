@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from calm.classifiers import Calibrated, CALMClassifier, load, save
 from calm.classifiers.io import _checksum
+from test_bad_input import deny_open
 
 RATE = 16000
 FINGERPRINT = {"model_id": "tiny:qwen2_audio", "prompt": "What sound is this?"}
@@ -130,14 +131,7 @@ def test_an_unreadable_classifier_file_says_permission_denied(tmp_path, monkeypa
     if os.geteuid() != 0:
         path.chmod(0)
     else:  # root reads any file: deny it as the kernel would another user
-        real_open = open
-
-        def deny(file, *args, **kwargs):
-            if Path(file) == path:
-                raise PermissionError(13, "Permission denied", str(file))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr("calm.classifiers.io.open", deny, raising=False)
+        deny_open(monkeypatch, "calm.classifiers.io", path)
     with pytest.raises(ValueError, match=f"^{path}: cannot read file \\(Permission denied\\)$"):
         load(path)
 
