@@ -27,7 +27,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -230,11 +230,12 @@ class ExtractionEngine:
             self._video_warned = True
         return False
 
-    def plan(self, items: Sequence[Item]) -> ExtractionPlan:
-        """Hash the items (the store keys), skip those stored, and batch the rest by duration.
-        Items whose file cannot be read or holds no audio fail (see :meth:`fail`); clips shorter
-        than the backbone's minimum (padded when loaded) and past the model's window (cut) are
-        counted in one warning each, naming their files."""
+    def plan(self, items: Sequence[Item], hashed: Mapping[str, str] | None = None) -> ExtractionPlan:
+        """Hash the items (the store keys; ``hashed``: item id -> audio content hash already known),
+        skip those stored, and batch the rest by duration. Items whose file cannot be read or holds
+        no audio fail (see :meth:`fail`); clips shorter than the backbone's minimum (padded when
+        loaded) and past the model's window (cut) are counted in one warning each, naming their files."""
+        hashed = hashed or {}
         self.items.update((item.id, item) for item in items)
         for item in items:
             if self.store is None:
@@ -242,7 +243,7 @@ class ExtractionEngine:
                 continue
             try:
                 video = content_hash(item.video) if self.uses_video(item) else None
-                self.content[item.id] = content_hash(media_path(item))
+                self.content[item.id] = hashed.get(item.id) or content_hash(media_path(item))
                 self.keys[item.id] = self.store.item_key(item.id, self.content[item.id], video)
             except MediaLoadError as error:
                 self.fail(item, error)

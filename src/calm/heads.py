@@ -100,8 +100,9 @@ def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: Ext
              store: Any = None) -> HeadFeatures:
     """Plan, then load, run and keep batch after batch (with a store: stored items skipped, each
     finished batch appended)."""
+    hashed: dict[str, str] = {}
     if not getattr(backbone, "loaded", True):  # deferred (calm.backbones.loading): weights only if there is work
-        stored = _all_stored(backbone, items, prompt, config, store)
+        stored, hashed = _all_stored(backbone, items, prompt, config, store)
         if stored is not None:
             return stored
         backbone = backbone.load()
@@ -111,7 +112,7 @@ def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: Ext
         if feature_store is not None:
             feature_store.lock()  # one writer; what is stored is read after taking the lock
         engine = ExtractionEngine(traits, prompt, config, feature_store)
-        plan = engine.plan(items)
+        plan = engine.plan(items, hashed)  # files hashed above are not read again
         loaders = config.loaders_for(backbone.options.loaders) if plan.clips >= MIN_CLIPS_FOR_LOADERS else 0
         bar = _progress_bar(plan.clips) if config.progress else None
         with BatchRunner(backbone, prompt, config, loaders) as runner, closing(runner.batches(plan)) as loaded:
@@ -128,21 +129,24 @@ def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: Ext
 
 
 def _all_stored(backbone: Any, items: Sequence[Item], prompt: str, config: ExtractionConfig,
-                store: Any) -> HeadFeatures | None:
+                store: Any) -> tuple[HeadFeatures | None, dict[str, str]]:
     """The features of ``items`` read from ``store`` when it holds every one intact (no model
-    needed: the fingerprint and heads are the store's own), else None."""
+    needed: the fingerprint and heads are the store's own), else None; and the audio content
+    hashes computed on the way (item id -> SHA-256), for the plan to reuse."""
+    if store is None or any(item.video for item in items):
+        return None, {}
     fingerprint, heads = feature_fingerprint(backbone, prompt), backbone.head_index()
     with opened_store(store, fingerprint, heads) as feature_store:
         content = item_content(items)
-        if feature_store is None or len(content) < len(items) or any(item.video for item in items):
-            return None
+        if len(content) < len(items):
+            return None, content
         keys = [feature_store.item_key(item.id, content[item.id]) for item in items]
         if not set(keys) <= feature_store.done_keys():
-            return None
+            return None, content
         stored = feature_store.read(item_keys=keys, in_store_order=config.order == "store")
         if stored.failed:
-            return None
-        return HeadFeatures(stored.X, heads, stored.ids, fingerprint, {}, {i: content[i] for i in stored.ids})
+            return None, content
+        return HeadFeatures(stored.X, heads, stored.ids, fingerprint, {}, {i: content[i] for i in stored.ids}), content
 
 
 def _progress_bar(total: int) -> Any:
