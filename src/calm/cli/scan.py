@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
                           reject=args.reject, unknown_label=args.unknown_label, background=args.background,
                           merge_gap=args.merge_gap, on_error=args.on_error)
     results = scan(backbone, clf, args.files, options, store=args.store, batch_size=args.batch_size,
-                   progress=not args.quiet)
+                   loader_threads=args.loaders, progress=not args.quiet)  # --loaders 0: windows read inline
     settings = {"classifier": str(args.classifier), "model": clf.fingerprint_.get("model_id"),
                 "classes": [str(c) for c in clf.classes_], "window": options.window, "hop": options.hop,
                 "threshold": options.threshold, "reject": options.reject, "background": options.background,
