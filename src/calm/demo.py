@@ -16,11 +16,13 @@ less encoder work on a CPU, with features that differ from the 30 s reference (m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from calm.cache import cache_dir
+from calm.config import configured
+from calm.evaluation.config import EvaluationConfig
 
 
 @dataclass(frozen=True)
@@ -38,30 +40,28 @@ DEMO_TASKS: tuple[DemoTask, ...] = (
 )
 
 
+DEMO_SETTINGS = dict(seeds=5, batch_size=16, trust=False, zero_shot=False, pseudo_label=False)
+"""The demo's evaluation settings where they differ from :class:`~calm.evaluation.config.EvaluationConfig`'s
+defaults (Whisper answers no questions, so no zero-shot or pseudo-label rows; trust is opt-in on a CPU)."""
 
-def run_demo(
-    out_dir: str | Path = "runs/demo",
-    model: str = "whisper-base",
-    seeds: int = 5,
-    tasks: Sequence[DemoTask] = DEMO_TASKS,
-    methods: Sequence[str] | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-    encoder_seconds: float | None = 5.0,
-    trust: bool = False,
-    loaders: int | None = None,
-) -> dict[str, Any]:
-    """Prepare the demo data (if missing), extract, evaluate every method over ``seeds`` seeds and
-    write one report per task under ``out_dir`` (``methods``: default every registered method
-    that needs no chat model). ``trust`` adds the calibration, open-set and prediction-set
-    metrics (each method is then refit on folds of its support: minutes more on a CPU).
-    ``loaders``: loader processes (:class:`calm.backbones.BackboneOptions`). Returns task name ->
-    EvaluationReport."""
+
+def run_demo(out_dir: str | Path = "runs/demo", model: str = "whisper-base", tasks: Sequence[DemoTask] = DEMO_TASKS,
+             *, encoder_seconds: float | None = 5.0, loaders: int | None = None, progress: bool = True,
+             config: EvaluationConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Prepare the demo data (if missing), extract, evaluate every method and write one report per
+    task under ``out_dir``. ``config`` (its shots replaced by each task's), or keyword ``options``
+    over :data:`DEMO_SETTINGS`: ``seeds``, ``methods`` (default every registered method that needs
+    no chat model), ``trust`` (adds the calibration, open-set and prediction-set metrics: each
+    method is then refit on folds of its support, minutes more on a CPU) ... ``encoder_seconds``:
+    the encoder window of a backbone that has one (None: the reference); ``loaders``: loader
+    processes (:class:`calm.backbones.BackboneOptions`). Returns task name -> EvaluationReport."""
     from calm.backbones import load_backbone
-    from calm.devdata.recipes import RECIPES
     from calm.data.loaders import load_dataset
+    from calm.devdata.recipes import RECIPES
     from calm.evaluation.protocol import evaluate
 
+    config = configured(EvaluationConfig, config, options if config is not None else {**DEMO_SETTINGS, **options},
+                        "run_demo")
     out = Path(out_dir)
     backbone = load_backbone(model, loaders=loaders)
     if backbone.family == "whisper" and encoder_seconds is not None:
@@ -71,20 +71,8 @@ def run_demo(
         started = time.perf_counter()
         metadata = RECIPES[task.recipe](cache_dir("data", task.recipe))
         items = load_dataset(metadata)
-        report = evaluate(
-            backbone,
-            items,
-            prompt=task.prompt,
-            shots=task.shots,
-            seeds=seeds,
-            methods=None if methods is None else list(methods),
-            batch_size=batch_size,
-            store=cache_dir("features"),
-            zero_shot=False,
-            pseudo_label=False,
-            progress=progress,
-            trust=trust,
-        )
+        report = evaluate(backbone, items, prompt=task.prompt, config=replace(config, shots=task.shots),
+                          store=cache_dir("features"), progress=progress)
         report.write(out / task.recipe)
         reports[task.recipe] = report
         print(f"\n## {task.recipe} ({len(items)} clips, {time.perf_counter() - started:.0f} s)\n")

@@ -43,8 +43,10 @@ from calm.backbones.options import BackboneOptions
 from calm.data.items import Item
 from calm.engine import (BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine, ExtractionPlan,
                          as_items, opened_store)
-from calm.errors import MissingDependencyError
+from calm.config import configured, split_options
+from calm.errors import InputError, MissingDependencyError
 from calm.features import HeadFeatures
+from calm.heads import extraction_config
 
 
 CONNECT_TIMEOUT = 30.0
@@ -101,76 +103,73 @@ class _Worker:
         return {"batch": rows["batch"], "result": np.array(results, dtype=object)}
 
 
-def extract_ray(
-    model: str | BackboneSpec,
-    items: Sequence[Item],
-    prompt: str,
-    store: Any,
-    *,
-    address: str | None = None,
-    num_actors: int | None = None,
-    num_gpus_per_actor: float | None = None,
-    num_cpus_per_actor: float = 1,
-    batch_size: int = 8,
-    loaders: int | None = None,
-    on_error: str = "raise",
-    stop_after_last_site: bool = False,
-    order: str = "input",
-    progress: bool = False,
-    config: ExtractionConfig | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT,
-    loader_threads: int | None = None,
-) -> HeadFeatures:
-    """Head features of ``items`` under ``prompt``, extracted by Ray actors into ``store``.
+@dataclass(frozen=True)
+class RayCluster:
+    """Where and on how many actors :func:`extract_ray` runs.
 
-    Args:
-        model: a name for :func:`calm.load_backbone` or a :class:`BackboneSpec` (device, dtype).
-        items, prompt, batch_size, on_error, stop_after_last_site, order, config: as in
-            :func:`calm.heads.extract` (same batches, same features, same failure records).
-        store: a directory or an open :class:`calm.store.FeatureStore` (required: results are
-            written as they arrive, and a rerun resumes).
+    Attributes:
         address: a Ray cluster to join (``"auto"``, ``"host:6379"``, ``"ray://host:10001"`` ...);
             None starts a local one (all GPUs of this machine, listening on 127.0.0.1 only) unless
             Ray is already initialised in this process.
         num_actors: actors in the pool (default: one per GPU of the cluster, else 1).
         num_gpus_per_actor: GPUs each actor reserves (default: 1 on a cluster with GPUs, else 0).
         num_cpus_per_actor: CPUs each actor reserves (also its torch threads).
-        loaders: worker processes in each actor that decode clips while the model runs the
-            previous batch, as in :func:`calm.heads.extract` (``loader_threads``: its former name).
-        progress: print what is stored already and what is to do, and Ray Data's progress bars
-            and logs (without it, Ray logs errors only).
         connect_timeout: seconds to wait for the cluster at ``address`` before giving up with an
             error naming it.
+    """
+
+    address: str | None = None
+    num_actors: int | None = None
+    num_gpus_per_actor: float | None = None
+    num_cpus_per_actor: float = 1
+    connect_timeout: float = CONNECT_TIMEOUT
+
+
+def extract_ray(model: str | BackboneSpec, items: Sequence[Item], prompt: str, store: Any, *,
+                config: ExtractionConfig | None = None, cluster: RayCluster | None = None,
+                **options: Any) -> HeadFeatures:
+    """Head features of ``items`` under ``prompt``, extracted by Ray actors into ``store``.
+
+    Args:
+        model: a name for :func:`calm.load_backbone` or a :class:`BackboneSpec` (device, dtype).
+        items, prompt, config: as in :func:`calm.heads.extract` (same batches, same features, same
+            failure records).
+        store: a directory or an open :class:`calm.store.FeatureStore` (required: results are
+            written as they arrive, and a rerun resumes).
+        cluster: where it runs (:class:`RayCluster`).
+        options: fields of :class:`calm.engine.ExtractionConfig` (``batch_size``, ``on_error``,
+            ``order``, ``loaders``: worker processes in each actor that decode clips while the
+            model runs the previous batch ...; ``loader_threads``: its former name) and of
+            :class:`RayCluster` (``address``, ``num_actors`` ...), by keyword, instead of the two
+            objects. ``progress`` prints what is stored already and what is to do, and Ray
+            Data's progress bars and logs (without it, Ray logs errors only).
 
     Returns:
         HeadFeatures read back from the store (float16, memory-mapped), ``failed`` as recorded.
     """
-    given = ExtractionConfig(batch_size=batch_size, on_error=on_error, order=order,
-                             loaders=loaders if loader_threads is None else loader_threads,
-                             stop_after_last_site=stop_after_last_site, progress=progress)
-    if config is not None and given != ExtractionConfig():
-        raise ValueError("give the run's settings either as arguments or as config=, not both")
-    config = config or given
+    on_ray, extraction = split_options(options, RayCluster)
+    cluster = configured(RayCluster, cluster, on_ray, "extract_ray")
+    config = extraction_config(config, extraction, "extract_ray")
     if store is None:
-        raise ValueError("extract_ray needs a store (a directory or an open FeatureStore)")
+        raise InputError("extract_ray needs a store (a directory or an open FeatureStore)")
     items = as_items(items)
     spec = model if isinstance(model, BackboneSpec) else BackboneSpec(str(model))
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
-        _start(ray, address, connect_timeout, config.progress)
+        _start(ray, cluster.address, cluster.connect_timeout, config.progress)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        gpus_each = float(num_gpus_per_actor if num_gpus_per_actor is not None else (1 if gpus else 0))
+        gpus_each = float(cluster.num_gpus_per_actor if cluster.num_gpus_per_actor is not None else (1 if gpus else 0))
         if gpus_each > gpus:
-            raise ValueError(f"each actor asks for {gpus_each:g} GPU(s); the Ray cluster has {gpus}")
-        actors = int(num_actors or max(1, int(gpus // gpus_each) if gpus_each else 1))
-        resources = {"num_cpus": num_cpus_per_actor, "num_gpus": gpus_each}
+            raise InputError(f"each actor asks for {gpus_each:g} GPU(s); the Ray cluster has {gpus}")
+        actors = int(cluster.num_actors or max(1, int(gpus // gpus_each) if gpus_each else 1))
+        resources = {"num_cpus": cluster.num_cpus_per_actor, "num_gpus": gpus_each}
         traits, compiled = ray.get(ray.remote(**resources)(_describe).remote(spec, prompt, len(items)))
         spec = replace(spec, options=spec.options.replace(compile=compiled))  # every actor decides alike
         with opened_store(store, traits.fingerprint, traits.heads) as feature_store:
             if feature_store.key != json.loads(json.dumps(traits.fingerprint)):
-                raise ValueError(f"{feature_store.path}: the store's key is not {spec.name}'s under this prompt")
+                raise InputError(f"{feature_store.path}: the store's key is not {spec.name}'s under this prompt")
             feature_store.lock()  # the one writer; what is stored is read after taking the lock
             engine = ExtractionEngine(traits, prompt, config, feature_store)
             plan = engine.plan(items)
@@ -250,7 +249,7 @@ def _check_reachable(address: str, timeout: float) -> None:
                               "(it includes ray[client])") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"{address}: not a Ray address (host:port, ray://host:port or auto)")
+        raise InputError(f"{address}: not a Ray address (host:port, ray://host:port or auto)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as error:

@@ -25,31 +25,20 @@ import numpy as np
 
 from calm.backbones.base import Backbone
 from calm.clips import MIN_CLIPS_FOR_LOADERS
+from calm.config import configured
 from calm.data.items import Item
 from calm.engine import (ON_ERROR, ORDERS, BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine, as_items,
                          feature_fingerprint, item_content, media_path, opened_store)
+from calm.errors import InputError
 from calm.features import HeadFeatures
 
-__all__ = ["ON_ERROR", "ORDERS", "ExtractionConfig", "as_items", "extract", "feature_fingerprint", "item_content",
+__all__ = ["ON_ERROR", "ORDERS", "ExtractionConfig", "as_items", "extract", "extraction_config", "feature_fingerprint", "item_content",
            "media_path"]
 
 
-def extract(
-    backbone: Backbone,
-    items: Sequence[Item | str | os.PathLike],
-    prompt: str,
-    batch_size: int = 8,
-    store: Any = None,
-    on_error: str = "raise",
-    progress: bool = False,
-    *,
-    stop_after_last_site: bool = False,
-    dtype: Any = np.float16,
-    loaders: int | None = None,
-    order: str = "input",
-    config: ExtractionConfig | None = None,
-    loader_threads: int | None = None,
-) -> HeadFeatures:
+def extract(backbone: Backbone, items: Sequence[Item | str | os.PathLike], prompt: str, batch_size: int = 8,
+            store: Any = None, on_error: str = "raise", progress: bool = False, *,
+            config: ExtractionConfig | None = None, **options: Any) -> HeadFeatures:
     """Head features of ``items`` under ``prompt`` (one forward pass per batch).
 
     Args:
@@ -68,19 +57,20 @@ def extract(
             silently. An item whose features come out NaN or infinite (corrupt audio) fails the
             same way; the rest of its batch is kept.
         progress: show a progress bar (clips/s, ETA).
-        stop_after_last_site: end each pass right after the last site (skips later layers).
-        loaders: worker processes that decode and resample clips while the model runs, the next
-            batches' inputs built meanwhile (0: everything inline; None: the backbone's option
-            ``loaders``, else :func:`calm.clips.default_loaders`, from the core count). Jobs of
-            fewer than 16 clips load inline. Results and failures are the same for every value.
-        order: ``"input"``: rows in the order of ``items``; ``"store"`` (with a store): in the
-            order they were stored, so that rows stored together stay memory-mapped instead of
-            being gathered into memory (for large datasets; match rows to items by ``ids``).
-        dtype: dtype of the returned ``X`` without a store (float16 by default; float32 for exact
-            comparisons). With a store, ``X`` is read back from it (float16, memory-mapped).
+        options: the other fields of :class:`calm.engine.ExtractionConfig` (by keyword):
+            stop_after_last_site: end each pass right after the last site (skips later layers).
+            loaders: worker processes that decode and resample clips while the model runs, the next
+                batches' inputs built meanwhile (0: everything inline; None: the backbone's option
+                ``loaders``, else :func:`calm.clips.default_loaders`, from the core count). Jobs of
+                fewer than 16 clips load inline. Results and failures are the same for every value.
+            order: ``"input"``: rows in the order of ``items``; ``"store"`` (with a store): in the
+                order they were stored, so that rows stored together stay memory-mapped instead of
+                being gathered into memory (for large datasets; match rows to items by ``ids``).
+            dtype: dtype of the returned ``X`` without a store (float16 by default; float32 for exact
+                comparisons). With a store, ``X`` is read back from it (float16, memory-mapped).
+            loader_threads: the former name of ``loaders``.
         config: all of the above in one :class:`calm.engine.ExtractionConfig` (then leave them
             at their defaults).
-        loader_threads: the former name of ``loaders``.
 
     With the backbone option ``compile=None`` (the default), a job large enough to repay it on a
     GPU compiles the layers first (:meth:`calm.backbones.Backbone.compile_for`).
@@ -88,12 +78,21 @@ def extract(
     Returns:
         HeadFeatures with the items that succeeded (in the ``order`` asked) and ``failed``: id -> reason.
     """
-    given = ExtractionConfig(batch_size=batch_size, on_error=on_error, order=order,
-                             loaders=loaders if loader_threads is None else loader_threads,
-                             stop_after_last_site=stop_after_last_site, progress=progress, dtype=dtype)
+    config = extraction_config(config, dict(batch_size=batch_size, on_error=on_error, progress=progress, **options),
+                               "extract")
+    return _extract(backbone, as_items(items), prompt, config, store)
+
+
+def extraction_config(config: ExtractionConfig | None, options: dict[str, Any], caller: str) -> ExtractionConfig:
+    """``config``, or the :class:`~calm.engine.ExtractionConfig` that keyword ``options`` build
+    (``loader_threads``: the former name of ``loaders``); both, with an option off its default, are refused."""
+    if "loader_threads" in options:
+        threads = options.pop("loader_threads")
+        options["loaders"] = options.get("loaders") if threads is None else threads
+    given = configured(ExtractionConfig, None, options, caller)
     if config is not None and given != ExtractionConfig():
-        raise ValueError("give the run's settings either as arguments or as config=, not both")
-    return _extract(backbone, as_items(items), prompt, config or given, store)
+        raise InputError(f"{caller}(): give the run's settings either as arguments or as config=, not both")
+    return config or given
 
 
 def _extract(backbone: Backbone, items: Sequence[Item], prompt: str, config: ExtractionConfig,

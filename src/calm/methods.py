@@ -31,8 +31,8 @@ class Method:
         needs_chat_model: it asks the model questions (zero-shot, pseudo-labels), so it needs a
             chat model such as Qwen2-Audio; the evaluation skips it, with a note, on others.
         options: parameters of the method that are not the estimator's, with their defaults.
-        strategy: ``"module:Class"`` of how the evaluation runs it on an episode
-            (:mod:`calm.evaluation.strategies`).
+        strategy: how the evaluation runs it on an episode, as a class or ``"module:Class"``
+            (:mod:`calm.evaluation.strategies`: it returns an ``Outcome``, the runner records it).
         defaults: estimator parameters this method sets (e.g. ``{"geometry": "whitened"}``), under
             the caller's.
     """
@@ -42,7 +42,7 @@ class Method:
     description: str
     needs_chat_model: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
-    strategy: str = ESTIMATOR_STRATEGY
+    strategy: type | str = ESTIMATOR_STRATEGY
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def estimator_class(self) -> type:
@@ -84,6 +84,10 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
+
+FIGURE_METHOD = "calm"
+"""The method whose head weights and confusion matrix evaluation reports draw: CALM, whose
+class-conditional head weights are the method's point (the default ``auto`` weighs heads equally)."""
 
 DEFAULT_METHOD = "auto"
 """What ``calm fit``, :func:`calm.fit_classifier` and the app use when no method is named: the

@@ -7,6 +7,8 @@ import warnings
 
 from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder
 from calm.cli._prepare import backbone_for, encoder_window_hint
+from calm.errors import InputError
+from calm.evaluation.config import EvaluationConfig
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -16,27 +18,32 @@ def _run(args: argparse.Namespace) -> int:
 
     check_writable_folder(args.out, "the report")
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    config = evaluation_config(args)
     items = load_dataset(args.data)
-    check_evaluation(items, shots=args.shots, seeds=args.seeds, methods=args.methods, task=args.task,
-                     query_fold=args.query_fold)  # before any model loads
+    check_evaluation(items, shots=config.shots, seeds=config.seeds, methods=config.methods, task=config.task,
+                     query_fold=config.query_fold)  # before any model loads
     backbone = backbone_for(args, args.prompt)
     hint = encoder_window_hint(backbone, [item.media_path for item in items])
     if hint:
         warnings.warn(hint)
-    named = args.methods is not None  # --methods: exactly those; else every method (chat ones where they apply)
-    report = evaluate(
-        backbone, items, prompt=args.prompt, shots=args.shots, seeds=args.seeds, methods=args.methods,
-        task=args.task, batch_size=args.batch_size, store=args.store,
-        zero_shot=False if args.no_zero_shot else (None if named else True),
-        pseudo_label=False if args.no_pseudo_label else (None if named else True),
-        progress=not args.quiet, query_fold=args.query_fold,
-        samples=args.samples, max_new_tokens=args.max_new_tokens, trust=not args.no_trust, workers=args.workers,
-    )
+    report = evaluate(backbone, items, prompt=args.prompt, config=config, store=args.store, progress=not args.quiet)
     paths = report.write(args.out)
     print(report.markdown())
     print(f"report: {paths['json']} (and {', '.join(p.name for k, p in paths.items() if k != 'json')})")
     return 0
+
+
+def evaluation_config(args: argparse.Namespace) -> EvaluationConfig:
+    """The :class:`~calm.evaluation.config.EvaluationConfig` the flags ask for: ``--methods``,
+    exactly those; else every method (those needing a chat model where they apply)."""
+    named = args.methods is not None
+    return EvaluationConfig(
+        shots=args.shots, seeds=args.seeds, methods=args.methods, task=args.task, query_fold=args.query_fold,
+        trust=not args.no_trust, workers=args.workers, batch_size=args.batch_size,
+        zero_shot=False if args.no_zero_shot else (None if named else True),
+        pseudo_label=False if args.no_pseudo_label else (None if named else True),
+        samples=args.samples, max_new_tokens=args.max_new_tokens)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Iterator
 
 from calm.cli._common import (DEFAULT_PROMPT, add_backbone_arguments, add_on_error_argument, backbone_options,
                               check_writable_folder, load_model)
+from calm.errors import InputError
 
 if TYPE_CHECKING:
     from calm.data.items import Item
+    from calm.engine import ExtractionConfig
     from calm.features import HeadFeatures
 
 
@@ -24,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     from calm.store import FeatureStore
 
     if args.ray is None and (args.actors is not None or args.ray_timeout is not None):
-        raise ValueError("--actors and --ray-timeout need --ray")
+        raise InputError("--actors and --ray-timeout need --ray")
     check_writable_folder(args.out, "the feature store")
     items = load_dataset(args.data)
     warn_label_leaks(args.prompt, items)
@@ -35,9 +37,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{len(backbone.head_index())} heads; {len(items)} items from {args.data}", file=sys.stderr)
     with FeatureStore.open(args.out, feature_fingerprint(backbone, args.prompt), backbone.head_index()) as store:
         before = len(store.done_keys())
-        features = extract(backbone, items, args.prompt, batch_size=args.batch_size, store=store,
-                           on_error=args.on_error, progress=not args.quiet,
-                           stop_after_last_site=args.stop_after_last_site, order="store")
+        features = extract(backbone, items, args.prompt, store=store, config=extraction_config(args))
         computed = len(store.done_keys()) - before
     _report(store.path, features, computed)
     return 0
@@ -45,21 +45,28 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
     """``--ray``: the same extraction on a pool of Ray actors (see :mod:`calm.distributed`)."""
-    from calm.distributed import BackboneSpec, extract_ray
+    from calm.distributed import BackboneSpec, RayCluster, extract_ray
     from calm.store import FeatureStore
 
-    address = None if args.ray == "local" else args.ray
     cpu_only = args.device is not None and args.device.startswith("cpu")
+    cluster = RayCluster(address=None if args.ray == "local" else args.ray, num_actors=args.actors,
+                         num_gpus_per_actor=0 if cpu_only else None,
+                         **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
     with _stderr_to_devnull() if args.quiet else nullcontext():
         features = extract_ray(BackboneSpec(args.model, backbone_options(args)), items, args.prompt, args.out,
-                               address=address, num_actors=args.actors, num_gpus_per_actor=0 if cpu_only else None,
-                               batch_size=args.batch_size, on_error=args.on_error,
-                               stop_after_last_site=args.stop_after_last_site, order="store",
-                               progress=not args.quiet,
-                               **({} if args.ray_timeout is None else {"connect_timeout": args.ray_timeout}))
+                               config=extraction_config(args), cluster=cluster)
     with FeatureStore.open(args.out, features.fingerprint, features.heads) as store:
         _report(store.path, features, None)  # extract_ray said what it computed (stderr)
     return 0
+
+
+def extraction_config(args: argparse.Namespace) -> ExtractionConfig:
+    """The :class:`~calm.engine.ExtractionConfig` the flags ask for (rows in store order: the
+    store is what the command writes)."""
+    from calm.engine import ExtractionConfig  # torch: not at start-up
+
+    return ExtractionConfig(batch_size=args.batch_size, on_error=args.on_error, progress=not args.quiet,
+                            stop_after_last_site=args.stop_after_last_site, order="store")
 
 
 @contextmanager

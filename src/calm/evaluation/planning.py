@@ -12,6 +12,7 @@ from calm.data.items import Item
 from calm.features import HeadFeatures
 
 TASKS = ("multiclass", "spoof", "multilabel")
+
 SPOOF_LABELS = ("bonafide", "spoof")
 
 
@@ -40,15 +41,14 @@ def check_task(task: str | None, items: Sequence[Item]) -> str:
     return task
 
 
-def resolve_methods(names: Sequence[str] | None, *, zero_shot: bool | None = None,
-                    pseudo_label: bool | None = None) -> list[str]:
-    """Method names in registry order (default: every feature method); ``zero_shot`` and
-    ``pseudo_label`` add (True) or remove (False) those two."""
+def resolve_methods(names: Sequence[str] | None, switches: Mapping[str, bool | None] | None = None) -> list[str]:
+    """Method names in registry order (default: every feature method); ``switches``: method name ->
+    add (True), remove (False) or leave as ``names`` says (None)."""
     chosen = registry.names(feature_only=True) if names is None else list(names)
-    for name in chosen:
+    for name in [*chosen, *(switches or {})]:
         registry.get(name)
     wanted = set(chosen)
-    for name, switch in (("zero-shot", zero_shot), ("pseudo-label", pseudo_label)):
+    for name, switch in (switches or {}).items():
         if switch is True:
             wanted.add(name)
         elif switch is False:

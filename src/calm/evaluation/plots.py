@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -26,9 +26,10 @@ def _figure(width: float, height: float) -> Any:
 
 
 def plot_metric_vs_shots(rows: Sequence[dict[str, Any]], metric: str, path: str | os.PathLike,
-                         label: str | None = None) -> Path:
+                         label: str | None = None, dashed: Collection[str] = ()) -> Path:
     """One line per method: mean ``metric`` (in %) against shots, with 95% interval bars, from
-    :meth:`~calm.evaluation.report.EvaluationReport.summary_rows`."""
+    :meth:`~calm.evaluation.report.EvaluationReport.summary_rows`; the methods in ``dashed`` (those
+    that read the model's answers) drawn dashed."""
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -45,7 +46,7 @@ def plot_metric_vs_shots(rows: Sequence[dict[str, Any]], metric: str, path: str 
         err = [100 * (r[f"{metric}_ci"] or 0.0) for r in own]
         ax.errorbar(x, y, yerr=err, marker="osD^v"[n // 4 % 5], capsize=3, label=method,
                     color=colours[2 * n % 20 + n // 10 % 2],
-                    linestyle="--" if method in ("zero-shot", "pseudo-label") else "-")
+                    linestyle="--" if method in dashed else "-")
     if len(shots) > 1 and shots[-1] / max(shots[0], 1) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(shots, [str(k) for k in shots])

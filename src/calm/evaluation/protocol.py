@@ -36,71 +36,54 @@ a support clip is left out, with a note.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from calm import methods as registry
 from calm.data.conflicts import check_label_conflicts
 from calm.data.items import Item
+from calm.errors import InputError
+from calm.config import configured
 from calm.evaluation.answers import warn_label_leaks
+from calm.evaluation.config import EvaluationConfig
 from calm.evaluation.planning import (check_evaluation, check_task, classes_of, duplicate_groups, plan, quiet_plan,
                                       resolve_methods)
 from calm.evaluation.provenance import configuration
 from calm.evaluation.report import EvaluationReport
 from calm.evaluation.runner import Runner
 from calm.evaluation.workers import run_units
-from calm.evaluation.zeroshot import ModelAnswers, answer_prompt, generate_answers
+from calm.evaluation.zeroshot import GenerationConfig, ModelAnswers, answer_prompt, generate_answers
 from calm.features import HeadFeatures
 
 if TYPE_CHECKING:
     from calm.backbones.base import Backbone
 
 
-def evaluate(
-    backbone: Backbone,
-    items: Sequence[Item],
-    *,
-    prompt: str,
-    shots: Sequence[int] = (1, 5),
-    seeds: int | Iterable[int] = 5,
-    methods: Sequence[str] | None = None,
-    task: str | None = None,
-    batch_size: int = 8,
-    store: Any = None,
-    zero_shot: bool = True,
-    pseudo_label: bool = True,
-    progress: bool = True,
-    query_fold: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None,
-    answer_template: str | None = None,
-    samples: int = 5,
-    temperature: float = 1.0,
-    max_new_tokens: int = 16,
-    trust: bool = True,
-    workers: int | None = 1,
-) -> EvaluationReport:
+def evaluate(backbone: Backbone, items: Sequence[Item], *, prompt: str, config: EvaluationConfig | None = None,
+             store: Any = None, progress: bool = True, **options: Any) -> EvaluationReport:
     """Extract once, then evaluate every method on the same episodes.
 
     Args:
         backbone: from :func:`calm.load_backbone`.
         items: labelled clips (see :func:`calm.load_dataset`).
         prompt: the feature prompt (it should name no classes; a label leak warns).
-        shots, seeds, methods, task, query_fold, params: as in :func:`evaluate_features`;
-            ``methods`` (default: every feature method) may also name ``zero-shot``/``pseudo-label``.
-        batch_size, store: for :func:`calm.heads.extract` (a store makes reruns skip extraction).
-        zero_shot, pseudo_label: add (True) or leave out (False) the methods that need a chat model;
-            on a backbone that answers no questions they are skipped with a note either way.
-        answer_template: the question both ask (default by task, see :func:`~calm.evaluation.zeroshot.answer_prompt`).
-        samples, temperature: sampled answers per support clip for the pseudo-labels.
-        max_new_tokens: answer length limit.
-        trust, workers: as in :func:`evaluate_features`.
+        config: how the evaluation runs (:class:`~calm.evaluation.config.EvaluationConfig`), or
+            leave it out and give its fields as keyword ``options`` (``shots=(1, 5)``, ``seeds=5``,
+            ``methods=...``, ``zero_shot=False`` ...). ``methods`` (default: every feature method)
+            may also name ``zero-shot``/``pseudo-label``; ``zero_shot`` and ``pseudo_label`` add
+            (True, the default) or leave out (False) the methods that need a chat model: on a
+            backbone that answers no questions they are skipped with a note either way.
+        store: for :func:`calm.heads.extract` (a directory or an open feature store: reruns skip extraction).
+        progress: show progress bars.
 
     Items whose files cannot be loaded are left out and listed in the report's ``failed``.
     """
     from calm.heads import extract, item_content  # torch: only where a model runs
 
-    chosen = resolve_methods(methods, zero_shot=zero_shot, pseudo_label=pseudo_label)
+    config = configured(EvaluationConfig, config, options, "evaluate")
+    chosen = resolve_methods(config.methods, config.switches())
     notes: list[str] = []
     chat = [m for m in chosen if registry.get(m).needs_chat_model]
     if chat and not backbone.answers_questions:
@@ -108,104 +91,89 @@ def evaluate(
         notes.append(f"skipped {', '.join(chat)}: they need a chat model's answers, and {backbone.family} "
                      "backbones answer no questions")
         if not chosen:
-            raise ValueError(f"nothing to evaluate: {', '.join(chat)} need a chat model (e.g. Qwen2-Audio), "
+            raise InputError(f"nothing to evaluate: {', '.join(chat)} need a chat model (e.g. Qwen2-Audio), "
                              f"not {backbone.family}")
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]  # drawn twice below
+    config = replace(config, methods=tuple(chosen), seeds=tuple(config.seed_list()))
     labelled = [i for i in items if i.label is not None]
-    task = check_evaluation(labelled, shots=shots, seeds=seeds, methods=chosen, task=task, query_fold=query_fold)
+    task = check_evaluation(labelled, shots=config.shots, seeds=config.seeds, methods=chosen, task=config.task,
+                            query_fold=config.query_fold)
+    config = replace(config, task=task)
     warn_label_leaks(prompt, labelled)
     check_label_conflicts(labelled)  # one file under two labels: refused; two identical files: a warning
-    features = extract(backbone, labelled, prompt, batch_size=batch_size, store=store, on_error="record",
+    features = extract(backbone, labelled, prompt, batch_size=config.batch_size, store=store, on_error="record",
                        progress=progress, order="store")  # episodes select rows by id
     unhashed = [i for i in labelled if i.id not in features.failed and i.id not in features.content]
     content = {**item_content(unhashed), **features.content}  # the store's hashes are not read again
     answers = None
     if any(registry.get(m).needs_chat_model for m in chosen):
-        episodes_plan = quiet_plan(features, labelled, shots, seeds, query_fold, content)
-        answers = _model_answers(backbone, labelled, episodes_plan, chosen, task, answer_template,
-                                 dict(samples=samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, progress=progress))
-    return evaluate_features(features, labelled, shots=shots, seeds=seeds, methods=chosen, task=task,
-                             query_fold=query_fold, progress=progress, answers=answers, params=params,
-                             content=content, notes=notes, trust=trust, workers=workers)
+        episodes_plan = quiet_plan(features, labelled, config.shots, config.seeds, config.query_fold, content)
+        answers = _model_answers(backbone, labelled, episodes_plan, config, progress)
+    return evaluate_features(features, labelled, config=config, progress=progress, answers=answers, content=content,
+                             notes=notes)
 
 
-def _model_answers(backbone: Backbone, labelled: list[Item], episodes_plan: dict, chosen: list[str], task: str,
-                   template: str | None, options: dict[str, Any]) -> ModelAnswers:
-    """The greedy answers of the queries (zero-shot) and sampled answers of the supports (pseudo-labels)."""
-    samples, temperature = options.pop("samples"), options.pop("temperature")
-    answers = ModelAnswers(answer_prompt(classes_of(labelled), task, template),
-                           params={"template": template, "max_new_tokens": options["max_new_tokens"]})
+def _model_answers(backbone: Backbone, labelled: list[Item], episodes_plan: dict, config: EvaluationConfig,
+                   progress: bool) -> ModelAnswers:
+    """The answers the chosen methods' strategies read (:attr:`EstimatorStrategy.answers`): greedy
+    answers of the queries (zero-shot), sampled answers of the supports (pseudo-labels)."""
+    read = {registry.get(m).strategy_class().answers for m in config.methods}
+    template = config.answer_template
+    answers = ModelAnswers(answer_prompt(classes_of(labelled), config.task, template),
+                           params={"template": template, "max_new_tokens": config.max_new_tokens})
     by_id = {i.id: i for i in labelled}
 
     def unique(side: str) -> list[Item]:
         return [by_id[i] for i in sorted({item.id for eps in episodes_plan.values() for ep in eps
                                            for item in getattr(ep, side)})]
 
-    if "zero-shot" in chosen:
-        greedy, failed = generate_answers(backbone, unique("query"), answers.prompt, **options)
+    run = dict(batch_size=config.batch_size, progress=progress)
+    if "greedy" in read:
+        greedy, failed = generate_answers(backbone, unique("query"), answers.prompt,
+                                          GenerationConfig(max_new_tokens=config.max_new_tokens), **run)
         answers.greedy = {item_id: texts[0] for item_id, texts in greedy.items()}
         answers.failed.update(failed)
-    if "pseudo-label" in chosen:
-        answers.sampled, failed = generate_answers(backbone, unique("support"), answers.prompt, samples=samples,
-                                                   do_sample=True, temperature=temperature, **options)
+    if "sampled" in read:
+        sampling = GenerationConfig(samples=config.samples, do_sample=True, temperature=config.temperature,
+                                    max_new_tokens=config.max_new_tokens)
+        answers.sampled, failed = generate_answers(backbone, unique("support"), answers.prompt, sampling, **run)
         answers.failed.update(failed)
-        answers.params.update(samples=samples, temperature=temperature)
+        answers.params.update(samples=config.samples, temperature=config.temperature)
     return answers
 
 
-def evaluate_features(
-    features: HeadFeatures,
-    items: Sequence[Item],
-    *,
-    shots: Sequence[int] = (1, 5),
-    seeds: int | Iterable[int] = 5,
-    methods: Sequence[str] | None = None,
-    task: str | None = None,
-    query_fold: str | None = None,
-    progress: bool = False,
-    answers: ModelAnswers | None = None,
-    params: dict[str, dict[str, Any]] | None = None,
-    content: Mapping[str, str] | None = None,
-    notes: Sequence[str] = (),
-    trust: bool = True,
-    workers: int | None = 1,
-) -> EvaluationReport:
+def evaluate_features(features: HeadFeatures, items: Sequence[Item], *, config: EvaluationConfig | None = None,
+                      progress: bool = False, answers: ModelAnswers | None = None,
+                      content: Mapping[str, str] | None = None, notes: Sequence[str] = (),
+                      **options: Any) -> EvaluationReport:
     """Evaluate methods on precomputed features (no model runs).
 
     Args:
         features: head features of the labelled items; items listed in ``features.failed`` are
             left out and reported.
         items: the dataset (labels, folds); unlabelled items are ignored.
-        shots: support sizes per class.
-        seeds: number of seeds (0..n-1) or the seeds themselves.
-        methods: registered method names (default: every feature method, see :mod:`calm.methods`).
-        task: ``multiclass``, ``spoof`` or ``multilabel`` (default: detected from the labels).
-        query_fold: hold out this fold as the query for every seed (default: the dataset's split,
-            or folds rotating with the seed; see :mod:`calm.data.episodes`).
+        config: how the evaluation runs (:class:`~calm.evaluation.config.EvaluationConfig`: shots,
+            seeds, methods, task, query fold, parameters, trust, workers), or leave it out and give
+            its fields as keyword ``options`` (``shots=(1, 3), seeds=3, methods=["calm"]`` ...).
+            Its ``zero_shot``/``pseudo_label`` switches are :func:`evaluate`'s, unused here.
         progress: show a progress bar.
         answers: the model's answers, needed by ``zero-shot`` and ``pseudo-label``.
-        params: method name -> parameters overriding its defaults (e.g. ``{"calm": {"tau": 0.1}}``).
         content: item id -> content hash; identical clips are kept on one side of every episode.
         notes: notes to start the report's notes with.
-        trust: also calibrate each method on its support and report calibration, prediction-set
-            and open-set metrics (:mod:`calm.evaluation.trust`; not for multilabel tasks).
-        workers: processes that fit episodes in parallel (None: as many as there are cores, when
-            the fits would take long enough to repay starting them; :mod:`calm.evaluation.workers`).
-            The report is the same whatever the count.
     """
-    chosen = resolve_methods(methods)
-    params = params or {}
+    config = configured(EvaluationConfig, config, options, "evaluate_features")
+    chosen = resolve_methods(config.methods)
+    params = config.params
     for name in params:
         registry.get(name)
     needing = [m for m in chosen if registry.get(m).needs_chat_model]
     if needing and answers is None:
-        raise ValueError(f"method(s) {needing} need the model's answers: use calm.evaluate "
+        raise InputError(f"method(s) {needing} need the model's answers: use calm.evaluate "
                          "(or pass answers=ModelAnswers(...))")
     labelled = [i for i in items if i.label is not None]
-    task = check_task(task, labelled)
+    task = check_task(config.task, labelled)
+    config = replace(config, methods=tuple(chosen), task=task)
     settings = {name: registry.get(name).split(params.get(name, {})) for name in chosen}
-    runner_args = (task, classes_of(labelled), answers, features, settings, trust)
+    runner_args = (task, classes_of(labelled), answers, features, settings, config.trust)
     runner = Runner(*runner_args)
     for message in notes:
         runner.add_note(message)
@@ -216,18 +184,18 @@ def evaluate_features(
                             "they are kept on one side of every episode")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        episodes_plan = plan(features, labelled, shots, seeds, query_fold, content)
+        episodes_plan = plan(features, labelled, config.shots, config.seeds, config.query_fold, content)
         for w in caught:
             runner.add_note(f"episodes: {w.message}")
         caught.clear()
     units = [(shots_per_class, episode) for shots_per_class, eps in episodes_plan.items() for episode in eps]
     with tqdm(total=len(units) * len(chosen), desc="evaluate", unit="fit", disable=not progress) as bar:
-        run_units(runner, runner_args, units, workers, bar)
+        run_units(runner, runner_args, units, config.workers, bar)
     for message in runner.notes:
         warnings.warn(message, stacklevel=2)
     return EvaluationReport(
         task=task, classes=runner.classes, heads=features.heads,
-        config=configuration(features, labelled, episodes_plan, settings, task, answers, trust),
+        config=configuration(features, labelled, episodes_plan, settings, answers, config),
         results=runner.results, confusion=runner.confusion, calm_weights=runner.mean_calm_weights(),
         zero_shot=runner.zero_shot_summary(), notes=runner.notes,
         reliability=runner.trust.largest_shot_bins() if runner.trust is not None else {},

@@ -11,6 +11,7 @@ import torch
 from calm import methods as registry
 from calm.data.episodes import Episode
 from calm.data.items import Item
+from calm.evaluation.config import EvaluationConfig
 from calm.evaluation.trust import OPEN_SET_SHARE, SET_LEVEL
 from calm.evaluation.zeroshot import ModelAnswers
 from calm.features import HeadFeatures
@@ -31,9 +32,11 @@ def constant_heads(features: HeadFeatures) -> list[int]:
 
 
 def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int, list[Episode]],
-                  settings: dict[str, tuple[dict[str, Any], dict[str, Any]]], task: str,
-                  answers: ModelAnswers | None, trust: bool) -> dict[str, Any]:
-    """Everything that produced the numbers."""
+                  settings: dict[str, tuple[dict[str, Any], dict[str, Any]]], answers: ModelAnswers | None,
+                  config: EvaluationConfig) -> dict[str, Any]:
+    """Everything that produced the numbers (``evaluation``: the run's
+    :class:`~calm.evaluation.config.EvaluationConfig`, its methods and task resolved)."""
+    task, trust = config.task, config.trust
     import calm
 
     have = set(features.ids)
@@ -72,4 +75,5 @@ def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int,
         "failed": dict(features.failed),
         "heads": {"count": len(features.heads), "head_dim": int(features.X.shape[2]),
                   "constant": [features.heads.label(k) for k in constant_heads(features)]},
+        "evaluation": config.to_dict(),
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from calm import methods as registry
 from calm.evaluation.metrics import mean_interval
 from calm.features import HeadIndex
 
@@ -195,8 +196,9 @@ class EvaluationReport:
         paths["markdown"].write_text(f"# Evaluation: {self.config.get('fingerprint', {}).get('model_id')}\n\n"
                                      + self.markdown(), errors="surrogateescape")  # non-UTF-8 names as their bytes
         metric = self.metrics[0]
+        chat = [name for name in registry.names() if registry.get(name).needs_chat_model]
         paths["shots_plot"] = plots.plot_metric_vs_shots(self.summary_rows(), metric, out / f"{metric}_vs_shots.png",
-                                                         label=METRIC_NAMES[metric])
+                                                         label=METRIC_NAMES[metric], dashed=chat)
         if self.calm_weights is not None:
             shots, weights = self.calm_weights
             paths["weights_plot"] = plots.plot_class_weights(weights, self.classes, self.heads,
@@ -206,11 +208,12 @@ class EvaluationReport:
                                                              title=f"CALM weight mass per layer, {shots}-shot")
         if self.reliability:
             paths["reliability_plot"] = plots.plot_reliability(self.reliability, out / "reliability.png")
-        if "calm" in self.confusion:
-            shots = max(self.confusion["calm"])
-            paths["confusion_plot"] = plots.plot_confusion(self.confusion["calm"][shots], self.classes,
-                                                           out / "confusion_calm.png",
-                                                           title=f"CALM, {shots}-shot, summed over seeds")
+        shown = registry.FIGURE_METHOD
+        if shown in self.confusion:
+            shots = max(self.confusion[shown])
+            paths["confusion_plot"] = plots.plot_confusion(self.confusion[shown][shots], self.classes,
+                                                           out / f"confusion_{shown}.png",
+                                                           title=f"{shown.upper()}, {shots}-shot, summed over seeds")
         return paths
 
 

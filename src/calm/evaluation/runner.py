@@ -1,5 +1,7 @@
 """Running an evaluation: every method on every episode, collecting metrics, confusion counts,
-CALM's weights and notes. How a method runs is its strategy (:mod:`calm.evaluation.strategies`)."""
+CALM's weights and notes. How a method runs is its strategy (:mod:`calm.evaluation.strategies`),
+which returns an :class:`~calm.evaluation.strategies.Outcome`; the runner alone scores and records
+outcomes."""
 
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ import numpy as np
 from calm import methods as registry
 from calm.data.episodes import Episode
 from calm.evaluation import metrics
-from calm.evaluation.answers import AnswerMatch
 from calm.evaluation.notes import Notes
-from calm.evaluation.strategies import EpisodeData, answer_match
+from calm.evaluation.strategies import EpisodeData, Outcome, TaskContext
 from calm.evaluation.trust import TrustRecorder
 from calm.evaluation.zeroshot import ModelAnswers
 from calm.features import HeadFeatures
@@ -35,13 +36,14 @@ class Runner:
         self.answers = answers
         self.features = features
         self.settings = settings
-        self.strategies = {name: registry.get(name).strategy_class()(registry.get(name), self) for name in settings}
+        self.trust = TrustRecorder(task, classes) if trust and task != "multilabel" else None
+        self.context = TaskContext(task, classes, answers, self.trust is not None)
+        self.strategies = {name: registry.get(name).strategy_class()(registry.get(name), self.context)
+                           for name in settings}
         self.results: list[dict[str, Any]] = []
         self.confusion: dict[str, dict[int, np.ndarray]] = {}
         self.calm_weights: dict[int, list[np.ndarray]] = {}
         self._notes = Notes()
-        self._matches: dict[str, AnswerMatch | None] = {}
-        self.trust = TrustRecorder(task, classes) if trust and task != "multilabel" else None
 
     def note(self, caught: list[warnings.WarningMessage], method: str | None = None, shots: int | None = None) -> None:
         """Move caught warnings into the notes (grouped by kind, :class:`~calm.evaluation.notes.Notes`),
@@ -67,12 +69,12 @@ class Runner:
         for name, (params, options) in self.settings.items():
             started = time.perf_counter()
             try:
-                outcome = self.strategies[name].run(data, params, options)
+                row = self.record(name, data, self.strategies[name].run(data, params, options), params)
             except (ValueError, ImportError) as error:
-                outcome = {"metrics": {}, "error": str(error)}
+                row = {"metrics": {}, "error": str(error)}
                 warnings.warn(f"not evaluated: {error}")
             self.results.append({"method": name, "shots": shots, "seed": episode.seed, "query_fold": episode.query_fold,
-                                 "n_support": len(support), "n_query": len(query), **outcome,
+                                 "n_support": len(support), "n_query": len(query), **row,
                                  "seconds": round(time.perf_counter() - started, 4)})
             self.note(caught, name, shots)
             if bar is not None:
@@ -99,20 +101,27 @@ class Runner:
     def detached(self) -> Runner:
         """What :meth:`merge` takes, without the features and answers (small to send between processes)."""
         twin = copy.copy(self)
-        twin.features, twin.answers, twin.strategies, twin._matches = None, None, {}, {}
+        twin.features, twin.answers, twin.strategies, twin.context = None, None, {}, None
         return twin
 
-    # ---- what strategies call
-    def match(self, item_id: str) -> AnswerMatch | None:
-        """How the item's greedy answer maps (None: no answer); cached."""
-        if item_id not in self._matches:
-            self._matches[item_id] = answer_match(self.answers, item_id, self.classes)
-        return self._matches[item_id]
-
-    def record_fit(self, method: str, shots: int, clf: Any) -> None:
-        """Keep what reports show of a fitted classifier (CALM's weights, by class)."""
-        if method == "calm" and hasattr(clf, "weights_"):
-            self.calm_weights.setdefault(shots, []).append(_weights_by_class(clf, self.classes))
+    # ---- recording what a strategy returned
+    def record(self, name: str, data: EpisodeData, outcome: Outcome, params: dict[str, Any]) -> dict[str, Any]:
+        """The result row's ``metrics`` (and the outcome's ``extra``, and ``trust`` where it ran) of one
+        method on one episode; its confusion counts and the weights reports show are kept."""
+        if outcome.multilabel is not None:
+            return {"metrics": self.multilabel_metrics(data.y_true, *outcome.multilabel), **outcome.extra}
+        if outcome.pred is None:  # no classifier: every query counts as wrong
+            return {"metrics": self.score(data.y_true, [None] * len(data.query), None), **outcome.extra}
+        row = {"metrics": self.score(data.y_true, outcome.pred, outcome.score), **outcome.extra}
+        if outcome.calibrated is not None and self.trust is not None:
+            method = registry.get(name)
+            Xs, ys = outcome.fitted_on
+            row["trust"] = self.trust.score(name, data.shots, data.seed, outcome.calibrated,
+                                            lambda: method.make(**params), Xs, ys, data.Xq, data.y_true)
+        if name == registry.FIGURE_METHOD and hasattr(outcome.fitted, "weights_"):
+            self.calm_weights.setdefault(data.shots, []).append(_weights_by_class(outcome.fitted, self.classes))
+        self.add_confusion(name, data.shots, data.y_true, outcome.pred)
+        return row
 
     def score(self, y_true: list[Any], pred: list[Any], score: np.ndarray | None) -> dict[str, Any]:
         """Metrics of hard predictions (None: unmapped or no classifier), plus the EER of ``score``."""
@@ -151,7 +160,7 @@ class Runner:
         """The question, how answers mapped (by rule), and examples of unmappable ones."""
         if self.answers is None or not self.answers.greedy:
             return None
-        matches = {i: self.match(i) for i in sorted(self.answers.greedy)}
+        matches = {i: self.context.match(i) for i in sorted(self.answers.greedy)}
         unmapped = [{"id": i, "answer": self.answers.greedy[i]} for i, m in matches.items() if m.label is None]
         return {"prompt": self.answers.prompt, "answered": len(matches), "unmapped": len(unmapped),
                 "unmapped_examples": unmapped[:5], "rules": dict(Counter(m.rule for m in matches.values())),

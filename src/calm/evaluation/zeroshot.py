@@ -56,24 +56,31 @@ class ModelAnswers:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def generate_answers(
-    backbone: Backbone,
-    items: Sequence[Item],
-    prompt: str,
-    *,
-    samples: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """``samples`` answers per item (greedy unless ``do_sample``), and item id -> reason for items
-    whose audio or video could not be loaded (recorded, never dropped silently).
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How answers are generated.
 
-    Sampling is seeded (``seed``) without touching the caller's random state; video items and
-    audio-only items go in separate batches.
+    Attributes:
+        samples: answers per item.
+        do_sample: sample (else greedy).
+        temperature: the sampling temperature.
+        max_new_tokens: answer length limit.
+        seed: sampling is seeded with it, without touching the caller's random state.
+    """
+
+    samples: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    seed: int = 0
+
+
+def generate_answers(backbone: Backbone, items: Sequence[Item], prompt: str,
+                     config: GenerationConfig = GenerationConfig(), *, batch_size: int = 8,
+                     progress: bool = False) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """``config.samples`` answers per item (greedy unless ``config.do_sample``), and item id ->
+    reason for items whose audio or video could not be loaded (recorded, never dropped silently).
+    Video items and audio-only items go in separate batches.
     """
     import torch
 
@@ -85,17 +92,17 @@ def generate_answers(
             loaded.append((item, *_load(backbone, item)))
         except ValueError as error:  # MediaLoadError
             failed[item.id] = str(error)
-    bar = tqdm(total=len(loaded), unit="clip", desc="sample" if do_sample else "answer", disable=not progress)
+    bar = tqdm(total=len(loaded), unit="clip", desc="sample" if config.do_sample else "answer", disable=not progress)
     devices = [backbone.device] if backbone.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(config.seed)
         for with_video in (False, True):
             group = [entry for entry in loaded if (entry[2] is not None) == with_video]
             for start in range(0, len(group), batch_size):
                 batch = group[start:start + batch_size]
                 texts = backbone.generate(
-                    [audio for _, audio, _ in batch], prompt, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    temperature=temperature, num_return_sequences=samples,
+                    [audio for _, audio, _ in batch], prompt, max_new_tokens=config.max_new_tokens,
+                    do_sample=config.do_sample, temperature=config.temperature, num_return_sequences=config.samples,
                     videos=[video for _, _, video in batch] if with_video else None,
                 )
                 answers.update((item.id, list(text)) for (item, _, _), text in zip(batch, texts))
