@@ -312,6 +312,28 @@ def test_cli_flags_reach_the_backbone(monkeypatch):
     assert _common.backbone_options(default) == BackboneOptions()  # the exact fast path is on by default
 
 
+def _choices(argv: list[str], flag: str) -> tuple[str, ...]:
+    from calm.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    return tuple(next(a for a in subparsers.choices[argv[0]]._actions if flag in a.option_strings).choices)
+
+
+def test_choices_and_feature_options_have_one_source():
+    import calm.choices
+    import calm.engine
+    import calm.evaluation.planning
+
+    assert _choices(["evaluate"], "--task") == calm.choices.TASKS and calm.evaluation.planning.TASKS is calm.choices.TASKS
+    assert _choices(["extract"], "--on-error") == calm.choices.ON_ERROR and calm.engine.ON_ERROR is calm.choices.ON_ERROR
+    options = BackboneOptions(dtype="bfloat16", compile=True, encoder_seconds=5, video_max_pixels=1000, fast=False)
+    fingerprint = {"dtype": "bfloat16", **options.fingerprint()}
+    assert fingerprint == {"dtype": "bfloat16", "compile": True, "encoder_seconds": 5.0, "video_max_pixels": 1000}
+    assert BackboneOptions(**BackboneOptions.recorded_in(fingerprint)) == BackboneOptions(
+        dtype="bfloat16", compile=True, encoder_seconds=5.0, video_max_pixels=1000)
+    assert BackboneOptions.recorded_in({"dtype": "float32"})["compile"] is False  # not recorded: not compiled
+
+
 # ---------------------------------------------------------------------------- errors
 
 CONTROL_FLOW = {"calm.backbones.base.StopForward", "calm.cli.app._Terminated"}

@@ -64,7 +64,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = "whisper-base", tas
                         "run_demo")
     out = Path(out_dir)
     backbone = load_backbone(model, loaders=loaders)
-    if backbone.family == "whisper" and encoder_seconds is not None:
+    if backbone.has_encoder_window and encoder_seconds is not None:
         backbone = backbone.with_options(encoder_seconds=encoder_seconds)
     reports: dict[str, Any] = {}
     for task in tasks:

@@ -34,15 +34,13 @@ import torch
 
 from calm.backbones.base import Backbone
 from calm.capture import HeadCapture
+from calm.choices import ON_ERROR, ORDERS
 from calm.clips import ClipPool, default_loaders, loaded_batches, min_samples, read_clip
 from calm.data.items import Item
 from calm.data.loaders import media_item
 from calm.features import HeadFeatures, HeadIndex
 from calm.media import MediaLoadError, content_hash, duration, load_video
 from calm.store import FeatureStore, StoreError
-
-ON_ERROR = ("raise", "record")
-ORDERS = ("input", "store")
 
 
 @dataclass(frozen=True)

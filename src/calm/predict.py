@@ -149,8 +149,7 @@ def load_backbone_for(classifier: Any, model: str | None = None, *, store: Any =
     name = model or recorded.get("model_id")
     if not name:
         raise ValueError("the classifier records no model (fit on plain arrays?); name one (calm predict --model)")
-    from_file = {"dtype": recorded.get("dtype"), "compile": bool(recorded.get("compile", False)),
-                 "encoder_seconds": recorded.get("encoder_seconds"), "video_max_pixels": recorded.get("video_max_pixels")}
+    from_file = BackboneOptions.recorded_in(recorded)
     chosen = BackboneOptions(**{**from_file, **{k: v for k, v in options.items() if v is not None}})
     prompt = prompt or recorded.get("prompt")
     if store is not None and prompt is not None:

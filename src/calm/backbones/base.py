@@ -111,8 +111,7 @@ class Backbone:
         """Wrap a loaded model: it is moved to the options' device and dtype (when they are given),
         and its layers compiled if asked."""
         options = options or BackboneOptions()
-        if options.encoder_seconds is not None and not self.has_encoder_window:
-            raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
+        self._check_encoder_window(options)
         if options.video_max_pixels is not None and not self.supports_video:
             raise ValueError(f"video_max_pixels applies to video backbones; {self.family} backbones take no video")
         parameter = next(model.parameters())
@@ -180,13 +179,16 @@ class Backbone:
         samples = getattr(fe, "n_samples", None)
         return float(samples) / self.sample_rate if samples else None
 
+    def _check_encoder_window(self, options: BackboneOptions) -> None:
+        if options.encoder_seconds is not None and not self.has_encoder_window:
+            raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
+
     def with_options(self, **changes: Any) -> "Backbone":
         """A backbone on the same weights with some options changed (``fast``, ``encoder_seconds``,
         ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new
         :func:`calm.load_backbone`."""
         options = self._options.replace(**changes)
-        if options.encoder_seconds is not None and not self.has_encoder_window:
-            raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
+        self._check_encoder_window(options)
         moved = [n for n in ("device", "dtype", "compile") if getattr(options, n) != getattr(self._options, n)]
         if moved:
             raise ValueError(f"changing {', '.join(moved)} needs a new calm.load_backbone(...)")

@@ -14,6 +14,10 @@ from typing import Any
 
 PADDING_SIDES = ("left", "right")
 
+FEATURE_OPTIONS = {"compile": bool, "encoder_seconds": float, "video_max_pixels": int}
+"""The options that change features (name -> their type in a fingerprint): the one list that
+:meth:`BackboneOptions.fingerprint` writes and :meth:`BackboneOptions.recorded_in` reads back."""
+
 COMPILE_MIN_CLIPS = 20_000
 """Clips from which compiling pays on a GPU. Measured on an H200 (Qwen2-Audio-7B shape, bf16,
 batch 64, 5 s clips; ``docs/benchmarks.md``): compiling takes 14-34 s and saves about 1.4 ms per
@@ -80,14 +84,14 @@ class BackboneOptions:
     def fingerprint(self) -> dict[str, Any]:
         """The options that change features, when not at their defaults (``compile`` only when
         True: the backbone records whether it compiled, see :meth:`Backbone.fingerprint`)."""
-        out: dict[str, Any] = {}
-        if self.compile:
-            out["compile"] = True
-        if self.encoder_seconds is not None:
-            out["encoder_seconds"] = float(self.encoder_seconds)
-        if self.video_max_pixels is not None:
-            out["video_max_pixels"] = int(self.video_max_pixels)
-        return out
+        return {name: kind(getattr(self, name)) for name, kind in FEATURE_OPTIONS.items() if getattr(self, name)}
+
+    @staticmethod
+    def recorded_in(fingerprint: dict[str, Any]) -> dict[str, Any]:
+        """The options a feature fingerprint records: its dtype and every feature-changing option
+        (``compile`` False where it is not recorded: those features were not compiled)."""
+        recorded = {name: fingerprint.get(name) for name in FEATURE_OPTIONS}
+        return {"dtype": fingerprint.get("dtype"), **recorded, "compile": bool(recorded["compile"])}
 
     def replace(self, **changes: Any) -> "BackboneOptions":
         """A copy with some options changed (validated)."""

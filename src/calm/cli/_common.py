@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from calm.choices import ON_ERROR
+
 DEFAULT_PROMPT = "What sound is in this audio clip?"
 """A neutral prompt: it names no classes, so it leaks no labels."""
 
@@ -55,7 +57,7 @@ def load_model(args: argparse.Namespace) -> Any:
 
 def add_on_error_argument(parser: argparse.ArgumentParser, record_means: str) -> None:
     """``--on-error raise|record``; ``record_means`` says what ``record`` does with a file that cannot be loaded."""
-    parser.add_argument("--on-error", choices=("raise", "record"), default="raise",
+    parser.add_argument("--on-error", choices=ON_ERROR, default="raise",
                         help=f"a file that cannot be loaded stops the run (raise) or {record_means} (record)")
 
 

@@ -7,11 +7,10 @@ from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
 from calm import methods as registry
+from calm.choices import TASKS
 from calm.data.episodes import Episode, episodes
 from calm.data.items import Item
 from calm.features import HeadFeatures
-
-TASKS = ("multiclass", "spoof", "multilabel")
 
 SPOOF_LABELS = ("bonafide", "spoof")
 
