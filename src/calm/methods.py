@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from calm.errors import InputError
 from calm.resolve import resolve
 
 ESTIMATOR_STRATEGY = "calm.evaluation.strategies:EstimatorStrategy"
@@ -48,7 +49,7 @@ class Method:
     def estimator_class(self) -> type:
         """The estimator class (imported on first use)."""
         if self.estimator is None:
-            raise ValueError(f"method {self.name!r} fits no estimator")
+            raise InputError(f"method {self.name!r} fits no estimator")
         return _resolve(self.estimator)
 
     def make(self, **params: Any) -> Any:
@@ -67,12 +68,12 @@ class Method:
         valid = self.parameter_names()
         unknown = sorted(set(params) - set(valid))
         if unknown:
-            raise ValueError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            raise InputError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
                              f"its parameters: {', '.join(valid)}")
         try:
             self.make(**self.split(params)[0])._validate_params()
         except ValueError as error:
-            raise ValueError(f"method {self.name!r}: {error}") from None
+            raise InputError(f"method {self.name!r}: {error}") from None
 
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``params`` as (estimator parameters, options with defaults filled in)."""
@@ -97,7 +98,7 @@ recommended :class:`~calm.classifiers.DefaultClassifier` (chosen on the dev task
 def register(method: Method) -> Method:
     """Add a method (its name must be new); returns it. Reports list methods in registration order."""
     if method.name in _REGISTRY:
-        raise ValueError(f"a method named {method.name!r} is already registered")
+        raise InputError(f"a method named {method.name!r} is already registered")
     _REGISTRY[method.name] = method
     return method
 
@@ -110,7 +111,7 @@ def unregister(name: str) -> None:
 def get(name: str) -> Method:
     """The method called ``name``; ValueError listing the known ones otherwise."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from calm.choices import ON_ERROR
+from calm.errors import InputError
 
 DEFAULT_PROMPT = "What sound is in this audio clip?"
 """A neutral prompt: it names no classes, so it leaks no labels."""
@@ -65,7 +66,7 @@ def check_writable_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a Path if a file can be written there; else a ValueError naming it (before any work)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path}: {what} is a folder; give a file name")
+        raise InputError(f"{path}: {what} is a folder; give a file name")
     check_writable_folder(path.parent if str(path.parent) else Path("."), what, create=False)
     return path
 
@@ -77,9 +78,9 @@ def check_writable_folder(path: str | os.PathLike, what: str, create: bool = Tru
         if create:
             path.mkdir(parents=True, exist_ok=True)
         if not path.is_dir():
-            raise ValueError(f"{path}: not a folder, so {what} cannot be written there")
+            raise InputError(f"{path}: not a folder, so {what} cannot be written there")
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise ValueError(f"{path}: {what} cannot be written there ({error.strerror or error})") from None
+        raise InputError(f"{path}: {what} cannot be written there ({error.strerror or error})") from None
     return path

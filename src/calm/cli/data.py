@@ -7,6 +7,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from calm.errors import InputError
+
 
 def _list(args: argparse.Namespace) -> int:
     from calm.devdata.recipes import RECIPES as recipes
@@ -32,7 +34,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from calm.devdata.recipes import RECIPES as recipes
 
     if args.recipe not in recipes:
-        raise ValueError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")
+        raise InputError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")
     print(recipes[args.recipe](Path(args.out)))
     return 0
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from calm.data.items import Item
+from calm.errors import InputError
 
 DEFAULT_TEMPLATE = "Which of these sounds is in the audio: {classes}? Answer with one of them only."
 
@@ -66,7 +67,7 @@ def _forms(classes: Sequence[str]) -> dict[str, str]:
         form = normalize(name)
         clash = next((other for other, f in forms.items() if f == form), None)
         if clash is not None or not form:
-            raise ValueError(f"class names {clash!r} and {name!r} are the same after normalisation" if clash
+            raise InputError(f"class names {clash!r} and {name!r} are the same after normalisation" if clash
                              else f"class name {name!r} has no letters or digits")
         forms[name] = form
     return forms
@@ -129,7 +130,7 @@ def class_list_prompt(classes: Sequence[str], template: str = DEFAULT_TEMPLATE, 
     The same prompt for every item: it names all classes in a fixed order and no per-item options.
     """
     if "{classes}" not in template:
-        raise ValueError(f"the template has no {{classes}} placeholder: {template!r}")
+        raise InputError(f"the template has no {{classes}} placeholder: {template!r}")
     _forms(classes)
     return template.replace("{classes}", separator.join(display_name(c) for c in sorted(classes)))
 

@@ -10,6 +10,7 @@ from calm import methods as registry
 from calm.choices import TASKS
 from calm.data.episodes import Episode, episodes
 from calm.data.items import Item
+from calm.errors import InputError
 from calm.features import HeadFeatures
 
 SPOOF_LABELS = ("bonafide", "spoof")
@@ -26,17 +27,17 @@ def detect_task(items: Sequence[Item]) -> str:
 def check_task(task: str | None, items: Sequence[Item]) -> str:
     """``task``, or the detected one; ValueError if it does not fit the labels."""
     if not items:
-        raise ValueError("no labelled items to evaluate")
+        raise InputError("no labelled items to evaluate")
     detected = detect_task(items)
     if task is None:
         return detected
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise InputError(f"task must be one of {TASKS}, got {task!r}")
     if task == "spoof" and detected != "spoof":
         found = sorted({str(i.label) for i in items})[:5]
-        raise ValueError(f"task 'spoof' needs exactly the labels {SPOOF_LABELS}, got {found}")
+        raise InputError(f"task 'spoof' needs exactly the labels {SPOOF_LABELS}, got {found}")
     if task != "multilabel" and detected == "multilabel":
-        raise ValueError(f"task {task!r} needs one label per item, but some items have several")
+        raise InputError(f"task {task!r} needs one label per item, but some items have several")
     return task
 
 
@@ -53,7 +54,7 @@ def resolve_methods(names: Sequence[str] | None, switches: Mapping[str, bool | N
         elif switch is False:
             wanted.discard(name)
     if not wanted:
-        raise ValueError("no methods to evaluate")
+        raise InputError("no methods to evaluate")
     return [m for m in registry.names() if m in wanted]
 
 
@@ -77,18 +78,18 @@ def plan(features: HeadFeatures, items: Sequence[Item], shots: Iterable[int], se
     have = set(features.ids)
     missing = [i.id for i in items if i.id not in have and i.id not in features.failed]
     if missing:
-        raise ValueError(f"{len(missing)} item(s) have no features and are not listed as failed, e.g. {missing[:3]}")
+        raise InputError(f"{len(missing)} item(s) have no features and are not listed as failed, e.g. {missing[:3]}")
     usable = [i for i in items if i.id in have]
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     shot_list = sorted({int(s) for s in shots})
     if not seed_list or not shot_list:
-        raise ValueError("need at least one shot count and one seed")
+        raise InputError("need at least one shot count and one seed")
     result = {}
     for shot in shot_list:
         result[shot] = list(episodes(usable, shot, seed_list, query_fold=query_fold, content=content))
         for ep in result[shot]:
             if not ep.query:
-                raise ValueError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
+                raise InputError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
     return result
 
 
@@ -103,7 +104,7 @@ def check_plan(items: Sequence[Item], shots: Iterable[int], seeds: int | Iterabl
         for shot in sorted({int(s) for s in shots}):
             for ep in episodes(items, shot, seed_list, query_fold=query_fold):
                 if not ep.query:
-                    raise ValueError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
+                    raise InputError(f"{shot}-shot, seed {ep.seed}: the query set is empty")
 
 
 def check_evaluation(items: Sequence[Item], *, shots: Iterable[int], seeds: int | Iterable[int],
