@@ -55,7 +55,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = "whisper-base", tas
     method is then refit on folds of its support, minutes more on a CPU) ... ``encoder_seconds``:
     the encoder window of a backbone that has one (None: the reference); ``loaders``: loader
     processes (:class:`calm.backbones.BackboneOptions`). Returns task name -> EvaluationReport."""
-    from calm.backbones import load_backbone
+    from calm.backbones import load_backbone  # torch and soundfile: not when the CLI starts (it imports this)
     from calm.data.loaders import load_dataset
     from calm.devdata.recipes import RECIPES
     from calm.evaluation.protocol import evaluate

@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from calm.backbones import load_backbone
 from calm.backbones.options import BackboneOptions
 from calm.data.items import Item
 from calm.engine import (BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine, ExtractionPlan,
@@ -63,8 +64,6 @@ class BackboneSpec:
     family: str | None = None
 
     def load(self) -> Any:
-        from calm.backbones import load_backbone
-
         return load_backbone(self.name, self.options, family=self.family)
 
 

@@ -17,6 +17,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
+from calm import __version__
 from calm.errors import CalmError
 
 SUBCOMMANDS: tuple[str, ...] = ("data", "extract", "evaluate", "fit", "predict", "scan", "demo", "app")
@@ -33,8 +34,6 @@ DESCRIPTION = ("Few-shot audio classifiers from the attention heads of audio-lan
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from calm import __version__
-
     parser = argparse.ArgumentParser(prog="calm", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"calm {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,7 +70,7 @@ def one_line(error: BaseException) -> str:
 
 
 def _hint(args: argparse.Namespace, error: BaseException) -> str | None:
-    from calm.media import MediaLoadError
+    from calm.media import MediaLoadError  # numpy and soundfile: not at start-up
 
     if isinstance(error, MediaLoadError) and getattr(args, "on_error", None) == "raise":
         return "use --on-error record to list unreadable files as failed and go on (finished items are kept)"

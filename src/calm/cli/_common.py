@@ -43,7 +43,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, model_required: bool
 
 def backbone_options(args: argparse.Namespace) -> Any:
     """The :class:`~calm.backbones.options.BackboneOptions` the arguments ask for."""
-    from calm.backbones.options import BackboneOptions
+    from calm.backbones.options import BackboneOptions  # the package imports torch: not at start-up
 
     return BackboneOptions(device=args.device, dtype=args.dtype, fast=args.fast, compile=args.compile,
                            encoder_seconds=args.encoder_seconds, loaders=args.loaders)
@@ -51,7 +51,7 @@ def backbone_options(args: argparse.Namespace) -> Any:
 
 def load_model(args: argparse.Namespace) -> Any:
     """The backbone named by ``--model`` with the options the arguments ask for."""
-    from calm.backbones import load_backbone
+    from calm.backbones import load_backbone  # torch: not at start-up
 
     return load_backbone(args.model, backbone_options(args))
 

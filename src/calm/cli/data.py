@@ -11,7 +11,7 @@ from calm.errors import InputError
 
 
 def _list(args: argparse.Namespace) -> int:
-    from calm.devdata.recipes import RECIPES as recipes
+    from calm.devdata.recipes import RECIPES as recipes  # numpy and soundfile: not at start-up
 
     for name in sorted(recipes):
         print(f"{name}\t{first_sentence(recipes[name].__doc__ or '')}")
@@ -31,7 +31,7 @@ def plain(text: str) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from calm.devdata.recipes import RECIPES as recipes
+    from calm.devdata.recipes import RECIPES as recipes  # numpy and soundfile: not at start-up
 
     if args.recipe not in recipes:
         raise InputError(f"unknown recipe {args.recipe!r}; known: {', '.join(sorted(recipes))} (calm data list)")
@@ -40,7 +40,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from calm.data.episodes import protocol_of
+    from calm.data.episodes import protocol_of  # numpy and soundfile: not at start-up
     from calm.data.loaders import LAYOUTS, detect_layout, load_dataset
 
     prefix = args.dataset.partition(":")[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from calm.demo import run_demo
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,8 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.demo import run_demo
-
     run_demo(args.out, model=args.model, seeds=args.seeds, batch_size=args.batch_size,
              encoder_seconds=None if args.encoder_seconds >= 30 else args.encoder_seconds, trust=args.trust,
              loaders=args.loaders)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from calm import methods
 from calm.choices import TASKS
 from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder
 from calm.cli._prepare import backbone_for, encoder_window_hint
@@ -13,7 +14,7 @@ from calm.evaluation.config import EvaluationConfig
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.data.loaders import load_dataset
+    from calm.data.loaders import load_dataset  # these import numpy, soundfile and torch: not at start-up
     from calm.evaluation.planning import check_evaluation
     from calm.evaluation.protocol import evaluate
 
@@ -48,8 +49,6 @@ def evaluation_config(args: argparse.Namespace) -> EvaluationConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calm import methods
-
     names = methods.names()
     parser = subparsers.add_parser(
         "evaluate", help="few-shot evaluation of every method on a dataset -> report.json, report.md, plots",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.data.loaders import load_dataset
+    from calm.data.loaders import load_dataset  # these import numpy, soundfile and torch: not at start-up
     from calm.evaluation.answers import warn_label_leaks
     from calm.heads import extract, feature_fingerprint
     from calm.store import FeatureStore
@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_on_ray(args: argparse.Namespace, items: list[Item]) -> int:
     """``--ray``: the same extraction on a pool of Ray actors (see :mod:`calm.distributed`)."""
-    from calm.distributed import BackboneSpec, RayCluster, extract_ray
+    from calm.distributed import BackboneSpec, RayCluster, extract_ray  # torch: not at start-up
     from calm.store import FeatureStore
 
     cpu_only = args.device is not None and args.device.startswith("cpu")

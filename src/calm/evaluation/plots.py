@@ -13,7 +13,9 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
+from calm.classifiers import plot_weight_maps
 from calm.errors import MissingDependencyError
+from calm.evaluation.calibration import ece_from_bins
 from calm.features import HeadIndex
 
 
@@ -63,8 +65,6 @@ def plot_class_weights(weights: np.ndarray, classes: Sequence[str], heads: HeadI
                        title: str | None = None) -> Path:
     """CALM's head x class weights [K, C] as layer x head heatmaps per class
     (:func:`calm.classifiers.plot_weight_maps`)."""
-    from calm.classifiers import plot_weight_maps
-
     source = SimpleNamespace(classes_=np.asarray(classes), weights_=np.asarray(weights), head_index_=heads)
     return plot_weight_maps(source, path, heads=heads, title=title)
 
@@ -102,8 +102,6 @@ def plot_reliability(bins: dict[str, dict[str, Any]], path: str | os.PathLike) -
     """Reliability diagram: accuracy against mean confidence per confidence bin, one line per
     method, before (left) and after (right) calibration, from
     :meth:`~calm.evaluation.trust.TrustRecorder.largest_shot_bins` (bins summed over seeds)."""
-    from calm.evaluation.calibration import ece_from_bins
-
     fig = _figure(10.0, 4.6)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key in zip(axes, ("uncalibrated", "calibrated")):

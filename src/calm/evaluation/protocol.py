@@ -56,6 +56,7 @@ from calm.evaluation.runner import Runner
 from calm.evaluation.workers import run_units
 from calm.evaluation.zeroshot import GenerationConfig, ModelAnswers, answer_prompt, generate_answers
 from calm.features import HeadFeatures
+from calm.heads import extract, item_content
 
 if TYPE_CHECKING:
     from calm.backbones.base import Backbone
@@ -80,8 +81,6 @@ def evaluate(backbone: Backbone, items: Sequence[Item], *, prompt: str, config: 
 
     Items whose files cannot be loaded are left out and listed in the report's ``failed``.
     """
-    from calm.heads import extract, item_content  # torch: only where a model runs
-
     config = configured(EvaluationConfig, config, options, "evaluate")
     chosen = resolve_methods(config.methods, config.switches())
     notes: list[str] = []

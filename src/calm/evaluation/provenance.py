@@ -8,7 +8,10 @@ from typing import Any, Sequence
 
 import torch
 
+from calm import __version__
 from calm import methods as registry
+from calm.classifiers._cosine import FeatureBlocks
+from calm.classifiers._cosine import constant_heads as block_constant
 from calm.data.episodes import Episode
 from calm.data.items import Item
 from calm.evaluation.config import EvaluationConfig
@@ -20,9 +23,6 @@ from calm.features import HeadFeatures
 def constant_heads(features: HeadFeatures) -> list[int]:
     """Heads that do not vary over the items, by the classifiers' own rule
     (:func:`calm.classifiers._cosine.constant_heads`); the classifiers leave them out of every vote."""
-    from calm.classifiers._cosine import FeatureBlocks
-    from calm.classifiers._cosine import constant_heads as block_constant
-
     if len(features) == 0:
         return []
     flags = torch.zeros(features.X.shape[1], dtype=torch.bool)
@@ -37,8 +37,6 @@ def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int,
     """Everything that produced the numbers (``evaluation``: the run's
     :class:`~calm.evaluation.config.EvaluationConfig`, its methods and task resolved)."""
     task, trust = config.task, config.trust
-    import calm
-
     have = set(features.ids)
     used = [i for i in items if i.id in have]
     methods = {}
@@ -52,7 +50,7 @@ def configuration(features: HeadFeatures, items: Sequence[Item], plan: dict[int,
         methods[name] = entry
     first = next(iter(plan.values()))
     return {
-        "calm_version": calm.__version__,
+        "calm_version": __version__,
         "task": task,
         "fingerprint": features.fingerprint,
         "prompt": features.fingerprint.get("prompt"),

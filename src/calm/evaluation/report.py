@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from calm import methods as registry
+from calm.classifiers.plots import plot_layer_profile
+from calm.evaluation import plots
 from calm.evaluation.metrics import mean_interval
+from calm.evaluation.trust import TRUST_METRICS
 from calm.features import HeadIndex
 
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -87,8 +90,6 @@ class EvaluationReport:
 
     def trust_rows(self) -> list[dict[str, Any]]:
         """Per method and shot count, the mean over seeds of each trust metric (None where none applied)."""
-        from calm.evaluation.trust import TRUST_METRICS
-
         groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for row in self.results:
             if "trust" in row:
@@ -186,9 +187,6 @@ class EvaluationReport:
         """Write report.json, report.md and the PNGs (metric vs shots; where CALM ran, its weight
         heatmap, its weight mass per layer and its confusion matrix at the largest shot count; the
         reliability diagram where trust ran) into ``out_dir``."""
-        from calm.classifiers.plots import plot_layer_profile
-        from calm.evaluation import plots
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "report.json", "markdown": out / "report.md"}

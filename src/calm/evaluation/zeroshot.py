@@ -9,8 +9,7 @@ Both ask the model one fixed question that names every class in a fixed order
   of them name, kept when that class's share of all samples (unmappable ones included) reaches
   ``threshold`` and no other class ties it.
 
-:func:`generate_answers` runs the model (torch is imported only there); everything else here is
-pure and works on its output.
+:func:`generate_answers` runs the model; everything else here is pure and works on its output.
 """
 
 from __future__ import annotations
@@ -19,10 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from calm.data.items import Item
 from calm.evaluation.answers import DEFAULT_TEMPLATE, class_list_prompt, match_answer
+from calm.heads import media_path
+from calm.media import duration, load_audio, load_video
 
 if TYPE_CHECKING:
     from calm.backbones.base import Backbone
@@ -82,8 +84,6 @@ def generate_answers(backbone: Backbone, items: Sequence[Item], prompt: str,
     reason for items whose audio or video could not be loaded (recorded, never dropped silently).
     Video items and audio-only items go in separate batches.
     """
-    import torch
-
     answers: dict[str, list[str]] = {}
     failed: dict[str, str] = {}
     loaded: list[tuple[Item, Any, Any]] = []
@@ -113,9 +113,6 @@ def generate_answers(backbone: Backbone, items: Sequence[Item], prompt: str,
 
 def _load(backbone: Backbone, item: Item) -> tuple[Any, Any]:
     """The item's audio at the backbone's rate, and its video frames where the backbone takes video."""
-    from calm.heads import media_path
-    from calm.media import duration, load_audio, load_video
-
     path = media_path(item)
     audio = load_audio(path, backbone.sample_rate)
     if item.video is None or not backbone.supports_video:
