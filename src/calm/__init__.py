@@ -38,9 +38,11 @@ _EXPORTS: dict[str, str] = {
     "extract": "calm.heads",
     "ExtractionConfig": "calm.engine",
     "extract_ray": "calm.distributed",
+    "RayCluster": "calm.distributed",
     "FeatureStore": "calm.store",
     "evaluate": "calm.evaluation.protocol",
     "evaluate_features": "calm.evaluation.protocol",
+    "EvaluationConfig": "calm.evaluation.config",
     "EvaluationReport": "calm.evaluation.report",
     "fit_classifier": "calm.predict",
     "predict_files": "calm.predict",
@@ -90,10 +92,11 @@ if TYPE_CHECKING:
     from calm.data.items import Item
     from calm.data.loaders import DatasetError, load_dataset
     from calm.evaluation.answers import class_list_prompt, map_answer
+    from calm.evaluation.config import EvaluationConfig
     from calm.evaluation.protocol import evaluate, evaluate_features
     from calm.evaluation.report import EvaluationReport
     from calm.features import HeadFeatures, HeadIndex
-    from calm.distributed import extract_ray
+    from calm.distributed import RayCluster, extract_ray
     from calm.engine import ExtractionConfig
     from calm.heads import extract
     from calm.media import AudioLoadError, MediaLoadError, load_audio, load_video
