@@ -76,5 +76,7 @@ class EvaluationConfig:
         return {"zero-shot": self.zero_shot, "pseudo-label": self.pseudo_label}
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-ready (what reports embed)."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+        """Every field but ``workers`` (the report is the same for every count), JSON-ready: what
+        reports embed."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()
+                if name != "workers"}
