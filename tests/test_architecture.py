@@ -512,6 +512,16 @@ def test_function_level_imports_are_few_and_say_why():
     assert set(unexplained) == LAZY_UNEXPLAINED_ALLOWED, "say why the import waits (a comment on its line)"
 
 
+def test_the_cli_and_its_commands_import_neither_torch_nor_numpy_at_start_up():
+    import subprocess
+
+    commands = ["calm.cli." + name for name in ("evaluate", "extract", "data", "demo", "fit", "predict")]
+    code = f"import sys, {', '.join(commands)}; print(sorted({{'torch', 'numpy', 'soundfile'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(SRC.parent), "PATH": ""})
+    assert out.stdout.strip() == "[]"  # what they need is imported when the command runs
+
+
 def test_the_house_rule_checks_find_violations():
     tree = ast.parse("from calm.heads import _Run, extract\nfrom calm import __version__\n"
                      "from calm.classifiers import _cosine\nimport importlib\nm = importlib.import_module(name)\n"
