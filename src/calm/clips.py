@@ -3,12 +3,15 @@ processes, and build each batch's inputs in order.
 
 Decoding a 44.1 kHz stereo FLAC file, mixing it to mono and resampling it with soxr is most of
 what loading costs, and much of it holds the interpreter lock, so threads stop scaling (see
-``docs/benchmarks.md``). Here ``loaders`` worker processes do that work and send back float32
-arrays; they are spawned, so they import this module (numpy, soundfile and soxr: neither torch
-nor transformers) and, as every spawned Python process does, the calling script's module (the
-``calm`` command's is light; a script that imports torch at its top makes each start slower). One thread of the calling process builds each batch's model inputs from them (the
-tokenizer is not safe to call concurrently), up to :data:`BATCHES_AHEAD` batches ahead of the
-model, and batches come out in the order planned, so results do not depend on ``loaders``.
+``docs/benchmarks.md``). Here ``loaders`` worker processes do that work, and the per-clip part of
+the model's inputs that needs no torch (a backbone's ``clip_features``: Whisper's log-mel), and
+send back float32 arrays; they are spawned, so they import this module and what that function
+needs (numpy, soundfile, soxr, threadpoolctl: neither torch nor transformers) and, as every
+spawned Python process does, the calling script's module (the ``calm`` command's is light; a
+script that imports torch at its top makes each start slower). One thread of the calling process
+builds each batch's model inputs from them (the tokenizer is not safe to call concurrently), up to
+:data:`BATCHES_AHEAD` batches ahead of the model, and batches come out in the order planned, so
+results do not depend on ``loaders`` (inline, the same functions run in the calling process).
 
 A worker that dies (killed, out of memory) breaks the pool: :func:`loaded_batches` raises
 :class:`LoaderDied` naming the clips it was loading; what was finished before stays finished (in a
@@ -25,7 +28,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -68,13 +71,16 @@ def min_samples(seconds: float, sample_rate: int) -> int:
     return math.ceil(seconds * sample_rate)
 
 
-def read_clip(path: os.PathLike | str, sample_rate: int, shortest: int) -> np.ndarray | MediaLoadError:
-    """The file's audio (mono float32 at ``sample_rate``, padded to ``shortest`` samples), or the
-    error that names the file and says why it cannot be used (returned, so a worker sends it back)."""
+def read_clip(path: os.PathLike | str, sample_rate: int, shortest: int,
+              features: Callable[[np.ndarray], Any] | None = None) -> Any:
+    """The file's audio (mono float32 at ``sample_rate``, padded to ``shortest`` samples), or what
+    ``features`` makes of it (a backbone's :attr:`~calm.backbones.base.Backbone.clip_features`), or
+    the error that names the file and says why it cannot be used (returned, so a worker sends it back)."""
     try:
-        return pad_to_length(load_audio(path, sample_rate), shortest)
+        audio = pad_to_length(load_audio(path, sample_rate), shortest)
     except MediaLoadError as error:
         return error
+    return audio if features is None else features(audio)
 
 
 PARENT_CHECK_SECONDS = 0.5
@@ -128,8 +134,8 @@ class ClipPool:
 def loaded_batches(
     batches: Sequence[Sequence[B]],
     path: Callable[[B], os.PathLike | str],
-    read: Callable[[os.PathLike | str], np.ndarray | MediaLoadError],
-    build: Callable[[Sequence[B], list[np.ndarray | MediaLoadError]], R],
+    read: Callable[[os.PathLike | str], Any],
+    build: Callable[[Sequence[B], list[Any]], R],
     pool: ClipPool,
 ) -> Iterator[R]:
     """``build(batch, [read(path(item)) ...])`` for each batch, in order. With a pool of workers,
@@ -143,7 +149,7 @@ def loaded_batches(
     builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calm-inputs")
     pending: deque[tuple[Sequence[B], Future[R]]] = deque()
 
-    def collect(batch: Sequence[B], clips: list[Future[np.ndarray | MediaLoadError]]) -> R:
+    def collect(batch: Sequence[B], clips: list[Future[Any]]) -> R:
         return build(batch, [clip.result() for clip in clips])
 
     loading: Sequence[B] = ()

@@ -13,7 +13,7 @@ import copy
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -277,6 +277,14 @@ class Backbone:
         template, with the generation prompt."""
         messages = self.prompt_messages(prompt, with_video)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    @property
+    def clip_features(self) -> Callable[[np.ndarray], Any] | None:
+        """A picklable function that needs no torch and turns one loaded clip (mono float32 at
+        :attr:`sample_rate`) into what :meth:`build_inputs` takes for it in place of the audio
+        (Whisper: its log-mel); :mod:`calm.clips` runs it in the loader processes, or inline.
+        None (most families): :meth:`build_inputs` takes the audio."""
+        return None
 
     def build_inputs(
         self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
