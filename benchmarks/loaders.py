@@ -4,8 +4,10 @@ Clips are stored as datasets ship them, 44.1 kHz stereo FLAC (5 s of tones in no
 clip is decoded, mixed to mono and resampled with soxr before its inputs are built.
 
 1. Loading alone: clips/s of :class:`calm.engine.BatchRunner` loading every batch (decode,
-   resample, pad, build the model inputs: Qwen2-Audio's fast-path inputs, Whisper's 30 s log-mel)
-   with no forward pass, for 0 (inline), 1, 2 ... loader processes up to the cores.
+   resample, pad, build the model inputs: Qwen2-Audio's fast-path inputs, Whisper's 30 s log-mel,
+   which the loaders compute) with no forward pass, for 0 (inline), 1, 2 ... loader processes up
+   to the cores, and the CPU time per clip of the calling process and of the loaders: the calling
+   process's share bounds what more loaders can give, whatever the machine's load.
 2. Whole extraction: ``calm extract`` on ``tiny:qwen2_audio`` (a model so small that loading
    dominates) over the FLAC files plus two broken ones, with ``--loaders N`` against
    ``--loaders 0``; checks that both stores hold bit-identical features and the same failures.
@@ -23,6 +25,7 @@ import argparse
 import contextlib
 import io
 import os
+import resource
 import tempfile
 import time
 import warnings
@@ -37,17 +40,28 @@ PROMPT = "What sound is in this audio clip?"
 # starts by importing this script, then need only numpy, soundfile and soxr.
 
 
-def loading_rate(backbone, items, loaders: int, batch_size: int) -> float:
-    """Clips/s of loading ``items`` (planned as calm.extract plans them) without running the model."""
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by this process and by its finished children."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def loading_rate(backbone, items, loaders: int, batch_size: int) -> tuple[float, float, float]:
+    """Clips/s of loading ``items`` (planned as calm.extract plans them) without running the model,
+    and the CPU milliseconds per clip of this process and of the loader processes (theirs counted
+    once they have ended, which the runner's exit waits for)."""
     from calm.engine import BackboneTraits, BatchRunner, ExtractionConfig, ExtractionEngine
 
     config = ExtractionConfig(batch_size=batch_size, on_error="record")
     plan = ExtractionEngine(BackboneTraits.of(backbone, PROMPT), PROMPT, config).plan(items)
+    cpu = cpu_seconds()
     start = time.perf_counter()
     with BatchRunner(backbone, PROMPT, config, loaders) as runner:
         for _ in runner.batches(plan):
             pass
-    return plan.clips / (time.perf_counter() - start)
+    rate = plan.clips / (time.perf_counter() - start)
+    own, children = (1000 * (after - before) / plan.clips for after, before in zip(cpu_seconds(), cpu))
+    return rate, own, children
 
 
 def extract_rate(data: Path, store: Path, loaders: int, batch_size: int) -> float:
@@ -103,15 +117,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = list(range(cores + 1))
         for name in args.models if 1 in args.parts else []:
             backbone = load_backbone(name, device="cpu")
-            rates: dict[int, list[float]] = {n: [] for n in settings}
+            rates: dict[int, list[tuple[float, float, float]]] = {n: [] for n in settings}
             for _ in range(args.rounds):
                 for loaders in settings:
                     rates[loaders].append(loading_rate(backbone, items, loaders, args.batch_size))
-            inline = float(np.median(rates[0]))
-            print(f"\n1. loading alone, {name} inputs (clips/s, median of {args.rounds}):")
+            inline = float(np.median([rate for rate, _, _ in rates[0]]))
+            print(f"\n1. loading alone, {name} inputs (clips/s, median of {args.rounds}; CPU ms per clip in this "
+                  f"process and in the loaders; load average {os.getloadavg()[0]:.2f}):")
             for loaders, values in rates.items():
-                median = float(np.median(values))
-                print(f"   loaders={loaders}: {median:7.1f}  ({median / inline:.2f}x inline)")
+                median, own, children = (float(np.median(column)) for column in zip(*values))
+                print(f"   loaders={loaders}: {median:7.1f}  ({median / inline:.2f}x inline)   CPU ms/clip: "
+                      f"this process {own:5.1f}, loaders {children:5.1f}")
         warm = Path(tmp) / "warm" / "sounds"  # a first run pays the imports and the model's first build
         warm.mkdir(parents=True)
         (warm / "clip.flac").write_bytes((data / "sounds" / "clip0000.flac").read_bytes())
