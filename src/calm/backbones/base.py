@@ -182,8 +182,7 @@ class Backbone:
 
     def with_options(self, **changes: Any) -> "Backbone":
         """A backbone on the same weights with some options changed (``fast``, ``encoder_seconds``,
-        ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new
-        :func:`calm.load_backbone`."""
+        ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new :func:`calm.load_backbone`."""
         options = self._options.replace(**changes)
         if options.encoder_seconds is not None and not self.has_encoder_window:
             raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
@@ -280,10 +279,8 @@ class Backbone:
 
     @property
     def clip_features(self) -> Callable[[np.ndarray], Any] | None:
-        """A picklable function that needs no torch and turns one loaded clip (mono float32 at
-        :attr:`sample_rate`) into what :meth:`build_inputs` takes for it in place of the audio
-        (Whisper: its log-mel); :mod:`calm.clips` runs it in the loader processes, or inline.
-        None (most families): :meth:`build_inputs` takes the audio."""
+        """A picklable, torch-free function from a loaded clip to what :meth:`build_inputs` takes in its
+        place (Whisper: its log-mel), run in :mod:`calm.clips`' loaders or inline; None: the audio."""
         return None
 
     def build_inputs(
@@ -360,15 +357,12 @@ class Backbone:
         inputs = self.generation_inputs(audios, prompt, videos)
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                    "num_return_sequences": num_return_sequences}
-        if do_sample:
-            options["temperature"] = temperature
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
+        # sampled: at the temperature; greedy: no sampling settings at all
+        options.update({"temperature": temperature} if do_sample else dict(temperature=None, top_p=None, top_k=None))
         with torch.inference_mode():
             output = self.run_generate(inputs, options)
-        new = output[:, self.prompt_length(inputs):]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(output[:, self.prompt_length(inputs):],
+                                                                skip_special_tokens=True)]
         n = num_return_sequences
         return [texts[i * n:(i + 1) * n] for i in range(len(audios))]
 
