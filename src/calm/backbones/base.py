@@ -182,7 +182,8 @@ class Backbone:
 
     def with_options(self, **changes: Any) -> "Backbone":
         """A backbone on the same weights with some options changed (``fast``, ``encoder_seconds``,
-        ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new :func:`calm.load_backbone`."""
+        ``padding_side``, ``video_max_pixels``); device, dtype and compile need a new
+        :func:`calm.load_backbone`."""
         options = self._options.replace(**changes)
         if options.encoder_seconds is not None and not self.has_encoder_window:
             raise ValueError(f"encoder_seconds is a Whisper option; {self.family} backbones have no encoder window")
@@ -342,23 +343,18 @@ class Backbone:
         kwargs["use_cache"] = False
         return kwargs
 
-    def generate(
-        self,
-        audios: Sequence[np.ndarray],
-        prompt: str,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        num_return_sequences: int = 1,
-        videos: Sequence[np.ndarray] | None = None,
-    ) -> list[list[str]]:
+    def generate(self, audios: Sequence[np.ndarray], prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, num_return_sequences: int = 1,
+                 videos: Sequence[np.ndarray] | None = None) -> list[list[str]]:
         """Answers for each clip: greedy (``do_sample=False``) or sampled decoding; returns, per clip,
         ``num_return_sequences`` decoded strings (new tokens only, special tokens stripped)."""
         inputs = self.generation_inputs(audios, prompt, videos)
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                    "num_return_sequences": num_return_sequences}
-        # sampled: at the temperature; greedy: no sampling settings at all
-        options.update({"temperature": temperature} if do_sample else dict(temperature=None, top_p=None, top_k=None))
+        if do_sample:
+            options["temperature"] = temperature
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             output = self.run_generate(inputs, options)
         texts = [t.strip() for t in self.tokenizer.batch_decode(output[:, self.prompt_length(inputs):],
