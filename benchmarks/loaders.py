@@ -54,6 +54,25 @@ def cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+def mel_cpu(backbone, items, batch_size: int) -> tuple[float, float]:
+    """CPU ms per clip of a Whisper backbone's log-mel from decoded clips: its processor's (30 s,
+    torch, what calm ran before) and ``build_inputs`` with :mod:`calm.logmel`, alternating by batch."""
+    from calm.media import load_audio
+
+    audios = [load_audio(item.media_path, backbone.sample_rate) for item in items]
+    extractor = backbone.processor.feature_extractor
+    spent = [0.0, 0.0]
+    for start in range(0, len(audios), batch_size):
+        batch = audios[start:start + batch_size]
+        began = time.process_time()
+        extractor(batch, sampling_rate=backbone.sample_rate, return_tensors="pt")
+        spent[0] += time.process_time() - began
+        began = time.process_time()
+        backbone.build_inputs(batch, PROMPT)
+        spent[1] += time.process_time() - began
+    return spent[0] * 1000 / len(audios), spent[1] * 1000 / len(audios)
+
+
 def loading_rate(backbone, items, loaders: int, batch_size: int) -> tuple[float, float, float]:
     """Clips/s of loading ``items`` (planned as calm.extract plans them) without running the model,
     and the CPU milliseconds per clip of this process and of the loader processes (theirs counted
@@ -203,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 median, own, children = (float(np.median(column)) for column in zip(*values))
                 print(f"   loaders={loaders}: {median:7.1f}  ({median / inline:.2f}x inline)   CPU ms/clip: "
                       f"this process {own:5.1f}, loaders {children:5.1f}")
+            if backbone.family == "whisper":
+                processor, ours = mel_cpu(backbone, items, args.batch_size)
+                print(f"   log-mel from decoded clips, CPU ms/clip: the processor's {processor:.1f}, "
+                      f"calm.logmel's (whole build_inputs) {ours:.1f}")
         if 2 in args.parts:
             whole_extracts(args, Path(tmp), data)
         if 3 in args.parts:
