@@ -93,7 +93,7 @@ def test_a_shorter_window_equals_the_torch_log_mel_of_the_trimmed_encoder():
 def test_clips_of_another_window_are_refused():
     fe = WhisperFeatureExtractor(feature_size=80)
     clips = [LogMel.of(fe)(speechlike(1.0, 0)), LogMel.of(fe, frames=500)(speechlike(1.0, 1))]
-    with pytest.raises(ValueError, match="in a batch of 3000 frames"):
+    with pytest.raises(ValueError, match=r"a batch of 3000 log-mel frames cannot take .*\(80, 500\)"):
         stack_frames(clips, 3000)
     assert stack_frames(clips[:1], 3000).shape == (1, 80, 3000)
 
