@@ -62,12 +62,12 @@ def test_settings_go_as_arguments_or_as_a_config_not_both(clips, backbone):
         ExtractionConfig(loaders=-1)
 
 
-def killing_read(path, sample_rate, shortest):
+def killing_read(path, sample_rate, shortest, features=None):
     """Reads a clip as calm does, except that the loader reading a file named ``zkill*`` kills
     itself with SIGKILL (what the out-of-memory killer or a user would do)."""
     if Path(path).name.startswith("zkill"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return read_clip(path, sample_rate, shortest)
+    return read_clip(path, sample_rate, shortest, features)
 
 
 def _stored(store: Path, backbone) -> int:

@@ -3,12 +3,15 @@ processes, and build each batch's inputs in order.
 
 Decoding a 44.1 kHz stereo FLAC file, mixing it to mono and resampling it with soxr is most of
 what loading costs, and much of it holds the interpreter lock, so threads stop scaling (see
-``docs/benchmarks.md``). Here ``loaders`` worker processes do that work and send back float32
-arrays; they are spawned, so they import this module (numpy, soundfile and soxr: neither torch
-nor transformers) and, as every spawned Python process does, the calling script's module (the
-``calm`` command's is light; a script that imports torch at its top makes each start slower). One thread of the calling process builds each batch's model inputs from them (the
-tokenizer is not safe to call concurrently), up to :data:`BATCHES_AHEAD` batches ahead of the
-model, and batches come out in the order planned, so results do not depend on ``loaders``.
+``docs/benchmarks.md``). Here ``loaders`` worker processes do that work, and the per-clip part of
+the model's inputs that needs no torch (a backbone's ``clip_features``: Whisper's log-mel), and
+send back float32 arrays; they are spawned, so they import this module and what that function
+needs (numpy, soundfile, soxr, threadpoolctl: neither torch nor transformers) and, as every
+spawned Python process does, the calling script's module (the ``calm`` command's is light; a
+script that imports torch at its top makes each start slower). One thread of the calling process
+builds each batch's model inputs from them (the tokenizer is not safe to call concurrently), up to
+:data:`BATCHES_AHEAD` batches ahead of the model, and batches come out in the order planned, so
+results do not depend on ``loaders`` (inline, the same functions run in the calling process).
 
 A worker that dies (killed, out of memory) breaks the pool: :func:`loaded_batches` raises
 :class:`LoaderDied` naming the clips it was loading; what was finished before stays finished (in a
@@ -17,6 +20,7 @@ feature store, stored), and a rerun resumes.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
 import os
@@ -25,7 +29,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -68,22 +72,44 @@ def min_samples(seconds: float, sample_rate: int) -> int:
     return math.ceil(seconds * sample_rate)
 
 
-def read_clip(path: os.PathLike | str, sample_rate: int, shortest: int) -> np.ndarray | MediaLoadError:
-    """The file's audio (mono float32 at ``sample_rate``, padded to ``shortest`` samples), or the
-    error that names the file and says why it cannot be used (returned, so a worker sends it back)."""
+def read_clip(path: os.PathLike | str, sample_rate: int, shortest: int,
+              features: Callable[[np.ndarray], Any] | None = None) -> Any:
+    """The file's audio (mono float32 at ``sample_rate``, padded to ``shortest`` samples), or what
+    ``features`` makes of it (a backbone's :attr:`~calm.backbones.base.Backbone.clip_features`), or
+    the error that names the file and says why it cannot be used (returned, so a worker sends it back)."""
     try:
-        return pad_to_length(load_audio(path, sample_rate), shortest)
+        audio = pad_to_length(load_audio(path, sample_rate), shortest)
     except MediaLoadError as error:
         return error
+    return audio if features is None else features(audio)
 
 
 PARENT_CHECK_SECONDS = 0.5
 """How often a loader process checks that the process it loads for is still alive."""
 
 
-def _follow_parent(parent: int) -> None:
-    """In a loader process: exit when ``parent`` is gone (killed with SIGKILL, it cannot stop its
-    workers, which would otherwise wait for work forever)."""
+MALLOC_KEEP_BYTES = 32 << 20
+"""Freed blocks up to this size stay with a loader process's heap (glibc's largest mmap threshold)."""
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to :data:`MALLOC_KEEP_BYTES` for reuse instead of
+    unmapping each (its threshold starts at 128 KB): otherwise a fresh loader process faults every
+    clip's arrays in anew, about 2,000 page faults and 4 ms of system time per 5 s clip with its
+    log-mel. Returns False where the C library is not glibc (nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in malloc.h
+    return bool(mallopt(mmap_threshold, MALLOC_KEEP_BYTES)) and bool(mallopt(trim_threshold, 4 * MALLOC_KEEP_BYTES))
+
+
+def _start_loader(parent: int) -> None:
+    """In a new loader process: keep freed memory (:func:`keep_freed_memory`), and exit when
+    ``parent`` is gone (killed with SIGKILL, it cannot stop its workers, which would otherwise wait
+    for work forever)."""
+    keep_freed_memory()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -109,7 +135,7 @@ class ClipPool:
             # spawn: a fresh interpreter that imports only what ``read`` needs (fork would copy the
             # model's process, its threads and all)
             self._workers = ProcessPoolExecutor(self.loaders, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_follow_parent, initargs=(os.getpid(),))
+                                                initializer=_start_loader, initargs=(os.getpid(),))
         return self._workers.submit(read, *args)
 
     def close(self) -> None:
@@ -128,8 +154,8 @@ class ClipPool:
 def loaded_batches(
     batches: Sequence[Sequence[B]],
     path: Callable[[B], os.PathLike | str],
-    read: Callable[[os.PathLike | str], np.ndarray | MediaLoadError],
-    build: Callable[[Sequence[B], list[np.ndarray | MediaLoadError]], R],
+    read: Callable[[os.PathLike | str], Any],
+    build: Callable[[Sequence[B], list[Any]], R],
     pool: ClipPool,
 ) -> Iterator[R]:
     """``build(batch, [read(path(item)) ...])`` for each batch, in order. With a pool of workers,
@@ -143,7 +169,7 @@ def loaded_batches(
     builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calm-inputs")
     pending: deque[tuple[Sequence[B], Future[R]]] = deque()
 
-    def collect(batch: Sequence[B], clips: list[Future[np.ndarray | MediaLoadError]]) -> R:
+    def collect(batch: Sequence[B], clips: list[Future[Any]]) -> R:
         return build(batch, [clip.result() for clip in clips])
 
     loading: Sequence[B] = ()

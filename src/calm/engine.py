@@ -4,8 +4,9 @@ load, run, keep.
 * **Plan** (:meth:`ExtractionEngine.plan`): hash each item's file (the store key), skip the items
   already stored, read the durations, and group the rest into batches of similar duration (video
   and audio-only items apart), so that a batch pads little. Unreadable items fail here.
-* **Load** (:meth:`BatchRunner.batches`): decode, resample and pad each clip (in the worker
-  processes of :mod:`calm.clips`, or inline) and build each batch's model inputs, in order.
+* **Load** (:meth:`BatchRunner.batches`): decode, resample and pad each clip and compute its
+  ``clip_features`` (Whisper's log-mel) in the worker processes of :mod:`calm.clips` (or inline),
+  and build each batch's model inputs, in order.
 * **Run** (:meth:`BatchRunner.run`): one forward pass per batch under ``torch.inference_mode``,
   the heads read by :class:`calm.capture.HeadCapture`.
 * **Keep** (:meth:`ExtractionEngine.keep`): rows that are finite in float16 are kept (with a
@@ -345,7 +346,8 @@ class BatchRunner:
         self.capture = HeadCapture(backbone, config.stop_after_last_site)
         self.seconds: dict[str, float] = {}
         self._read = functools.partial(read_clip, sample_rate=backbone.sample_rate,
-                                       shortest=min_samples(backbone.min_seconds, backbone.sample_rate))
+                                       shortest=min_samples(backbone.min_seconds, backbone.sample_rate),
+                                       features=backbone.clip_features)
 
     def __enter__(self) -> "BatchRunner":
         self.capture.__enter__()
@@ -364,8 +366,9 @@ class BatchRunner:
         """The forward pass of a loaded batch: its [B, K, D] float32 rows."""
         return forward_heads(self.backbone, self.capture, loaded.inputs)
 
-    def _build(self, batch: Sequence[Item], clips: Sequence[np.ndarray | MediaLoadError]) -> LoadedBatch:
-        """Model inputs of the items that loaded (video frames read here); the others with their errors."""
+    def _build(self, batch: Sequence[Item], clips: Sequence[Any]) -> LoadedBatch:
+        """Model inputs of the items that loaded (each clip its audio or its ``clip_features``; video
+        frames read here); the others with their errors."""
         loaded, failures, videos = [], [], []
         for item, clip in zip(batch, clips):
             try:

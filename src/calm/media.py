@@ -95,10 +95,29 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if peak > MAX_ABS_SAMPLE:
         raise MediaLoadError(path, f"samples reach {peak:.3g}, far outside the ±1 range of audio "
                                    f"(limit ±{MAX_ABS_SAMPLE:g}); the file is probably corrupt")
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    mono = downmix(samples)
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+PAIRWISE_FROM = 8
+"""numpy sums a reduction's rows of at least this many values pairwise (fewer: one by one)."""
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """[frames, channels] float32 -> the channels' mean, bit for bit ``samples.mean(axis=1)``; up
+    to 7 channels summed column by column from zero as numpy does, over ten times faster than its
+    reduction along the short rows (a 5 s stereo clip at 44.1 kHz: under 1 ms instead of 10)."""
+    channels = samples.shape[1]
+    if channels == 1:
+        return samples[:, 0]
+    if channels >= PAIRWISE_FROM:
+        return samples.mean(axis=1, dtype=np.float32)
+    total = np.zeros(samples.shape[0], np.float32)
+    for column in samples.T:
+        total += column
+    return total / np.float32(channels)
 
 
 def duration(path: str | os.PathLike) -> float:

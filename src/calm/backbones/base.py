@@ -13,7 +13,7 @@ import copy
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -280,6 +280,12 @@ class Backbone:
         messages = self.prompt_messages(prompt, with_video)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    @property
+    def clip_features(self) -> Callable[[np.ndarray], Any] | None:
+        """A picklable, torch-free function from a loaded clip to what :meth:`build_inputs` takes in its
+        place (Whisper: its log-mel), run in :mod:`calm.clips`' loaders or inline; None: the audio."""
+        return None
+
     def build_inputs(
         self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
         padding_side: str | None = None,
@@ -339,16 +345,9 @@ class Backbone:
         kwargs["use_cache"] = False
         return kwargs
 
-    def generate(
-        self,
-        audios: Sequence[np.ndarray],
-        prompt: str,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        num_return_sequences: int = 1,
-        videos: Sequence[np.ndarray] | None = None,
-    ) -> list[list[str]]:
+    def generate(self, audios: Sequence[np.ndarray], prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, num_return_sequences: int = 1,
+                 videos: Sequence[np.ndarray] | None = None) -> list[list[str]]:
         """Answers for each clip: greedy (``do_sample=False``) or sampled decoding; returns, per clip,
         ``num_return_sequences`` decoded strings (new tokens only, special tokens stripped)."""
         inputs = self.generation_inputs(audios, prompt, videos)
@@ -360,9 +359,8 @@ class Backbone:
             options.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             output = self.run_generate(inputs, options)
-        new = output[:, self.prompt_length(inputs):]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(output[:, self.prompt_length(inputs):],
+                                                                skip_special_tokens=True)]
         n = num_return_sequences
         return [texts[i * n:(i + 1) * n] for i in range(len(audios))]
 

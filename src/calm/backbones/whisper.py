@@ -8,6 +8,8 @@ is ``<|startofprev|> {prompt}`` followed by the start tokens ``<|startoftranscri
 ``<|notimestamps|>``, where the decoder is about to write the transcript. Without a prompt the
 prefix is just the start tokens. Every clip gets the same prefix, so the token sequences never
 need padding; the encoder sees 30 s of (padded or cut) log-mel frames, as Whisper was trained.
+Each clip's log-mel is computed in numpy by :mod:`calm.logmel` (:attr:`WhisperBackbone.clip_features`),
+which an extraction runs in its loader processes; it equals the processor's up to float rounding.
 
 By default (``BackboneOptions.fast``) feature passes take the exact fast path of
 :mod:`calm.backbones.whisper_fast` (the decoder never projects the encoder's positions into
@@ -43,9 +45,10 @@ import numpy as np
 import torch
 from transformers import GenerationMixin
 
-from calm.backbones.audio_encoder import encoder_states, log_mel
+from calm.backbones.audio_encoder import encoder_states
 from calm.backbones.base import Backbone, StopForward
 from calm.backbones.whisper_fast import decoder_sites
+from calm.logmel import LogMel, MelFrames, stack_frames
 
 MULTILINGUAL_VOCAB = 51865
 """Whisper's multilingual checkpoints have at least this many tokens; English-only ones have fewer."""
@@ -126,20 +129,29 @@ class WhisperBackbone(Backbone):
     def render_prompt(self, prompt: str, with_video: bool = False) -> str:
         return self.tokenizer.decode(self.decoder_prefix(prompt))
 
+    @property
+    def clip_features(self) -> LogMel | None:
+        """Each clip's log-mel (:class:`calm.logmel.LogMel`, of the encoder's window), which loader
+        processes compute; None when the feature extractor dithers (random: its own log-mel is used)."""
+        fe = self.processor.feature_extractor
+        return None if getattr(fe, "dither", 0.0) else LogMel.of(fe, self.encoder_frames)
+
     def build_inputs(
-        self, audios: Sequence[np.ndarray], prompt: str, videos: Sequence[np.ndarray] | None = None,
+        self, audios: Sequence[np.ndarray | MelFrames], prompt: str, videos: Sequence[np.ndarray] | None = None,
         padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every clip gets the same decoder prefix, so ``padding_side`` has nothing to pad."""
+        """A clip is its audio or its log-mel from :attr:`clip_features`. Every clip gets the same
+        decoder prefix, so ``padding_side`` has nothing to pad."""
         if videos is not None:
             raise ValueError("whisper backbones take no video")
-        fe = self.processor.feature_extractor
-        frames = self.encoder_frames
-        if frames is None:
+        mel = self.clip_features
+        if mel is None:
+            fe = self.processor.feature_extractor
             features = fe(list(audios), sampling_rate=self.sample_rate, return_tensors="pt")["input_features"]
+            features = features[..., : self.encoder_frames or features.shape[-1]]
         else:
-            window = frames * fe.hop_length
-            features = log_mel([audio[:window] for audio in audios], fe, frames, self.device)
+            clips = [clip if isinstance(clip, MelFrames) else mel(clip) for clip in audios]
+            features = torch.from_numpy(stack_frames(clips, mel.frames))
         prefix = torch.tensor([self.prompt_tokens.kept(("prefix", prompt), lambda: self.decoder_prefix(prompt))]
                               * len(audios), dtype=torch.long)
         return self.to_device(
