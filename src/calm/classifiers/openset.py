@@ -27,8 +27,9 @@ Two families, compared on the dev sets in docs/trust.md:
     Each head counts by how unusual its distance is for that head, not by its units, and the
     score needs the whitener and class means but not the support clips.
 
-  The default: on the dev sets the best in-domain mean AUROC among the scores that lose to the
-  energy by no more than 0.01 on any shifted set (docs/trust.md).
+  The default, chosen by a rule fixed before scoring (on 10 support draws per dev set, the best
+  in-domain mean AUROC among the scores that lose to the energy by no more than 0.01 on any
+  shifted set); docs/trust.md has every candidate, and where this one loses.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def rank_scores(parts: list[np.ndarray], reference: np.ndarray, held_out: bool =
         return np.full(len(values), 2.0)
     counts = np.stack([np.searchsorted(ordered[:, j], values[:, j], side="right") for j in range(values.shape[1])],
                       axis=1)
-    p = counts / max(n, 1) if held_out else (1.0 + counts) / (n + 1)
+    p = counts / n if held_out else (1.0 + counts) / (n + 1)
     return p[:, 0] + p[:, 1:].mean(axis=1)
 
 
