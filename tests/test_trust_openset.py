@@ -52,7 +52,8 @@ def test_rank_scores_by_hand():
         assert brute_rank_score(reference, row) == pytest.approx(want)
     # held out: each reference row ranked among the other two, itself counted once, over n = 3
     held = rank_scores([reference[:, 0], reference[:, 1:]], reference, held_out=True)
-    assert held == pytest.approx([1 / 3 + (1 / 3 + 3 / 3) / 2, 2 / 3 + (3 / 3 + 1 / 3) / 2, 3 / 3 + (2 / 3 + 2 / 3) / 2])
+    assert held == pytest.approx([1 / 3 + (1 / 3 + 3 / 3) / 2, 2 / 3 + (3 / 3 + 1 / 3) / 2,
+                                  3 / 3 + (2 / 3 + 2 / 3) / 2])
 
 
 def test_default_score_equals_its_brute_force_definition():
