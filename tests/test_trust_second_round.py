@@ -13,9 +13,9 @@ import pytest
 from calm.classifiers import Calibrated, CALMClassifier, DefaultClassifier, LogisticProbe, SAVClassifier, load, save
 from calm.classifiers._base import Estimator, encode_labels
 from calm.classifiers.conformal import LargeSetWarning, set_size_note, warn_large_sets
-from calm.classifiers.openset import OPEN_SCORES, HeadDistances
+from calm.classifiers.openset import DISTANCE_SCORES, LOGIT_SCORES, HeadDistances
 from calm.classifiers.temperature import cross_validated_nll, fit_temperature, nll, softmax
-from calm.classifiers.trust import CALIBRATED, describe
+from calm.classifiers.trust import CALIBRATED, DEFAULT_OPEN_SCORE, describe
 from calm.evaluation import calibration
 from calm.evaluation.trust import TrustRecorder
 from calm.features import HeadFeatures, HeadIndex
@@ -95,7 +95,7 @@ def test_shuffled_support_rows_and_classes_give_the_same_file_and_probabilities(
     Xs, ys = draw(5, seed=4)
     Xq, _ = draw(3, seed=5)
     order = np.random.default_rng(9).permutation(len(ys))  # rows, hence the order classes first appear in
-    first = quiet_fit(Calibrated(base), Xs, ys)  # the default open-set score keeps the whitened support
+    first = quiet_fit(Calibrated(base), Xs, ys)  # the default open-set score keeps out-of-fold reference values
     second = quiet_fit(Calibrated(base), Xs[order], ys[order])
     a, b = save(first, tmp_path / "a.safetensors"), save(second, tmp_path / "b.safetensors")
     assert a.read_bytes() == b.read_bytes()
@@ -192,5 +192,5 @@ def test_evaluation_reports_one_shot_rows_as_raw_and_every_open_set_candidate():
         four = recorder.score("auto", 4, 0, quiet_fit(Calibrated(DefaultClassifier()), Xs, ys), DefaultClassifier,
                               Xs, ys.tolist(), Xq, yq.tolist())
     assert four["calibrated"] == 1.0
-    assert set(four["auroc_by_score"]) == {*OPEN_SCORES, "typicality"}
-    assert four["auroc_by_score"]["energy+knn"] == four["auroc"] > 0.8
+    assert set(four["auroc_by_score"]) == {*LOGIT_SCORES, *DISTANCE_SCORES, DEFAULT_OPEN_SCORE, "typicality"}
+    assert four["auroc_by_score"]["energy+heads"] == four["auroc"] > 0.8

@@ -41,14 +41,15 @@ from sklearn.base import clone
 
 from calm.classifiers._base import Estimator, NotFittedError, encode_labels, to_numpy
 from calm.classifiers.conformal import conformal_p_values, rejection_threshold, tiebreak
-from calm.classifiers.openset import (COMBINED_SCORES, DISTANCE_SCORES, OPEN_SCORES, HeadDistances, combine,
-                                     distance_part, open_set_score, standardise)
+from calm.classifiers.openset import (COMBINED_SCORES, DISTANCE_SCORES, OPEN_SCORES, HeadDistances,
+                                     combination_shapes, combination_state, combined_score, distance_part,
+                                     open_set_score)
 from calm.classifiers.temperature import PROBA_FLOOR, cross_validated_nll, fit_temperature, nll, softmax
 from calm.classifiers.typicality import SKETCH_DIM, ShiftCheck, shift_check, sketch, typicality
 from calm.features import HeadFeatures
 
 LOGIT_SOURCES = ("decision", "log_proba")
-DEFAULT_OPEN_SCORE = "energy+knn"
+DEFAULT_OPEN_SCORE = "energy+heads"
 CALIBRATED = "calibrated"
 SINGLE_SHOT = ("uncalibrated: no class has two support clips, so no clip can be held out to calibrate on; "
                "the probabilities are the classifier's own")
@@ -106,9 +107,9 @@ class Calibrated(Estimator):
         target_frr: share of known-class clips that rejection may turn away (default 5%).
         open_score: the "is it one of these classes?" score, higher meaning more known, one of
             :data:`~calm.classifiers.openset.OPEN_SCORES` (:mod:`calm.classifiers.openset`): the
-            default ``energy+knn`` (the energy of the calibrated class scores plus the whitened
-            distance to the nearest support clip, each standardised on the support's out-of-fold
-            scores; chosen on the dev sets, docs/trust.md), ``energy``, ``msp``, ``margin``,
+            default ``energy+heads`` (how unusual the energy of the calibrated class scores and each
+            head's whitened distance to its nearest class are among the support's out-of-fold values;
+            chosen on the dev sets, docs/trust.md), ``energy+knn``, ``energy``, ``msp``, ``margin``,
             ``whitened``, ``whitened-vote`` or ``knn``.
         n_folds: most folds of the cross-fitting.
         random_state: seed of the fold assignment.
@@ -173,7 +174,7 @@ class Calibrated(Estimator):
             self.conformity_scores_ = np.zeros(0)
             self.open_scores_ = np.zeros(0)
             if self.open_score in COMBINED_SCORES:
-                self.open_standards_ = np.tile([0.0, 1.0], (len(COMBINED_SCORES[self.open_score]), 1))
+                self.__dict__.update(combination_state(self.open_score, []))
             return self
         truth = labels[scored]
         held = {source: s[scored] for source, s in scores.items()}
@@ -203,13 +204,13 @@ class Calibrated(Estimator):
         if self.open_score not in COMBINED_SCORES:
             return open_set_score(logits, self.open_score)
         parts = [open_set_score(logits, COMBINED_SCORES[self.open_score][0]), distance]
-        self.open_standards_ = np.stack([standardise(part) for part in parts])
-        return combine(parts, self.open_standards_)
+        self.__dict__.update(combination_state(self.open_score, parts))
+        return combined_score(self.open_score, parts, vars(self), held_out=True)
 
     def _cross_fit(self, X: Any, y: np.ndarray, labels: np.ndarray, classes: np.ndarray
                    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray | None, str | None]:
         """Each item's fold [N] (-1: not scored out of fold), its out-of-fold class scores per
-        source [N, C], raw probabilities [N, C] and, for a distance score, open-set scores [N];
+        source [N, C], raw probabilities [N, C] and, for a distance part, its values [N] (or [N, K]);
         and why nothing could be scored, if a fold could not be fitted."""
         who = f"Calibrated({type(self.estimator).__name__})"
         folds = fold_assignment(labels, self.n_folds, int(self.random_state))
@@ -220,7 +221,7 @@ class Calibrated(Estimator):
         scores = {source: np.zeros((len(labels), len(classes))) for source in LOGIT_SOURCES}
         raw = np.zeros((len(labels), len(classes)))
         part = distance_part(self.open_score)
-        open_held = np.zeros(len(labels)) if part is not None else None
+        open_held = None
         for fold in range(folds.max() + 1):
             held, kept = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
             try:
@@ -238,9 +239,11 @@ class Calibrated(Estimator):
             scores["decision"][held] = np.asarray(model.decision_function(rows), dtype=np.float64)
             raw[held] = np.asarray(model.predict_proba(rows), dtype=np.float64)
             scores["log_proba"][held] = np.log(np.clip(raw[held], PROBA_FLOOR, None))
-            if open_held is not None:
+            if part is not None:
                 fold_distances = HeadDistances().fit(take_rows(X, kept), labels[kept], part == "knn", like=model)
-                open_held[held] = fold_distances.score(rows, part)
+                values = fold_distances.part_values(rows, part)
+                open_held = np.zeros((len(labels), *values.shape[1:])) if open_held is None else open_held
+                open_held[held] = values
         return folds, scores, raw, open_held, None
 
     def __getattr__(self, name: str) -> Any:
@@ -287,9 +290,9 @@ class Calibrated(Estimator):
             return self.head_distances().score(X, self.open_score)
         if self.open_score not in COMBINED_SCORES:
             return open_set_score(self.calibrated_logits(X), self.open_score)
-        logit_kind, distance_kind = COMBINED_SCORES[self.open_score]
-        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self.head_distances().score(X, distance_kind)]
-        return combine(parts, self.open_standards_)
+        logit_kind, part = COMBINED_SCORES[self.open_score]
+        parts = [open_set_score(self.calibrated_logits(X), logit_kind), self.head_distances().part_values(X, part)]
+        return combined_score(self.open_score, parts, vars(self))
 
     def predict_open(self, X: Any, unknown: Any = "unknown") -> tuple[np.ndarray, np.ndarray]:
         """Labels [N] (object array: :meth:`predict`'s label, or ``unknown`` where the open-set
@@ -367,8 +370,7 @@ class Calibrated(Estimator):
             shapes.update(open_mean_=(None, None), open_matrix_=(None, None, None), open_centres_=(None, None, None))
             if part == "knn":
                 shapes["open_support_"] = (None, None, None)
-        if self.open_score in COMBINED_SCORES:
-            shapes["open_standards_"] = (len(COMBINED_SCORES[self.open_score]), 2)
+        shapes.update(combination_shapes(self.open_score, n))
         return shapes
 
 

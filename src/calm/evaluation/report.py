@@ -115,7 +115,7 @@ class EvaluationReport:
         caption = ("Trust (mean over seeds; calibrated: share of seeds whose probabilities were calibrated, 0 "
                    "where they stay raw, as at one shot; ECE/NLL/Brier of the calibrated probabilities, raw = before "
                    "calibration; 90% conformal sets; open set: a quarter of the classes left out of the support, "
-                   "their queries unknown, the energy+knn score; atypical: share of queries with typicality <= 0.1; "
+                   "their queries unknown, the classifier's open-set score; atypical: share of queries with typicality <= 0.1; "
                    "shift "
                    "flagged: share of seeds whose queries were flagged as unlike the support, where the "
                    "calibrated numbers may not hold):")

@@ -10,8 +10,8 @@ Which apply where:
   least one, leaving at least two) is dropped from the support set; the method is fitted and
   calibrated on the rest and scores every query, the dropped classes' queries being the unknowns:
   AUROC and FPR at 95% TPR of the open-set score, and the shares of known and unknown queries
-  rejected at the support-chosen threshold; and the AUROC of every candidate score
-  (:data:`calm.classifiers.openset.OPEN_SCORES` and typicality), to compare them.
+  rejected at the support-chosen threshold; and the AUROC of the candidate scores (the
+  :mod:`calm.classifiers.openset` logit and distance scores, the classifier's own and typicality), to compare them.
 * ``spoof``: calibration and prediction sets; no open set (with two classes, holding one out
   leaves nothing to classify, and a new attack is still "spoof", not "unknown").
 * all but ``multilabel``: the shift check of the queries against the support set (share of
