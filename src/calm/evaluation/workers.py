@@ -4,7 +4,7 @@ An episode is one unit of work: every method fitted and scored on it by a fresh
 :class:`~calm.evaluation.runner.Runner` (the methods share the episode's feature selection). Units
 go to worker processes when asked, or by default when the first unit shows that the rest would
 take long enough (:data:`AUTO_SECONDS`) to repay starting them. Their runners are merged in
-episode order, and every unit runs torch on one thread wherever it runs, so the report is the
+episode order, and every unit runs torch and BLAS on one thread wherever it runs, so the report is the
 same, bit for bit, whatever the worker count.
 """
 
@@ -87,12 +87,20 @@ def _run(runner_args: tuple[Any, ...], unit: Unit) -> Runner:
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """torch on one thread (the same summation order in every process), restored after."""
+    """torch, BLAS and OpenMP on one thread (the same summation order in every process, on every
+    machine), restored after. A multi-threaded BLAS changed the probe's solutions in their fifth
+    digit (a LAPACK QR and the solver's products summed in another order) and, on a loaded
+    machine, made each of its small products wait for a second thread: the tuned probe's fits took
+    ten times longer."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, so that the limit below reaches it)
+    import sklearn.utils._openmp_helpers  # noqa: F401  (and scikit-learn's OpenMP)
     import torch  # the estimators' arithmetic: imported only where they run
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1):
+            yield
     finally:
         torch.set_num_threads(threads)
