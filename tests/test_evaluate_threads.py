@@ -32,3 +32,16 @@ def test_a_unit_runs_every_thread_pool_on_one_thread_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_one_thread_restores_the_thread_counts_it_found():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from calm.classifiers.threads import one_thread
+
+    before = torch.get_num_threads(), [pool["num_threads"] for pool in threadpool_info()]
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        assert {pool["num_threads"] for pool in threadpool_info()} == {1}
+    assert (torch.get_num_threads(), [pool["num_threads"] for pool in threadpool_info()]) == before

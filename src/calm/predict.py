@@ -27,6 +27,7 @@ from calm.backbones import loading
 from calm.backbones.base import Backbone
 from calm.backbones.options import BackboneOptions
 from calm.classifiers.conformal import warn_large_sets
+from calm.classifiers.threads import one_thread
 from calm.classifiers.trust import Calibrated, check_settings
 from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.conflicts import check_label_conflicts
@@ -103,7 +104,8 @@ def fit_classifier(
     estimator = registry.get(method).make(**params)
     if calibrate:
         estimator = Calibrated(estimator, target_frr=target_frr)
-    fitted = estimator.fit(features, [label[i] for i in features.ids])
+    with one_thread():  # the model above ran on every core; the estimator's small products are faster on one
+        fitted = estimator.fit(features, [label[i] for i in features.ids])
     items_by_id = {i.id: i for i in labelled}
     fitted.support_seconds_ = [round(duration(media_path(items_by_id[i])), 3) for i in features.ids]  # calm scan
     return fitted

@@ -15,8 +15,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from calm.data.episodes import Episode
 from calm.evaluation.runner import Runner
@@ -77,30 +76,11 @@ def _run_in_worker(unit: Unit) -> Runner:
 
 def _run(runner_args: tuple[Any, ...], unit: Unit) -> Runner:
     """One episode's runner (detached: without features), its warnings noted."""
+    from calm.classifiers.threads import one_thread  # calm.classifiers imports torch: only where fits run
+
     shots, episode = unit
     runner = Runner(*runner_args)
-    with _one_thread(), warnings.catch_warnings(record=True) as caught:
+    with one_thread(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runner.episode(episode, shots, caught)
     return runner.detached()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch, BLAS and OpenMP on one thread (the same summation order in every process, on every
-    machine), restored after. A multi-threaded BLAS changed the probe's solutions in their fifth
-    digit (a LAPACK QR and the solver's products summed in another order) and, on a loaded
-    machine, made each of its small products wait for a second thread: the tuned probe's fits took
-    ten times longer."""
-    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, so that the limit below reaches it)
-    import sklearn.utils._openmp_helpers  # noqa: F401  (and scikit-learn's OpenMP)
-    import torch  # the estimators' arithmetic: imported only where they run
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
