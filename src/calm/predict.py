@@ -209,21 +209,23 @@ def predict_files(
                        progress=progress)
     rows: dict[str, Prediction] = {}
     if len(features):
-        labels = classifier.predict(features)
-        probabilities = classifier.predict_proba(features)
-        scores = [None] * len(labels)
-        if reject:
-            labels, scores = classifier.predict_open(features, unknown=unknown_label)
-        members = [None] * len(labels)
-        if sets is not None:
-            members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
-            warn_large_sets(classifier, members, sets)
-        typical = _typicality(classifier, features)
-        names = [str(c) for c in classifier.classes_]
-        for item_id, label, p, score, in_set, t in zip(features.ids, labels, probabilities, scores, members, typical):
-            rows[item_id] = Prediction(item_id, str(label), {c: float(v) for c, v in zip(names, p)},
-                                       score=None if score is None else float(score), prediction_set=in_set,
-                                       typicality=None if t is None else float(t))
+        with one_thread():  # as in fit_classifier: the model ran on every core, the classifier's products need one
+            labels = classifier.predict(features)
+            probabilities = classifier.predict_proba(features)
+            scores = [None] * len(labels)
+            if reject:
+                labels, scores = classifier.predict_open(features, unknown=unknown_label)
+            members = [None] * len(labels)
+            if sets is not None:
+                members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
+                warn_large_sets(classifier, members, sets)
+            typical = _typicality(classifier, features)
+            names = [str(c) for c in classifier.classes_]
+            columns = zip(features.ids, labels, probabilities, scores, members, typical)
+            for item_id, label, p, score, in_set, t in columns:
+                rows[item_id] = Prediction(item_id, str(label), {c: float(v) for c, v in zip(names, p)},
+                                           score=None if score is None else float(score), prediction_set=in_set,
+                                           typicality=None if t is None else float(t))
     for item_id, reason in features.failed.items():
         rows[item_id] = Prediction(item_id, None, {}, reason.removeprefix(f"{item_id}: "))
     return [rows[str(p)] for p in paths]
