@@ -1,6 +1,6 @@
 """HeadWhitener remembers its last fits: the same options on the same features and labels give
 the remembered arrays, bit for bit what a fresh fit computes, and copies of them; anything else
-is fitted anew. An evaluation's report is the same with and without the memory."""
+is fitted anew; the memory holds at most FIT_MEMORY bytes of arrays. An evaluation's report is the same with and without the memory."""
 
 from __future__ import annotations
 
@@ -80,14 +80,15 @@ def test_other_features_labels_or_options_are_fitted_anew(counted, change):
     assert len(counted) == 2
 
 
-def test_the_memory_keeps_at_most_fit_memory_fits(counted, monkeypatch):
-    monkeypatch.setattr(whitening, "FIT_MEMORY", 3)
+def test_the_memory_keeps_at_most_fit_memory_bytes_of_the_latest_fits(counted, monkeypatch):
+    one = whitening._size(_fitted(HeadWhitener().fit(*_data(9))))
+    monkeypatch.setattr(whitening, "FIT_MEMORY", 3 * one + one // 2)  # room for three fits
     for seed in range(5):
         HeadWhitener().fit(*_data(seed))
     assert len(whitening._memory) == 3
     HeadWhitener().fit(*_data(4))  # the latest is kept
     HeadWhitener().fit(*_data(0))  # the oldest was dropped
-    assert len(counted) == 6
+    assert len(counted) == 7  # the sizing fit, five, and the dropped one again
 
 
 def _report(labels: list[str]) -> str:

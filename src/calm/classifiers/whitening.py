@@ -21,10 +21,10 @@ Closed forms are kept at or above 0.01. Support statistics only. With one item p
 no within-class spread: lambda = 1.
 Heads that are constant over the support get z = 0 (every classifier then leaves them out).
 
-The last :data:`FIT_MEMORY` fits are remembered, keyed by the options and the exact bytes of the
-features and labels: an evaluation fits the same whitener on the same support (and on the same
-calibration folds and open-set supports) for every method, and each distinct one is computed once,
-with the same arrays, bit for bit.
+The latest fits, up to :data:`FIT_MEMORY` bytes of fitted arrays, are remembered, keyed by the
+options and the exact bytes of the features and labels: an evaluation fits the same whitener on the
+same support (and on the same calibration folds and open-set supports) for every method, and each
+distinct one is computed once, with the same arrays, bit for bit.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from calm.classifiers._cosine import FeatureBlocks, Scratch, constant_heads, nor
 SHRINKAGE_RULES = ("oas", "ledoit-wolf")
 MIN_RULE_SHRINKAGE = 0.01
 """The least lambda a closed-form rule may give: with fewer items than dimensions S is singular."""
-FIT_MEMORY = 32
-"""Whitener fits remembered (about 1.6 MB each at 96 heads of 64 dims); 0 remembers none."""
+FIT_MEMORY = 128 * 2 ** 20
+"""Bytes of fitted arrays remembered: 128 MiB, about 80 fits at 96 heads of 64 dims, 1 at 1024
+heads of 128 (67 MB each); 0 remembers none."""
 _FITTED = ("classes_", "mean_", "matrix_", "shrinkage_", "constant_heads_", "n_heads_in_", "head_dim_in_")
 _memory: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 _memory_lock = threading.Lock()
@@ -172,7 +173,7 @@ class HeadWhitener(Estimator):
         if key is not None and FIT_MEMORY > 0:
             with _memory_lock:
                 _memory[key] = {name: _copy(getattr(self, name)) for name in _FITTED}
-                while len(_memory) > FIT_MEMORY:
+                while sum(_size(fit) for fit in _memory.values()) > FIT_MEMORY:
                     _memory.popitem(last=False)
         return self
 
@@ -181,7 +182,7 @@ class HeadWhitener(Estimator):
         features off the CPU, not remembered)."""
         if FIT_MEMORY <= 0 or features.data.device.type != "cpu":
             return None
-        data = features.data.contiguous()
+        data = features.data.detach().contiguous()
         digest = hashlib.blake2b(data.view(-1).view(torch.uint8).numpy(), digest_size=16)
         digest.update(labels.numpy().tobytes())
         digest.update(self.classes_.astype(str).tobytes())
@@ -256,6 +257,11 @@ class HeadWhitener(Estimator):
 
     def fit_transform(self, X: Any, y: Any) -> np.ndarray:
         return self.fit(X, y).transform(X)
+
+
+def _size(fit: dict[str, Any]) -> int:
+    """Bytes of a remembered fit's arrays."""
+    return sum(value.nbytes for value in fit.values() if isinstance(value, np.ndarray))
 
 
 def _copy(value: Any) -> Any:
