@@ -1,6 +1,7 @@
 """HeadWhitener remembers its last fits: the same options on the same features and labels give
 the remembered arrays, bit for bit what a fresh fit computes, and copies of them; anything else
-is fitted anew; the memory holds at most FIT_MEMORY bytes of arrays. An evaluation's report is the same with and without the memory."""
+is fitted anew; the memory holds at most FIT_MEMORY bytes of arrays. An evaluation's report is the
+same with and without the memory."""
 
 from __future__ import annotations
 
