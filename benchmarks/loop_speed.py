@@ -7,8 +7,8 @@ options and prompt). Each command runs as its own process, start-up included, as
     PYTHONPATH=src python benchmarks/loop_speed.py --fit-data fit5.csv --eval-data dev8.csv \\
         --store store --encoder-seconds 5 [--seeds 10] [--shots 1 3 5 10]
 
-Prints wall (and for fit, CPU) seconds per command and the ratios; the two evaluate reports must be identical (but
-for the seconds each fit took), which it checks.
+Prints wall and CPU seconds per command, the ratios and the load average (1 minute) after each
+figure; the two evaluate reports must be identical (but for the seconds each fit took), which it checks.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def timed(argv: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f}"
+
+
 def results(report: Path) -> str:
     data = json.loads(report.read_text())
     for row in data["results"]:
@@ -62,22 +66,24 @@ def main() -> None:
     window = ["--encoder-seconds", args.encoder_seconds] if args.encoder_seconds else []
     common = ["--model", args.model, "--store", args.store, "--quiet", *window]
     calm = [sys.executable, "-m", "calm"]
+    print(f"start: {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         fit = ["fit", "--data", args.fit_data, "--out", f"{tmp}/clf.safetensors", *common]
         deferred = min(timed([*calm, *fit]) for _ in range(args.repeats))
         eager = min(timed([sys.executable, "-c", EAGER, *fit]) for _ in range(args.repeats))
         print(f"calm fit, every feature stored (best of {args.repeats}): without loading weights {deferred[0]:.2f} s "
               f"wall, {deferred[1]:.2f} s CPU; loading them {eager[0]:.2f} s wall, {eager[1]:.2f} s CPU "
-              f"({eager[0] / deferred[0]:.2f}x wall, {eager[1] / deferred[1]:.2f}x CPU)")
+              f"({eager[0] / deferred[0]:.2f}x wall, {eager[1] / deferred[1]:.2f}x CPU); {load()}")
         if args.fit_only:
             return
         evaluate = ["evaluate", "--data", args.eval_data, "--shots", *args.shots, "--seeds", args.seeds, *common]
-        one = timed([*calm, *evaluate, "--workers", "1", "--out", f"{tmp}/one"])[0]
-        auto = timed([*calm, *evaluate, "--out", f"{tmp}/auto"])[0]
+        one, one_cpu = timed([*calm, *evaluate, "--workers", "1", "--out", f"{tmp}/one"])
+        print(f"calm evaluate, shots {' '.join(args.shots)}, {args.seeds} seeds: {one:.1f} s wall ({one_cpu:.1f} s CPU) "
+              f"with one worker; {load()}", flush=True)
+        auto, auto_cpu = timed([*calm, *evaluate, "--out", f"{tmp}/auto"])
         same = results(Path(tmp, "one", "report.json")) == results(Path(tmp, "auto", "report.json"))
-        print(f"calm evaluate, shots {' '.join(args.shots)}, {args.seeds} seeds: {one:.1f} s with one worker, "
-              f"{auto:.1f} s with one per core ({os.cpu_count()} cores; {one / auto:.2f}x); "
-              f"reports identical: {same}")
+        print(f"calm evaluate: {auto:.1f} s wall ({auto_cpu:.1f} s CPU) with one worker per core ({os.cpu_count()} "
+              f"cores; {one / auto:.2f}x); reports identical: {same}; {load()}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from calm.backbones import loading
 from calm.backbones.base import Backbone
 from calm.backbones.options import BackboneOptions
 from calm.classifiers.conformal import warn_large_sets
+from calm.classifiers.threads import one_thread
 from calm.classifiers.trust import Calibrated, check_settings
 from calm.classifiers.typicality import ShiftWarning, shift_check
 from calm.data.conflicts import check_label_conflicts
@@ -103,7 +104,8 @@ def fit_classifier(
     estimator = registry.get(method).make(**params)
     if calibrate:
         estimator = Calibrated(estimator, target_frr=target_frr)
-    fitted = estimator.fit(features, [label[i] for i in features.ids])
+    with one_thread():  # the model above ran on every core; the estimator's small products are faster on one
+        fitted = estimator.fit(features, [label[i] for i in features.ids])
     items_by_id = {i.id: i for i in labelled}
     fitted.support_seconds_ = [round(duration(media_path(items_by_id[i])), 3) for i in features.ids]  # calm scan
     return fitted
@@ -206,21 +208,23 @@ def predict_files(
                        progress=progress)
     rows: dict[str, Prediction] = {}
     if len(features):
-        labels = classifier.predict(features)
-        probabilities = classifier.predict_proba(features)
-        scores = [None] * len(labels)
-        if reject:
-            labels, scores = classifier.predict_open(features, unknown=unknown_label)
-        members = [None] * len(labels)
-        if sets is not None:
-            members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
-            warn_large_sets(classifier, members, sets)
-        typical = _typicality(classifier, features)
-        names = [str(c) for c in classifier.classes_]
-        for item_id, label, p, score, in_set, t in zip(features.ids, labels, probabilities, scores, members, typical):
-            rows[item_id] = Prediction(item_id, str(label), {c: float(v) for c, v in zip(names, p)},
-                                       score=None if score is None else float(score), prediction_set=in_set,
-                                       typicality=None if t is None else float(t))
+        with one_thread():  # as in fit_classifier: the model ran on every core, the classifier's products need one
+            labels = classifier.predict(features)
+            probabilities = classifier.predict_proba(features)
+            scores = [None] * len(labels)
+            if reject:
+                labels, scores = classifier.predict_open(features, unknown=unknown_label)
+            members = [None] * len(labels)
+            if sets is not None:
+                members = [tuple(str(c) for c in s) for s in classifier.predict_sets(features, sets)]
+                warn_large_sets(classifier, members, sets)
+            typical = _typicality(classifier, features)
+            names = [str(c) for c in classifier.classes_]
+            columns = zip(features.ids, labels, probabilities, scores, members, typical)
+            for item_id, label, p, score, in_set, t in columns:
+                rows[item_id] = Prediction(item_id, str(label), {c: float(v) for c, v in zip(names, p)},
+                                           score=None if score is None else float(score), prediction_set=in_set,
+                                           typicality=None if t is None else float(t))
     for item_id, reason in features.failed.items():
         rows[item_id] = Prediction(item_id, None, {}, reason.removeprefix(f"{item_id}: "))
     return [rows[str(p)] for p in paths]

@@ -54,7 +54,10 @@ def fit_inverse_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[flo
         low, high = high, 2 * high
     for _ in range(100):
         middle = 0.5 * (low + high)
-        low, high = (middle, high) if slope(middle) < 0 else (low, middle)
+        bracket = (middle, high) if slope(middle) < 0 else (low, middle)
+        if bracket == (low, high):  # the bracket stopped shrinking: every later step would leave it so
+            break
+        low, high = bracket
     beta = max(0.5 * (low + high), 1e-8)
     return beta, loss(beta)
 

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from calm.app.guard import is_loopback
 from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, load_model
 
 SIGTERM_STATUS = 128 + signal.SIGTERM
@@ -44,7 +43,8 @@ def writable_folder(path: Path, what: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calm.app import AppSession, make_server
+    from calm.app import AppSession, make_server  # torch: imported when the app runs, not for other commands
+    from calm.app.guard import is_loopback
 
     root = Path(args.root).resolve()
     if not root.is_dir():
@@ -73,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 def _serve(session: Any, server: Any, host: str) -> int:
     """Serve until Ctrl+C or SIGTERM; then stop accepting, cancel a running fit at its next batch,
     wait for the model to finish its step (a second Ctrl+C: at once) and return 130 or 143."""
+    from calm.app.guard import is_loopback
+
     address, port = server.server_address[:2]
     shown = f"[{address}]" if ":" in address else "localhost" if is_loopback(host) else address
     print(f"calm app: open http://{shown}:{port}/ (Ctrl+C to stop)", file=sys.stderr, flush=True)

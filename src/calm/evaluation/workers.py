@@ -4,7 +4,7 @@ An episode is one unit of work: every method fitted and scored on it by a fresh
 :class:`~calm.evaluation.runner.Runner` (the methods share the episode's feature selection). Units
 go to worker processes when asked, or by default when the first unit shows that the rest would
 take long enough (:data:`AUTO_SECONDS`) to repay starting them. Their runners are merged in
-episode order, and every unit runs torch on one thread wherever it runs, so the report is the
+episode order, and every unit runs torch and BLAS on one thread wherever it runs, so the report is the
 same, bit for bit, whatever the worker count.
 """
 
@@ -15,8 +15,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from calm.data.episodes import Episode
 from calm.evaluation.runner import Runner
@@ -77,22 +76,11 @@ def _run_in_worker(unit: Unit) -> Runner:
 
 def _run(runner_args: tuple[Any, ...], unit: Unit) -> Runner:
     """One episode's runner (detached: without features), its warnings noted."""
+    from calm.classifiers.threads import one_thread  # calm.classifiers imports torch: only where fits run
+
     shots, episode = unit
     runner = Runner(*runner_args)
-    with _one_thread(), warnings.catch_warnings(record=True) as caught:
+    with one_thread(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runner.episode(episode, shots, caught)
     return runner.detached()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one thread (the same summation order in every process), restored after."""
-    import torch  # the estimators' arithmetic: imported only where they run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
