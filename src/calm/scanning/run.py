@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def scan(
     store: Any = None,
     batch_size: int = 8,
     loader_threads: int | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[float, float], None] = False,
 ) -> list[FileScan]:
     """Scan audio files (or folders of them) with a fitted classifier; one :class:`FileScan` per
     file, in order.
@@ -136,7 +136,8 @@ def scan(
             features, so a rerun or another classifier on the same backbone and prompt reuses them.
         batch_size, loader_threads: windows per forward pass; background threads that decode the
             next batches (results are the same for every value of both).
-        progress: a progress bar in hours of audio.
+        progress: True: a progress bar in hours of audio; a function: called after every batch with
+            the seconds of audio scanned so far and in all (what it raises stops the scan).
     """
     options = options or ScanOptions()
     if options.on_error not in ON_ERROR:
@@ -155,7 +156,9 @@ def scan(
     if not options.merge_gap >= 0:
         raise ValueError(f"merge_gap must be at least 0 seconds, got {options.merge_gap!r}")
     plans = [_plan(path, window, hop, options.on_error) for path in audio_files(paths)]
-    bar = _hours_bar(sum(w.seconds for _, w in plans if isinstance(w, Windows))) if progress else None
+    total = sum(w.seconds for _, w in plans if isinstance(w, Windows))
+    bar = _hours_bar(total) if progress is True else None
+    tick = _Ticker(bar, progress if callable(progress) else None, total)
     results = []
     with WindowExtractor(backbone, recorded["prompt"], store, batch_size, loader_threads) as extractor:
         for path, planned in plans:
@@ -163,7 +166,7 @@ def scan(
                 results.append(FileScan(str(path), classes, error=planned))
                 continue
             try:
-                results.append(_scan_file(extractor, classifier, path, planned, classes, options, bar))
+                results.append(_scan_file(extractor, classifier, path, planned, classes, options, tick))
             except MediaLoadError as error:
                 if options.on_error == "raise":
                     raise
@@ -185,7 +188,7 @@ def _plan(path: Path, window: float, hop: float, on_error: str) -> tuple[Path, W
 
 
 def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows: Windows, classes: list[str],
-               options: ScanOptions, bar: Any) -> FileScan:
+               options: ScanOptions, tick: "_Ticker") -> FileScan:
     content = content_hash(path) if extractor.store is not None else str(path)  # the hash keys stored windows only
     probabilities, scores, rejected = [], [], []
     done = 0
@@ -195,8 +198,7 @@ def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows:
             labels, score = classifier.predict_open(features, unknown=options.unknown_label)
             scores.append(np.asarray(score, dtype=np.float64))
             rejected.append(np.array([label == options.unknown_label for label in labels], dtype=bool))
-        if bar is not None:
-            bar.update((windows.spans[done + len(features)] - windows.spans[done]) / 3600)
+        tick(windows.spans[done + len(features)] - windows.spans[done])
         done += len(features)
     p = np.concatenate(probabilities)
     result = FileScan(str(path), classes, windows, p)
@@ -205,6 +207,20 @@ def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows:
     result.labels = active_labels(p, classes, options.threshold, result.rejected, options.background)
     result.events = find_events(str(path), windows.spans, p, classes, result.labels, options.merge_gap)
     return result
+
+
+class _Ticker:
+    """Reports seconds of audio scanned to a progress bar (in hours) and a callback, either optional."""
+
+    def __init__(self, bar: Any, callback: Callable[[float, float], None] | None, total: float) -> None:
+        self.bar, self.callback, self.total, self.done = bar, callback, total, 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.done += float(seconds)
+        if self.bar is not None:
+            self.bar.update(seconds / 3600)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
 
 
 def _hours_bar(hours_of_seconds: float) -> Any:
