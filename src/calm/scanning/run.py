@@ -89,6 +89,11 @@ def support_window(classifier: Any, backbone: Backbone) -> float:
     if not seconds:
         raise ValueError("the classifier records no support clip lengths (fit on plain arrays, or saved by an "
                          "older calm): give the window in seconds (calm scan --window S)")
+    return window_for(seconds, backbone)
+
+
+def window_for(seconds: Sequence[float], backbone: Backbone) -> float:
+    """The median of clip lengths ``seconds``, within what the backbone takes."""
     window = max(float(np.median(seconds)), backbone.min_seconds)
     return min(window, backbone.window_seconds) if backbone.window_seconds is not None else window
 
