@@ -14,7 +14,7 @@ needs the memory of a batch of windows, plus a few numbers per window.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -134,7 +134,11 @@ def scan(
 
     Args:
         backbone: the classifier's (:func:`calm.load_backbone_for`); features from another backbone
-            or prompt than the classifier's raise ValueError naming both.
+            or prompt than the classifier's raise ValueError naming both. With the backbone option
+            ``compile=None`` (the default), a scan of enough windows on a GPU compiles the layers
+            first, as :func:`calm.extract` does for clips (:meth:`calm.backbones.Backbone.compile_for`;
+            the windows are then stored apart); whether the classifier was fitted on compiled
+            layers does not matter.
         classifier: fitted by :func:`calm.fit_classifier` (or loaded with :func:`calm.load`).
         options: :class:`ScanOptions` (window, hop, threshold, rejection, background class).
         store: a feature store (folder or open :class:`~calm.store.FeatureStore`) for the windows'
@@ -153,7 +157,8 @@ def scan(
     recorded = getattr(classifier, "fingerprint_", None) or {}
     if "prompt" not in recorded:
         raise ValueError("the classifier records no prompt (fit on plain arrays?); fit it with calm fit")
-    check_fingerprint(recorded, feature_fingerprint(backbone, recorded["prompt"]), "the classifier")
+    check_fingerprint(_uncompiled(recorded), _uncompiled(feature_fingerprint(backbone, recorded["prompt"])),
+                      "the classifier")
     window = options.window or support_window(classifier, backbone)
     hop = options.hop or default_hop(window)
     classes = [str(c) for c in classifier.classes_]
@@ -161,6 +166,7 @@ def scan(
     if not options.merge_gap >= 0:
         raise ValueError(f"merge_gap must be at least 0 seconds, got {options.merge_gap!r}")
     plans = [_plan(path, window, hop, options.on_error) for path in audio_files(paths)]
+    backbone.compile_for(sum(len(w) for _, w in plans if isinstance(w, Windows)))  # as calm.extract: long GPU scans
     total = sum(w.seconds for _, w in plans if isinstance(w, Windows))
     bar = _hours_bar(total) if progress is True else None
     tick = _Ticker(bar, progress if callable(progress) else None, total)
@@ -181,6 +187,12 @@ def scan(
     return results
 
 
+def _uncompiled(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint but for ``compile``: compiled layers are the same model (their numbers differ in
+    the last bits), so a classifier and the windows it scans may differ there."""
+    return {key: value for key, value in fingerprint.items() if key != "compile"}
+
+
 def _plan(path: Path, window: float, hop: float, on_error: str) -> tuple[Path, Windows | str]:
     """The file's windows, or (recording errors) why it cannot be read."""
     try:
@@ -198,6 +210,8 @@ def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows:
     probabilities, scores, rejected = [], [], []
     done = 0
     for features in extractor.batches(path, windows, content):
+        if features.fingerprint.get("compile") != classifier.fingerprint_.get("compile"):
+            features = replace(features, fingerprint=dict(classifier.fingerprint_))  # the same but for compile
         probabilities.append(np.asarray(classifier.predict_proba(features), dtype=np.float64))
         if options.reject:
             labels, score = classifier.predict_open(features, unknown=options.unknown_label)
