@@ -181,7 +181,12 @@ class AppHandler(BaseHTTPRequestHandler):
             session.load_bytes(_param(query, "name"), data)
         elif path == "/api/scan/file":
             name = _param(query, "name")
-            return self._json(_shown(self.panel.upload(name, self._chunks())))
+            try:
+                chosen = self.panel.upload(name, self._chunks())
+            except BaseException:
+                self.close_connection = True  # the rest of the body, if any, is left unread
+                raise
+            return self._json(_shown(chosen))
         elif path == "/api/scan/pick":
             return self._json(_shown(self.panel.pick(self._field("path"))))
         elif path == "/api/scan":
