@@ -24,9 +24,11 @@ level over the RMS level of the whole background file (for support clips, of the
 instead: the day, night, rain and wind loops of MegaGlest's tilesets (``megaglest-data``, CC BY-SA
 3.0; birds, insects, rain, wind; :func:`ambient_recordings`), cut into :data:`PIECE`-second pieces
 in a seeded order. There is less of it than the long files need, so per task :data:`HELD_OUT`
-pieces give the support and background clips (none twice) and the other pieces, cross-faded over
-:data:`FADE` s and cycled in a new order on each pass, the long files: the long files repeat their
-background (each piece about twice per task), the clips never come from it.
+pieces give the support and background clips (none twice; taken in turn, a block of
+:data:`BACKGROUND_SECONDS` from each, so the five background clips hold five different pieces) and
+the other pieces, cross-faded over :data:`FADE` s and cycled in a new order on each pass, the long
+files: the long files repeat their background (each piece about twice per task), the clips never
+come from it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ BACKGROUND_LABEL = "background"
 TASKS: dict[str, Callable[..., Path]] = {"instruments": devsets.prepare_instruments, "drums": drums.prepare_drums}
 _STAMP = "recipe.json"
 _VERSION = 3
+_AMBIENT_VERSION = 2
 AMBIENT_PACKAGE = "megaglest-data"
 AMBIENT_FILES = "./usr/share/games/megaglest/tilesets/*/sounds/*"
 PIECE = 15.0
@@ -171,16 +174,20 @@ class _Prompts:
 
 
 class _Loops:
-    """Ambient background (see the module doc): ``held_out`` stretches read one after another from
-    the first :data:`HELD_OUT` of the shuffled pieces, cross-faded, none twice; the others from the
-    rest, cross-faded and cycled."""
+    """Ambient background (see the module doc): ``held_out`` stretches read one after another, none
+    twice, from the first :data:`HELD_OUT` of the shuffled pieces taken in turn, a
+    :data:`BACKGROUND_SECONDS` block of each (so the background clips, read first, come from as
+    many pieces), cross-faded; the others from the rest, cross-faded and cycled."""
 
     def __init__(self, pieces: Sequence[np.ndarray], rng: random.Random) -> None:
         order = list(pieces)
         rng.shuffle(order)
         if len(order) <= HELD_OUT:
             raise DemoDataError(f"{len(order)} ambient pieces of {PIECE:g} s, more than {HELD_OUT} needed")
-        self.held, self.used = _crossfaded(iter(order[:HELD_OUT]), float("inf")), 0
+        block = round((BACKGROUND_SECONDS + FADE) * RATE)  # each adds BACKGROUND_SECONDS once cross-faded
+        blocks = [piece[k:k + block] for k in range(0, round(PIECE * RATE) - block + 1, block)
+                  for piece in order[:HELD_OUT]]
+        self.held, self.used = _crossfaded(iter(blocks), float("inf")), 0
         self.pool = _pool(order[HELD_OUT:], rng)
 
     def __call__(self, seconds: float, held_out: bool = False) -> np.ndarray:
@@ -266,7 +273,8 @@ def build_detection(out_dir: Path, tasks: dict[str, list[Source]], prompts: Sequ
         _write_csv(staging / "tasks.csv", ("task", "support", "reference"),
                    [(task, f"{task}/support.csv", f"{task}/long/reference.csv") for task in sorted(tasks)])
 
-    built = build_atomically(out_dir, _STAMP, {"recipe": name, "version": _VERSION}, write)
+    built = build_atomically(out_dir, _STAMP, {"recipe": name, "version": _AMBIENT_VERSION if ambient else _VERSION},
+                             write)
     if verbose:
         print(f"{name}: {len(tasks)} tasks x {FILES} files x {FILE_SECONDS / 60:g} min in {built}")
     return built / "tasks.csv"
