@@ -4,7 +4,8 @@
     python benchmarks/scan_detection.py data/detection --task instruments --encoder-seconds 5 --hop 1 \\
         --thresholds 0.3 0.5 0.7 --store features/ --json instruments.json
 
-For a task of ``calm data prepare detection`` (:mod:`calm.devdata.detection`), ``auto`` is fitted on
+For a task of ``calm data prepare detection`` (speech backgrounds) or ``detection-ambient`` (nature
+ambience; both :mod:`calm.devdata.detection`), ``auto`` is fitted on
 its 5 support clips per class and scans the task's long files, once per background strategy:
 
 * ``named``: a background class (the task's background clips, cut from other parts of the same

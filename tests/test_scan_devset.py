@@ -155,3 +155,62 @@ def test_real_asterisk_prompts_make_a_speech_background():
     prompts = sorted(demo_sounds().rglob("*.wav"))[:40]
     audio, used = speech_stream(prompts, 20.0)
     assert len(audio) == 20 * RATE and used < 40 and np.sqrt(np.mean(audio ** 2)) > 1e-3
+
+
+def _plateaus(audio: np.ndarray, run: int = 200) -> set[float]:
+    """The values ``audio`` holds for at least ``run`` samples in a row (a piece, not a cross-fade)."""
+    edges = np.flatnonzero(np.diff(audio)) + 1
+    starts, ends = np.r_[0, edges], np.r_[edges, len(audio)]
+    return {round(float(audio[a]), 6) for a, b in zip(starts, ends) if b - a >= run}
+
+
+def test_an_ambient_background_keeps_the_clips_stretches_out_of_the_long_files(tmp_path, tiny, monkeypatch):
+    """Pieces of constant, distinct levels: the background clips hold five held-out pieces, one
+    each, the long files (outside their events) only the others, cycled through all of them."""
+    tasks, _, _, _ = tiny
+    monkeypatch.setattr(detection, "PIECE", 4.0)
+    monkeypatch.setattr(detection, "HELD_OUT", 7)
+    monkeypatch.setattr(detection, "FADE", 0.1)
+    recordings = []
+    for k in range(7):  # two pieces each, then a tail shorter than a piece (never used)
+        recordings.append(tmp_path / "ambient" / f"r{k:02d}.wav")
+        recordings[-1].parent.mkdir(exist_ok=True)
+        levels = np.repeat([0.01 * (2 * k + 1), 0.01 * (2 * k + 2), 0.9], [4 * RATE, 4 * RATE, RATE])
+        sf.write(recordings[-1], levels, RATE, subtype="FLOAT")
+    listing = build_detection(tmp_path / "out", tasks, recordings, name="ambient-test", verbose=False, ambient=True)
+    every = {round(0.01 * n, 6) for n in range(1, 15)}
+    for task in ("one", "two"):
+        root = listing.parent / task
+        support = list(csv.DictReader(open(root / "support.csv")))
+        background = [_plateaus(sf.read(root / r["path"])[0]) for r in support if r["label"] == "background"]
+        held = set().union(*background)
+        assert [len(levels) for levels in background] == [1] * 5 and len(held) == 5  # five pieces, one each
+        looped = set()
+        events = list(csv.DictReader(open(root / "long" / "reference.csv")))
+        for name in sorted({e["file"] for e in events}):
+            mixture = sf.read(root / "long" / name)[0]
+            keep = np.ones(len(mixture), dtype=bool)
+            for e in (e for e in events if e["file"] == name):
+                keep[round(float(e["onset"]) * RATE):round(float(e["offset"]) * RATE) + 1] = False
+            looped |= _plateaus(np.where(keep, mixture, np.nan))
+        assert held and looped and not held & looped and 0.9 not in held | looped
+        assert len(looped) == 7 and looped | held <= every  # 40 s of long files from 7 pieces: all, cycled
+    with pytest.raises(DemoDataError, match="held-out ambient pieces"):
+        monkeypatch.setattr(detection, "HELD_OUT", 1)
+        build_detection(tmp_path / "few", tasks, recordings, name="ambient-test", verbose=False, ambient=True)
+
+
+def test_ambient_recordings_are_the_tilesets_long_loops_each_once(tmp_path, monkeypatch):
+    tilesets = tmp_path / "usr" / "share" / "games" / "megaglest" / "tilesets"
+    for tileset, name, seconds in (("winter", "wind.ogg", 16), ("winter_forest", "wind.ogg", 16),
+                                   ("forest", "day.ogg", 20), ("forest", "wolf.wav", 3)):
+        (tilesets / tileset / "sounds").mkdir(parents=True, exist_ok=True)
+        sf.write(tilesets / tileset / "sounds" / name, np.random.default_rng(seconds).normal(0, 0.1, seconds * 800),
+                 800, format="OGG" if name.endswith(".ogg") else "WAV")
+    monkeypatch.setattr(detection, "cache_dir", lambda *parts: tmp_path)
+    found = detection.ambient_recordings()
+    assert [p.relative_to(tilesets).as_posix() for p in found] == ["forest/sounds/day.ogg", "winter/sounds/wind.ogg"]
+
+
+def test_detection_ambient_is_a_registered_recipe():
+    assert recipes.RECIPES["detection-ambient"] is detection.prepare_detection_ambient

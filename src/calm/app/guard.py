@@ -12,12 +12,16 @@ checks close this, as development servers do (webpack's ``allowedHosts``, Jupyte
   authentication) and any ``Host`` is answered.
 * **Origin**: a request that changes something (any method but GET and HEAD) whose ``Origin``
   (or, without it, ``Referer``) names another origin than the app's own is refused.
+
+What the page may make the app read on this machine is bounded too: a path it names must lie
+under the app's ``--root`` (:func:`path_under_root`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
@@ -76,3 +80,23 @@ def content_length(value: str | None, limit: int) -> int:
     if length > limit:
         raise ValueError(f"upload too large: {length} bytes (at most {limit})")
     return length
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) is ``root`` (resolved) or lies below it."""
+    return path.resolve().is_relative_to(root)
+
+
+def path_under_root(root: Path, spec: str, name: str | None = None) -> Path:
+    """``spec`` (a path relative to ``root``, or absolute) resolved; ValueError, naming ``name`` (by
+    default ``spec``) and nothing of the file, for a path outside ``root`` (symbolic links resolved: checked before
+    whether it exists, so the answer tells nothing of the rest of the machine) or one that does not
+    exist."""
+    name = spec if name is None else name
+    path = (root / Path(spec.strip()).expanduser()).resolve()
+    if not inside(path, root):
+        raise ValueError(f"{name}: outside {root}, the folder the app may read "
+                         "(start calm app with --root to choose another)")
+    if not path.exists():
+        raise ValueError(f"{name}: no such folder or file under {root}")
+    return path

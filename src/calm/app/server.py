@@ -31,6 +31,14 @@ site, gets a plain-text 403 (:mod:`calm.app.guard`):
     GET  /api/weights                            head x class weight maps: classes, [class][layer][head] per site
     GET  /api/weights.png                        the same maps drawn by matplotlib (PNG)
     GET  /api/profile                            weight share per layer and site
+    POST /api/scan/file?name=F       <bytes>     a long recording to scan (streamed to disk, up to
+                                                 MAX_LONG_UPLOAD bytes): its name and seconds
+    POST /api/scan/pick       {"path"}           a long recording under --root to scan
+    POST /api/scan            {"threshold", "background", "reject", "window", "hop"}
+                                                 scan it with the classifier (blocks; poll
+                                                 /api/progress): timeline and events
+    GET  /api/scan/events.csv                    the last scan's events (calm scan's events.csv);
+         /api/scan/audacity.txt, /api/scan/selections.txt (Raven), /api/scan/timeline.png
 """
 
 from __future__ import annotations
@@ -46,10 +54,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 from calm.app.guard import allowed_hosts, content_length, refusal
+from calm.app.longscan import LongFile, ScanPanel
 from calm.app.session import AppSession, BusyError, StoppedError
 from calm.classifiers.trust import describe
 from calm.errors import InputError
@@ -57,9 +66,12 @@ from calm.errors import InputError
 log = logging.getLogger("calm.app")
 
 MAX_UPLOAD = 512 * 1024 * 1024
-"""Largest request body accepted (bytes)."""
+"""Largest request body accepted (bytes), but for a long recording to scan."""
+MAX_LONG_UPLOAD = 4 * 1024 ** 3
+"""Largest long recording accepted for the scan panel (bytes); it is written to disk as it arrives."""
+CHUNK = 1024 * 1024
 
-STATIC_FILES = ("index.html", "app.js", "plots.js", "app.css", "favicon.svg")
+STATIC_FILES = ("index.html", "app.js", "plots.js", "scan.js", "app.css", "favicon.svg")
 
 TIMEOUT = 60.0
 """Seconds a connection may stay silent (a request not sent, a body not read) before it is closed."""
@@ -82,7 +94,7 @@ def make_server(session: AppSession, host: str = "127.0.0.1", port: int = 7860,
                 timeout: float = TIMEOUT) -> AppServer:
     """A threaded HTTP server for ``session`` bound to ``host:port`` (port 0: any free port; an
     IPv6 address such as ``::1`` binds IPv6); a connection silent for ``timeout`` seconds is closed."""
-    handler = type("AppHandler", (AppHandler,), {"session": session, "timeout": timeout})
+    handler = type("AppHandler", (AppHandler,), {"session": session, "panel": ScanPanel(session), "timeout": timeout})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("AppServer", (AppServer,), {"address_family": family})
     server = server_class((host, port), handler)
@@ -94,6 +106,7 @@ class AppHandler(BaseHTTPRequestHandler):
     """Routes requests to the session; any error becomes a JSON message, never a dead server."""
 
     session: AppSession
+    panel: ScanPanel
     server: AppServer
     server_version = "calm-app"
 
@@ -132,6 +145,8 @@ class AppHandler(BaseHTTPRequestHandler):
             self._json(session.weight_maps())
         elif path == "/api/threshold":
             self._json({"threshold": session.reject_threshold(_rate(query))})
+        elif path.startswith("/api/scan/"):
+            self._scan_download(path.removeprefix("/api/scan/"))
         else:
             raise RequestError(f"no such page: {path}")
 
@@ -164,9 +179,36 @@ class AppHandler(BaseHTTPRequestHandler):
         elif path == "/api/classifier":
             data = self._body()
             session.load_bytes(_param(query, "name"), data)
+        elif path == "/api/scan/file":
+            name = _param(query, "name")
+            try:
+                chosen = self.panel.upload(name, self._chunks())
+            except BaseException:
+                self.close_connection = True  # the rest of the body, if any, is left unread
+                raise
+            return self._json(_shown(chosen))
+        elif path == "/api/scan/pick":
+            return self._json(_shown(self.panel.pick(self._field("path"))))
+        elif path == "/api/scan":
+            return self._json(self.panel.scan(**_scan_settings(self._fields())))
         else:
             raise RequestError(f"no such action: {path}")
         self._json(self._state())
+
+    def _scan_download(self, name: str) -> None:
+        """The last scan's events as a file to save, or its timeline PNG."""
+        panel = self.panel
+        texts = {"events.csv": (panel.events_csv, "text/csv", "events.csv"),
+                 "audacity.txt": (panel.audacity_labels, "text/plain", "audacity.txt"),
+                 "selections.txt": (panel.raven_table, "text/plain", "Table.1.selections.txt")}
+        if name == "timeline.png":
+            with tempfile.TemporaryDirectory() as tmp:
+                return self._send(panel.timeline_png(Path(tmp) / "timeline.png").read_bytes(), "image/png")
+        if name not in texts:
+            raise RequestError(f"no such page: /api/scan/{name}")
+        make, kind, suffix = texts[name]
+        self._send(make().encode(), f"{kind}; charset=utf-8",
+                   {"Content-Disposition": f'attachment; filename="{panel.stem()}.{suffix}"'})
 
     def _state(self) -> dict[str, Any]:
         session = self.session
@@ -216,6 +258,25 @@ class AppHandler(BaseHTTPRequestHandler):
             raise RequestError(str(error)) from None
         return self.rfile.read(length)
 
+    def _chunks(self) -> Iterator[bytes]:
+        """The request body in pieces, up to :data:`MAX_LONG_UPLOAD` bytes; RequestError if the
+        client stops sending before the ``Content-Length`` it declared."""
+        try:
+            length = content_length(self.headers.get("Content-Length"), MAX_LONG_UPLOAD)
+        except ValueError as error:
+            self.close_connection = True
+            raise RequestError(str(error)) from None
+        if length == 0:
+            raise RequestError("an empty upload: no file to scan")
+        left = length
+        while left:
+            chunk = self.rfile.read(min(CHUNK, left))
+            if not chunk:
+                self.close_connection = True
+                raise RequestError(f"the upload ended after {length - left} of {length} bytes")
+            left -= len(chunk)
+            yield chunk
+
     def _fields(self) -> dict[str, Any]:
         try:
             fields = json.loads(self._body() or b"{}")
@@ -256,6 +317,33 @@ def _rate(query: dict[str, str]) -> float:
     if not 0 <= rate < 1:
         raise RequestError(f"?rate= must be a share in [0, 1), got {rate}")
     return rate
+
+
+def _shown(file: LongFile) -> dict[str, Any]:
+    """A chosen long file as the page sees it: its name and seconds, not where it is stored."""
+    return {"name": file.name, "seconds": file.seconds}
+
+
+def _scan_settings(fields: dict[str, Any]) -> dict[str, Any]:
+    """The scan request's settings, checked: threshold in [0, 1] (default 0.5), window and hop
+    positive seconds or null, reject a boolean, background a class name or null."""
+    def number(name: str, default: float | None, ok: Callable[[float], bool], wanted: str) -> float | None:
+        value = fields.get(name, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
+            raise RequestError(f"{name} must be {wanted}, got {str(value)[:30]!r}")
+        return float(value)
+
+    background = fields.get("background")
+    if background is not None and not isinstance(background, str):
+        raise RequestError("background must be a class name or null")
+    if not isinstance(fields.get("reject", False), bool):
+        raise RequestError("reject must be true or false")
+    return {"threshold": number("threshold", 0.5, lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+            "window": number("window", None, lambda v: v > 0, "a positive number of seconds"),
+            "hop": number("hop", None, lambda v: v > 0, "a positive number of seconds"),
+            "reject": fields.get("reject", False), "background": background or None}
 
 
 def _param(query: dict[str, str], name: str) -> str:

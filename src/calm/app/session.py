@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from calm.app.guard import inside, path_under_root
 from calm.backbones.base import Backbone
 from calm.classifiers import load, plot_weight_maps, save
 from calm.classifiers.conformal import LargeSetWarning, rejection_threshold
@@ -57,7 +58,8 @@ class StoppedError(CalmError, RuntimeError):
 
 @dataclass
 class Progress:
-    """Where the running fit is: ``stage`` (idle, extracting, fitting), clips ``done`` of ``total``."""
+    """Where the running request is: ``stage`` (idle, extracting, fitting: clips ``done`` of ``total``;
+    scanning: seconds of audio ``done`` of ``total``)."""
 
     stage: str = "idle"
     done: int = 0
@@ -100,7 +102,7 @@ class AppSession:
         self.set_sizes: list[int] = []
         self.shots: tuple[int, int] | None = None
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
 
     # -- classes and clips ------------------------------------------------------------------
     def add_class(self, name: str) -> str:
@@ -150,7 +152,7 @@ class AppSession:
             log.warning("%s: %s", spec, error)
             raise ValueError(f"{spec}: not a dataset the app can read (a folder of class subfolders, or a CSV "
                              "with path and label columns); the reason is in the terminal running calm app") from None
-        outside = [i for i in items if i.audio is not None and not _inside(Path(i.audio), self.root)]
+        outside = [i for i in items if i.audio is not None and not inside(Path(i.audio), self.root)]
         if outside:
             raise ValueError(f"{spec}: {len(outside)} of its {len(items)} clip(s) lie outside {self.root}, "
                              "the folder the app may read; nothing was added")
@@ -182,16 +184,16 @@ class AppSession:
         if len(self.classes) < 2 or empty:
             raise ValueError("fit needs at least two classes, each with at least one clip"
                              + (f"; no clips in {', '.join(map(repr, empty))}" if empty else ""))
-        with self._running(), self._idle_after(on_progress):
+        with self.running(), self.idle_after(on_progress):
             store = self.workdir / "store"
-            self._report(on_progress, "extracting", 0, len(items))
+            self.report(on_progress, "extracting", 0, len(items))
             for start in range(0, len(items), self.batch_size):
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     raise StoppedError("the app is stopping: the fit was cancelled")
                 batch = items[start:start + self.batch_size]
                 extract(self.backbone, batch, self.prompt, batch_size=self.batch_size, store=store)
-                self._report(on_progress, "extracting", start + len(batch), len(items))
-            self._report(on_progress, "fitting", len(items), len(items))
+                self.report(on_progress, "extracting", start + len(batch), len(items))
+            self.report(on_progress, "fitting", len(items), len(items))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 classifier = fit_classifier(self.backbone, items, self.prompt, batch_size=self.batch_size,
@@ -209,10 +211,10 @@ class AppSession:
         open-set score) and its :data:`SET_LEVEL` prediction set, whose size is kept for
         :meth:`set_summary`.
         """
-        classifier = self._fitted()
+        classifier = self.fitted()
         path = self._write_upload(Path("queries"), filename, data)
         trusted = self.can_reject()
-        with self._running(), warnings.catch_warnings():
+        with self.running(), warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeSetWarning)  # the page says it over all clips (set_summary)
             row = predict_files(self.backbone, classifier, [path], batch_size=1, reject=trusted,
                                 sets=SET_LEVEL if trusted else None)[0]
@@ -246,12 +248,12 @@ class AppSession:
     def stop(self, timeout: float | None = None) -> bool:
         """Cancel a running fit at its next batch and wait (up to ``timeout`` s) for the model to be
         idle; from then on every model request is refused as busy. Returns whether it is idle."""
-        self._stopping.set()
+        self.stopping.set()
         return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
     def save(self, path: str | Path) -> Path:
         """Write the classifier with :func:`calm.classifiers.save` (the file ``calm predict`` reads)."""
-        return save(self._fitted(), path)
+        return save(self.fitted(), path)
 
     def load(self, path: str | Path) -> None:
         """Load a classifier file; one fit on other features (model, dtype, prompt) raises ValueError."""
@@ -272,20 +274,20 @@ class AppSession:
 
     def weight_map_png(self, path: str | Path) -> Path:
         """The head x class weight maps of the classifier as a PNG (:func:`calm.classifiers.plot_weight_maps`)."""
-        classifier = self._fitted()
+        classifier = self.fitted()
         return plot_weight_maps(classifier, path, title=f"{describe(classifier)}: head weight per class")
 
     def weight_maps(self) -> dict[str, Any]:
         """The head x class weight maps (:func:`calm.classifiers.plots.weight_maps`) as lists: the
         ``classes``, and per site in ``sites`` [class][layer][head] (None where the site has no such head)."""
-        classifier = self._fitted()
+        classifier = self.fitted()
         maps = weight_maps(classifier)
         return {"classes": [str(c) for c in classifier.classes_],
                 "sites": {site: np.where(np.isnan(grid), None, grid).tolist() for site, grid in maps.items()}}
 
     def layer_profile(self) -> dict[str, list[float]]:
         """Share of the head weight per layer, per site (:func:`calm.classifiers.layer_profile`)."""
-        return {site: mass.tolist() for site, mass in layer_profile(self._fitted()).items()}
+        return {site: mass.tolist() for site, mass in layer_profile(self.fitted()).items()}
 
     # -- helpers ----------------------------------------------------------------------------
     def _use(self, classifier: Any, shots: tuple[int, int] | None) -> None:
@@ -299,12 +301,7 @@ class AppSession:
             layout, rest = "", str(spec)
         if layout == "hf":
             raise ValueError(f"{spec}: the app reads folders and files under {self.root} only")
-        path = (self.root / Path(rest.strip()).expanduser()).resolve()
-        if not _inside(path, self.root):
-            raise ValueError(f"{spec}: outside {self.root}, the folder the app may read "
-                             "(start calm app with --root to choose another)")
-        if not path.exists():
-            raise ValueError(f"{spec}: no such folder or file under {self.root}")
+        path = path_under_root(self.root, rest, str(spec))
         return f"{layout}:{path}" if layout else str(path)
 
     def _clips_of(self, class_name: str) -> dict[str, Path]:
@@ -312,7 +309,8 @@ class AppSession:
             raise ValueError(f"no class {class_name!r}; make it first")
         return self.classes[class_name]
 
-    def _fitted(self) -> Any:
+    def fitted(self) -> Any:
+        """The classifier; ValueError when there is none yet."""
         if self.classifier is None:
             raise ValueError("no classifier yet: fit one or load a classifier file")
         return self.classifier
@@ -336,7 +334,8 @@ class AppSession:
         return path
 
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def running(self) -> Iterator[None]:
+        """Hold the model for one request; :class:`BusyError` if another one holds it."""
         if not self._lock.acquire(blocking=False):
             raise BusyError("busy: the model is running another request; try again when it ends")
         try:
@@ -345,21 +344,18 @@ class AppSession:
             self._lock.release()
 
     @contextmanager
-    def _idle_after(self, on_progress: Callable[[Progress], None] | None) -> Iterator[None]:
+    def idle_after(self, on_progress: Callable[[Progress], None] | None) -> Iterator[None]:
+        """Report the stage ``idle`` when the block ends, however it ends."""
         try:
             yield
         finally:
-            self._report(on_progress, "idle", self.progress.done, self.progress.total)
+            self.report(on_progress, "idle", self.progress.done, self.progress.total)
 
-    def _report(self, on_progress: Callable[[Progress], None] | None, stage: str, done: int, total: int) -> None:
+    def report(self, on_progress: Callable[[Progress], None] | None, stage: str, done: int, total: int) -> None:
+        """Set :attr:`progress` (what ``GET /api/progress`` answers) and pass it to ``on_progress``."""
         self.progress = Progress(stage, done, total)
         if on_progress is not None:
             on_progress(self.progress)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` (symbolic links resolved) is ``root`` or lies below it."""
-    return path.resolve().is_relative_to(root)
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:

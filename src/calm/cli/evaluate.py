@@ -9,6 +9,7 @@ from calm import methods
 from calm.choices import TASKS
 from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder
 from calm.cli._prepare import backbone_for, encoder_window_hint
+from calm.cli.evaluate_detection import add_detection_arguments, run_detection
 from calm.errors import InputError
 from calm.evaluation.config import EvaluationConfig
 
@@ -18,6 +19,8 @@ def _run(args: argparse.Namespace) -> int:
     from calm.evaluation.planning import check_evaluation
     from calm.evaluation.protocol import evaluate
 
+    if args.task == "detection" or args.reference is not None:  # events in long files: calm.cli.evaluate_detection
+        return run_detection(args)
     check_writable_folder(args.out, "the report")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
@@ -64,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="support draws per shot count (default: 5)")
     parser.add_argument("--methods", nargs="+", choices=names, default=None, metavar="METHOD",
                         help=f"methods (default: all that need no chat model): {', '.join(names)}")
-    parser.add_argument("--task", choices=TASKS, default=None,
-                        help="default: detected from the labels")
+    parser.add_argument("--task", choices=(*TASKS, "detection"), default=None,
+                        help="default: detected from the labels; detection: events in long files (--reference)")
     parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")
     parser.add_argument("--out", default="calm-report", help="report folder (default: calm-report)")
     parser.add_argument("--store", default=None, help="feature store root, so a rerun skips extraction")
@@ -80,4 +83,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=5, help="sampled answers per support clip for pseudo-labels")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     add_backbone_arguments(parser)
+    add_detection_arguments(parser)
     parser.set_defaults(func=_run)

@@ -26,9 +26,9 @@ def _number(accept: Callable[[float], bool], wanted: str) -> Callable[[str], flo
     return parse
 
 
-_seconds = _number(lambda v: v > 0, "a positive number of seconds")
-_non_negative = _number(lambda v: v >= 0, "a number of seconds, at least 0")
-_probability = _number(lambda v: 0 <= v <= 1, "a probability between 0 and 1")
+positive_seconds = _number(lambda v: v > 0, "a positive number of seconds")
+non_negative_seconds = _number(lambda v: v >= 0, "a number of seconds, at least 0")
+probability = _number(lambda v: 0 <= v <= 1, "a probability between 0 and 1")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -90,11 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", help="audio files or folders of them")
     parser.add_argument("--classifier", required=True, help="file written by calm fit")
     parser.add_argument("--out", default="calm-scan", help="output folder (default: calm-scan)")
-    parser.add_argument("--window", type=_seconds, default=None, metavar="S",
+    parser.add_argument("--window", type=positive_seconds, default=None, metavar="S",
                         help="window length (default: the median length of the classifier's support clips)")
-    parser.add_argument("--hop", type=_seconds, default=None, metavar="S",
+    parser.add_argument("--hop", type=positive_seconds, default=None, metavar="S",
                         help="hop between windows (default: half the window, at most 0.5 s)")
-    parser.add_argument("--threshold", type=_probability, default=0.5,
+    parser.add_argument("--threshold", type=probability, default=0.5,
                         help="probability a window's top class needs to count (default: 0.5)")
     parser.add_argument("--background", default=None, metavar="CLASS",
                         help="a class of the classifier that means 'nothing of interest' (never an event)")
@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="windows unlike every class (open-set score below the classifier's threshold) are "
                              "unknown and never part of an event")
     parser.add_argument("--unknown-label", default="unknown", help="label of rejected windows (default: unknown)")
-    parser.add_argument("--merge-gap", type=_non_negative, default=0.0, metavar="S",
+    parser.add_argument("--merge-gap", type=non_negative_seconds, default=0.0, metavar="S",
                         help="join events of one class at most S seconds apart (default: 0)")
     parser.add_argument("--timeline", action="store_true", help="also draw <file>.timeline.png per file")
     parser.add_argument("--windows", action="store_true",
@@ -111,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", default=None, metavar="CSV",
                         help="score the events against reference events (onset,offset,label[,file] in seconds; file "
                              "relative to the CSV) -> event-based precision, recall, F1 in detection.json")
-    parser.add_argument("--collar", type=_non_negative, default=0.5, metavar="S",
+    parser.add_argument("--collar", type=non_negative_seconds, default=0.5, metavar="S",
                         help="onset collar for --reference: a found event within S seconds of a reference onset of "
                              "its class is a hit (default: 0.5)")
     parser.add_argument("--store", default=None,

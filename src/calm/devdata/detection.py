@@ -19,6 +19,16 @@ after another with the pauses they were recorded with, resampled to 16 kHz. Supp
 clips and background clips are disjoint (placed clips may repeat, each only after all were placed),
 and so are the prompts behind each file, the background clips and the support clips. A clip's SNR is its RMS
 level over the RMS level of the whole background file (for support clips, of their stretches together). Everything is seeded (:data:`SEED`).
+
+``calm data prepare detection-ambient`` builds the same benchmark over **ambient** recordings
+instead: the day, night, rain and wind loops of MegaGlest's tilesets (``megaglest-data``, CC BY-SA
+3.0; birds, insects, rain, wind; :func:`ambient_recordings`), cut into :data:`PIECE`-second pieces
+in a seeded order. There is less of it than the long files need, so per task :data:`HELD_OUT`
+pieces give the support and background clips (none twice; taken in turn, a block of
+:data:`BACKGROUND_SECONDS` from each, so the five background clips hold five different pieces) and
+the other pieces, cross-faded over :data:`FADE` s and cycled in a new order on each pass, the long
+files: the long files repeat their background (each piece about twice per task), the clips never
+come from it.
 """
 
 from __future__ import annotations
@@ -26,17 +36,17 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import soundfile as sf
 
 from calm.cache import build_atomically, cache_dir
 from calm.devdata import devsets, drums
-from calm.devdata.sources import DemoDataError, asterisk_sounds
+from calm.devdata.sources import DemoDataError, asterisk_sounds, unpack_debian_packages
 
-__all__ = ["BACKGROUND_LABEL", "Placed", "SNRS", "build_detection", "dev_sources", "place_clips", "prepare_detection",
-           "speech_stream"]
+__all__ = ["BACKGROUND_LABEL", "Placed", "SNRS", "ambient_recordings", "build_detection", "dev_sources", "place_clips",
+           "prepare_detection", "prepare_detection_ambient", "speech_stream"]
 
 RATE = 16000
 SEED = 0
@@ -51,6 +61,12 @@ BACKGROUND_LABEL = "background"
 TASKS: dict[str, Callable[..., Path]] = {"instruments": devsets.prepare_instruments, "drums": drums.prepare_drums}
 _STAMP = "recipe.json"
 _VERSION = 3
+_AMBIENT_VERSION = 2
+AMBIENT_PACKAGE = "megaglest-data"
+AMBIENT_FILES = "./usr/share/games/megaglest/tilesets/*/sounds/*"
+PIECE = 15.0
+HELD_OUT = 5
+FADE = 0.25
 
 
 class Placed(NamedTuple):
@@ -145,41 +161,89 @@ def _split(sources: list[Source], rng: random.Random) -> tuple[list[Source], lis
     return support, [s for s in sources if s not in chosen]
 
 
-def _write_task(root: Path, task: str, sources: list[Source], prompts: list[Path], rng: random.Random) -> int:
-    """One task's support clips, long files and reference under ``root``; how many prompts it used."""
+class _Prompts:
+    """Speech background: the prompts read one after another (:func:`speech_stream`), none twice."""
+
+    def __init__(self, prompts: Sequence[Path]) -> None:
+        self.prompts, self.used = prompts, 0
+
+    def __call__(self, seconds: float, held_out: bool = False) -> np.ndarray:
+        audio, count = speech_stream(self.prompts[self.used:], seconds)
+        self.used += count
+        return audio
+
+
+class _Loops:
+    """Ambient background (see the module doc): ``held_out`` stretches read one after another, none
+    twice, from the first :data:`HELD_OUT` of the shuffled pieces taken in turn, a
+    :data:`BACKGROUND_SECONDS` block of each (so the background clips, read first, come from as
+    many pieces), cross-faded; the others from the rest, cross-faded and cycled."""
+
+    def __init__(self, pieces: Sequence[np.ndarray], rng: random.Random) -> None:
+        order = list(pieces)
+        rng.shuffle(order)
+        if len(order) <= HELD_OUT:
+            raise DemoDataError(f"{len(order)} ambient pieces of {PIECE:g} s, more than {HELD_OUT} needed")
+        block = round((BACKGROUND_SECONDS + FADE) * RATE)  # each adds BACKGROUND_SECONDS once cross-faded
+        blocks = [piece[k:k + block] for k in range(0, round(PIECE * RATE) - block + 1, block)
+                  for piece in order[:HELD_OUT]]
+        self.held, self.used = _crossfaded(iter(blocks), float("inf")), 0
+        self.pool = _pool(order[HELD_OUT:], rng)
+
+    def __call__(self, seconds: float, held_out: bool = False) -> np.ndarray:
+        if not held_out:
+            return _crossfaded(self.pool, seconds)
+        needed = round(seconds * RATE)
+        if self.used + needed > len(self.held):
+            raise DemoDataError(f"the {HELD_OUT} held-out ambient pieces ({len(self.held) / RATE:.0f} s) are too few "
+                                "for the support and background clips")
+        self.used += needed
+        return self.held[self.used - needed:self.used]
+
+
+def _crossfaded(pieces: Iterator[np.ndarray], seconds: float) -> np.ndarray:
+    """The next ``pieces`` joined with :data:`FADE`-second linear cross-fades until ``seconds`` are
+    reached (cut there), or until they run out."""
+    fade = round(FADE * RATE)
+    ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
+    audio = next(pieces)
+    for piece in pieces:
+        audio = np.concatenate([audio[:-fade], audio[-fade:] * (1 - ramp) + piece[:fade] * ramp, piece[fade:]])
+        if len(audio) >= seconds * RATE:
+            break
+    return audio[:round(seconds * RATE)] if np.isfinite(seconds) else audio
+
+
+def _write_task(root: Path, task: str, sources: list[Source], bed: Callable[[float, bool], np.ndarray],
+                rng: random.Random) -> None:
+    """One task's support clips, long files and reference under ``root``, their background from ``bed``."""
     support, others = _split(sources, rng)
     (root / "clips").mkdir(parents=True)
     (root / "long").mkdir()
-    used = 0
     pool = ((source, _read(source.path)) for source in _pool(others, rng))
     events = []
     for index in range(FILES):
-        background, count = speech_stream(prompts[used:], FILE_SECONDS)
-        used += count
-        mixture, placed = place_clips(background, pool, rng)
+        mixture, placed = place_clips(bed(FILE_SECONDS, False), pool, rng)
         name = f"{task}-{index:02d}.wav"
         sf.write(root / "long" / name, mixture.astype(np.float32), RATE, subtype="FLOAT")
         events.extend((name, *event) for event in placed)
     rows = []
     for index in range(BACKGROUND_CLIPS):
-        audio, count = speech_stream(prompts[used:], BACKGROUND_SECONDS)
-        used += count
+        audio = bed(BACKGROUND_SECONDS, True)
         clip = f"{task}-background-{index:02d}"
         sf.write(root / "clips" / f"{clip}.wav", audio.astype(np.float32), RATE, subtype="FLOAT")
         rows.append((clip, f"clips/{clip}.wav", BACKGROUND_LABEL, ""))
     clean = [(source, _read(source.path)) for source in support]
-    bed, count = speech_stream(prompts[used:], sum(len(audio) for _, audio in clean) / RATE)
-    used += count
-    level, start = _rms(bed), 0
+    stretch = bed(sum(len(audio) for _, audio in clean) / RATE, True)
+    level, start = _rms(stretch), 0
     for (source, audio), snr in zip(clean, _cycle(SNRS)):
-        mixed = bed[start:start + len(audio)] + audio * (level * 10 ** (snr / 20) / _rms(audio))
+        mixed = stretch[start:start + len(audio)] + audio * (level * 10 ** (snr / 20) / _rms(audio))
         start += len(audio)
         sf.write(root / "clips" / f"{source.id}.wav", mixed.astype(np.float32), RATE, subtype="FLOAT")
         rows.append((source.id, f"clips/{source.id}.wav", source.label, f"{snr:g}"))
     _write_csv(root / "support.csv", ("id", "path", "label", "snr"), rows)
     _write_csv(root / "long" / "reference.csv", ("file", "onset", "offset", "label", "snr", "clip"),
                [(f, f"{on:.7f}", f"{off:.7f}", label, f"{snr:g}", clip) for f, on, off, label, snr, clip in events])
-    return used
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -190,26 +254,40 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> N
 
 
 def build_detection(out_dir: Path, tasks: dict[str, list[Source]], prompts: Sequence[Path], name: str = "detection",
-                    verbose: bool = True) -> Path:
+                    verbose: bool = True, ambient: bool = False) -> Path:
     """Write the benchmark of ``tasks`` (name -> its labelled clips) over the background ``prompts``
-    into ``out_dir`` (reused when complete; see the module doc); returns ``tasks.csv`` (``task,
-    support, reference``, paths relative to ``out_dir``)."""
+    (speech prompts read once each; with ``ambient``, ambient recordings cut into pieces: see the
+    module doc) into ``out_dir`` (reused when complete); returns ``tasks.csv`` (``task, support,
+    reference``, paths relative to ``out_dir``)."""
     out_dir = Path(out_dir)
     rng = random.Random(SEED)
     order = sorted(prompts)
     rng.shuffle(order)
 
     def write(staging: Path) -> None:
-        used = 0
+        speech = _Prompts(order)
+        pieces = _pieces(order) if ambient else []
         for task in sorted(tasks):
-            used += _write_task(staging / task, task, sorted(tasks[task]), order[used:], rng)
+            bed = _Loops(pieces, rng) if ambient else speech
+            _write_task(staging / task, task, sorted(tasks[task]), bed, rng)
         _write_csv(staging / "tasks.csv", ("task", "support", "reference"),
                    [(task, f"{task}/support.csv", f"{task}/long/reference.csv") for task in sorted(tasks)])
 
-    built = build_atomically(out_dir, _STAMP, {"recipe": name, "version": _VERSION}, write)
+    built = build_atomically(out_dir, _STAMP, {"recipe": name, "version": _AMBIENT_VERSION if ambient else _VERSION},
+                             write)
     if verbose:
         print(f"{name}: {len(tasks)} tasks x {FILES} files x {FILE_SECONDS / 60:g} min in {built}")
     return built / "tasks.csv"
+
+
+def _pieces(recordings: Sequence[Path]) -> list[np.ndarray]:
+    """Every whole :data:`PIECE`-second piece of the recordings, in order."""
+    size = round(PIECE * RATE)
+    pieces = []
+    for path in recordings:
+        audio = _read(path)
+        pieces.extend(audio[start:start + size] for start in range(0, len(audio) - size + 1, size))
+    return pieces
 
 
 def dev_sources(task: str) -> list[Source]:
@@ -225,3 +303,28 @@ def prepare_detection(out_dir: Path, verbose: bool = True) -> Path:
     sounds = asterisk_sounds()
     prompts = sorted(p for p in sounds.rglob("*.wav"))
     return build_detection(out_dir, {task: dev_sources(task) for task in TASKS}, prompts, verbose=verbose)
+
+
+def ambient_recordings() -> list[Path]:
+    """The ambient loops of MegaGlest's tilesets (day, night, rain, wind) at least :data:`PIECE` s
+    long, one of each recording (two tilesets share one, encoded twice), sorted; ``megaglest-data`` (CC BY-SA 3.0) is fetched
+    and only these folders unpacked into ``<cache>/debian/megaglest-data`` once."""
+    root = cache_dir("debian", AMBIENT_PACKAGE)
+    tilesets = root / "usr" / "share" / "games" / "megaglest" / "tilesets"
+    if not tilesets.is_dir():
+        unpack_debian_packages([AMBIENT_PACKAGE], root, members=(AMBIENT_FILES,))
+    unique: dict[tuple[str, int], Path] = {}
+    for path in sorted(tilesets.glob("*/sounds/*")):
+        info = sf.info(path) if path.is_file() else None
+        if info is not None and info.duration >= PIECE:  # one file of a name and length: winter's wind is twice
+            unique.setdefault((path.name, info.frames), path)
+    if not unique:
+        raise DemoDataError(f"{tilesets}: no ambient recordings of {PIECE:g} s or more")
+    return sorted(unique.values())
+
+
+def prepare_detection_ambient(out_dir: Path, verbose: bool = True) -> Path:
+    """The detection dev benchmark over ambient recordings (:func:`ambient_recordings`) instead of
+    speech: same tasks, clips, times and SNRs; see the module doc. Returns ``tasks.csv``."""
+    return build_detection(out_dir, {task: dev_sources(task) for task in TASKS}, ambient_recordings(),
+                           name="detection-ambient", verbose=verbose, ambient=True)

@@ -28,6 +28,7 @@ RECIPES: dict[str, Callable[..., Path]] = {
     "drums": drums.prepare_drums,
     "drums-shift": drums.prepare_drums_shift,
     "detection": detection.prepare_detection,
+    "detection-ambient": detection.prepare_detection_ambient,
 }
 """Recipe name -> function(out_dir) that builds the dataset there and returns its metadata CSV."""
 

@@ -88,9 +88,10 @@ def asterisk_sounds() -> Path:
     return sounds
 
 
-def unpack_debian_packages(packages: list[str], root: Path) -> None:
+def unpack_debian_packages(packages: list[str], root: Path, members: tuple[str, ...] = ()) -> None:
     """Fetch ``packages`` with ``apt-get download`` and unpack them (``dpkg -x``, no root) so that
-    their files lie under ``root/usr``, replacing what was there."""
+    their files lie under ``root/usr``, replacing what was there; with ``members`` (tar wildcards
+    such as ``./usr/share/x/*``), only the files they match."""
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise DemoDataError(
@@ -106,7 +107,13 @@ def unpack_debian_packages(packages: list[str], root: Path) -> None:
             )
         unpacked = Path(work) / "unpacked"
         for deb in sorted(Path(work).glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
+            if members:
+                unpacked.mkdir(exist_ok=True)
+                with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as archive:
+                    subprocess.run(["tar", "-x", "-C", str(unpacked), "--wildcards", *members], stdin=archive.stdout,
+                                   check=True, capture_output=True)
+            else:
+                subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
         shutil.rmtree(root / "usr", ignore_errors=True)
         (unpacked / "usr").rename(root / "usr")
 

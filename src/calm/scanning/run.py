@@ -14,9 +14,9 @@ needs the memory of a batch of windows, plus a few numbers per window.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -89,6 +89,11 @@ def support_window(classifier: Any, backbone: Backbone) -> float:
     if not seconds:
         raise ValueError("the classifier records no support clip lengths (fit on plain arrays, or saved by an "
                          "older calm): give the window in seconds (calm scan --window S)")
+    return window_for(seconds, backbone)
+
+
+def window_for(seconds: Sequence[float], backbone: Backbone) -> float:
+    """The median of clip lengths ``seconds``, within what the backbone takes."""
     window = max(float(np.median(seconds)), backbone.min_seconds)
     return min(window, backbone.window_seconds) if backbone.window_seconds is not None else window
 
@@ -122,21 +127,26 @@ def scan(
     store: Any = None,
     batch_size: int = 8,
     loader_threads: int | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[float, float], None] = False,
 ) -> list[FileScan]:
     """Scan audio files (or folders of them) with a fitted classifier; one :class:`FileScan` per
     file, in order.
 
     Args:
         backbone: the classifier's (:func:`calm.load_backbone_for`); features from another backbone
-            or prompt than the classifier's raise ValueError naming both.
+            or prompt than the classifier's raise ValueError naming both. With the backbone option
+            ``compile=None`` (the default), a scan of enough windows on a GPU compiles the layers
+            first, as :func:`calm.extract` does for clips (:meth:`calm.backbones.Backbone.compile_for`;
+            the windows are then stored apart); whether the classifier was fitted on compiled
+            layers does not matter.
         classifier: fitted by :func:`calm.fit_classifier` (or loaded with :func:`calm.load`).
         options: :class:`ScanOptions` (window, hop, threshold, rejection, background class).
         store: a feature store (folder or open :class:`~calm.store.FeatureStore`) for the windows'
             features, so a rerun or another classifier on the same backbone and prompt reuses them.
         batch_size, loader_threads: windows per forward pass; background threads that decode the
             next batches (results are the same for every value of both).
-        progress: a progress bar in hours of audio.
+        progress: True: a progress bar in hours of audio; a function: called after every batch with
+            the seconds of audio scanned so far and in all (what it raises stops the scan).
     """
     options = options or ScanOptions()
     if options.on_error not in ON_ERROR:
@@ -147,7 +157,8 @@ def scan(
     recorded = getattr(classifier, "fingerprint_", None) or {}
     if "prompt" not in recorded:
         raise ValueError("the classifier records no prompt (fit on plain arrays?); fit it with calm fit")
-    check_fingerprint(recorded, feature_fingerprint(backbone, recorded["prompt"]), "the classifier")
+    check_fingerprint(_uncompiled(recorded), _uncompiled(feature_fingerprint(backbone, recorded["prompt"])),
+                      "the classifier")
     window = options.window or support_window(classifier, backbone)
     hop = options.hop or default_hop(window)
     classes = [str(c) for c in classifier.classes_]
@@ -155,7 +166,10 @@ def scan(
     if not options.merge_gap >= 0:
         raise ValueError(f"merge_gap must be at least 0 seconds, got {options.merge_gap!r}")
     plans = [_plan(path, window, hop, options.on_error) for path in audio_files(paths)]
-    bar = _hours_bar(sum(w.seconds for _, w in plans if isinstance(w, Windows))) if progress else None
+    backbone.compile_for(sum(len(w) for _, w in plans if isinstance(w, Windows)))  # as calm.extract: long GPU scans
+    total = sum(w.seconds for _, w in plans if isinstance(w, Windows))
+    bar = _hours_bar(total) if progress is True else None
+    tick = _Ticker(bar, progress if callable(progress) else None, total)
     results = []
     with WindowExtractor(backbone, recorded["prompt"], store, batch_size, loader_threads) as extractor:
         for path, planned in plans:
@@ -163,7 +177,7 @@ def scan(
                 results.append(FileScan(str(path), classes, error=planned))
                 continue
             try:
-                results.append(_scan_file(extractor, classifier, path, planned, classes, options, bar))
+                results.append(_scan_file(extractor, classifier, path, planned, classes, options, tick))
             except MediaLoadError as error:
                 if options.on_error == "raise":
                     raise
@@ -171,6 +185,12 @@ def scan(
     if bar is not None:
         bar.close()
     return results
+
+
+def _uncompiled(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint but for ``compile``: compiled layers are the same model (their numbers differ in
+    the last bits), so a classifier and the windows it scans may differ there."""
+    return {key: value for key, value in fingerprint.items() if key != "compile"}
 
 
 def _plan(path: Path, window: float, hop: float, on_error: str) -> tuple[Path, Windows | str]:
@@ -185,18 +205,19 @@ def _plan(path: Path, window: float, hop: float, on_error: str) -> tuple[Path, W
 
 
 def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows: Windows, classes: list[str],
-               options: ScanOptions, bar: Any) -> FileScan:
+               options: ScanOptions, tick: "_Ticker") -> FileScan:
     content = content_hash(path) if extractor.store is not None else str(path)  # the hash keys stored windows only
     probabilities, scores, rejected = [], [], []
     done = 0
     for features in extractor.batches(path, windows, content):
+        if features.fingerprint.get("compile") != classifier.fingerprint_.get("compile"):
+            features = replace(features, fingerprint=dict(classifier.fingerprint_))  # the same but for compile
         probabilities.append(np.asarray(classifier.predict_proba(features), dtype=np.float64))
         if options.reject:
             labels, score = classifier.predict_open(features, unknown=options.unknown_label)
             scores.append(np.asarray(score, dtype=np.float64))
             rejected.append(np.array([label == options.unknown_label for label in labels], dtype=bool))
-        if bar is not None:
-            bar.update((windows.spans[done + len(features)] - windows.spans[done]) / 3600)
+        tick(windows.spans[done + len(features)] - windows.spans[done])
         done += len(features)
     p = np.concatenate(probabilities)
     result = FileScan(str(path), classes, windows, p)
@@ -205,6 +226,20 @@ def _scan_file(extractor: WindowExtractor, classifier: Any, path: Path, windows:
     result.labels = active_labels(p, classes, options.threshold, result.rejected, options.background)
     result.events = find_events(str(path), windows.spans, p, classes, result.labels, options.merge_gap)
     return result
+
+
+class _Ticker:
+    """Reports seconds of audio scanned to a progress bar (in hours) and a callback, either optional."""
+
+    def __init__(self, bar: Any, callback: Callable[[float, float], None] | None, total: float) -> None:
+        self.bar, self.callback, self.total, self.done = bar, callback, total, 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.done += float(seconds)
+        if self.bar is not None:
+            self.bar.update(seconds / 3600)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
 
 
 def _hours_bar(hours_of_seconds: float) -> Any:

@@ -78,6 +78,7 @@ function render(next) {
     : "None yet: fit one, or load a file.";
   $("download").hidden = !clf;
   $("interpretation").hidden = !clf;
+  $("scanning").hidden = !clf;
   if (JSON.stringify(clf) !== shownClassifier) { // a new fit or file: its own rejection rate, no old result
     shownClassifier = JSON.stringify(clf);
     $("reject-controls").hidden = !(clf && clf.reject_rate !== null);
@@ -85,6 +86,7 @@ function render(next) {
     last = null;
     $("result").hidden = true;
     updateThreshold();
+    scanControls(clf);
   }
 }
 

@@ -111,3 +111,54 @@ function drawWeightMaps(maps, width) {
     ` ${top.toFixed(4)} (each class's weights sum to 1)`);
   return [legend, el("div", { className: "maps" }, ...figures)];
 }
+
+// Matplotlib's tab10, the colours of calm scan's timeline PNG.
+const TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf"];
+
+// A scan's timeline: each class's probability per step (stairs), the events as bands (hover for
+// their times and scores), the threshold dashed; time in seconds, or minutes past 10 minutes.
+function drawTimeline(scan, width) {
+  const classes = Object.keys(scan.timeline.probabilities);
+  const times = scan.timeline.times;
+  const minutes = scan.seconds > 600, unit = minutes ? 60 : 1;
+  const left = 48, right = 12, pad = 8, height = 170, bottom = 36;
+  const plotWidth = Math.max(200, width - left - right);
+  const end = times[times.length - 1] || 1;
+  const x = (t) => left + plotWidth * t / end;
+  const y = (p) => pad + height * (1 - p);
+  const plot = svg("svg", { class: "timeline", width: left + plotWidth + right, height: pad + height + bottom,
+    role: "img", "aria-label": `probability of each class over ${scan.file}` });
+  const colourOf = Object.fromEntries(classes.map((name, k) => [name, TAB10[k % TAB10.length]]));
+  for (const tick of [0, 0.5, 1]) {
+    plot.append(svg("line", { class: "grid", x1: left, x2: left + plotWidth, y1: y(tick), y2: y(tick) }),
+      svgText(left - 6, y(tick) + 4, String(tick), { "text-anchor": "end" }));
+  }
+  for (const e of scan.events) {
+    const title = `${e.label}: ${e.onset.toFixed(2)}–${e.offset.toFixed(2)} s, peak ${e.peak.toFixed(2)}, `
+      + `mean ${e.mean.toFixed(2)}`;
+    plot.append(svg("rect", { class: "event", x: x(e.onset), y: pad, width: Math.max(1, x(e.offset) - x(e.onset)),
+      height, fill: colourOf[e.label] }, svg("title", {}, title)));
+  }
+  classes.forEach((name) => {
+    const p = scan.timeline.probabilities[name];
+    let d = `M${x(times[0]).toFixed(1)},${y(p[0]).toFixed(1)}`;
+    p.forEach((value, i) => {
+      d += `V${y(value).toFixed(1)}H${x(times[i + 1]).toFixed(1)}`;
+    });
+    plot.append(svg("path", { class: "class", d, stroke: colourOf[name] }, svg("title", {}, name)));
+  });
+  plot.append(svg("line", { class: "threshold", x1: left, x2: left + plotWidth, y1: y(scan.threshold),
+    y2: y(scan.threshold) }, svg("title", {}, `threshold ${scan.threshold}`)));
+  const step = roundTop(end / unit / 8);
+  for (let t = 0; t <= end / unit + 1e-9; t += step) {
+    plot.append(svgText(x(t * unit), pad + height + 14, String(+t.toFixed(3)), { "text-anchor": "middle" }));
+  }
+  plot.append(svgText(left + plotWidth / 2, pad + height + 32, minutes ? "time (min)" : "time (s)",
+    { class: "axis", "text-anchor": "middle" }),
+    svgText(12, pad + height / 2, "probability", { class: "axis", "text-anchor": "middle",
+      transform: `rotate(-90 12 ${pad + height / 2})` }));
+  const legend = el("p", { className: "legend" }, ...classes.map((name) =>
+    el("span", { className: "key", style: `color: ${colourOf[name]}` }, `━ ${name}  `)));
+  return [plot, legend];
+}
