@@ -324,7 +324,7 @@ def test_choices_and_feature_options_have_one_source():
     import calm.engine
     import calm.evaluation.planning
 
-    assert _choices(["evaluate"], "--task") == calm.choices.TASKS and calm.evaluation.planning.TASKS is calm.choices.TASKS
+    assert _choices(["evaluate"], "--task") == calm.choices.EVALUATE_TASKS and calm.evaluation.planning.TASKS is calm.choices.TASKS
     assert _choices(["extract"], "--on-error") == calm.choices.ON_ERROR and calm.engine.ON_ERROR is calm.choices.ON_ERROR
     options = BackboneOptions(dtype="bfloat16", compile=True, encoder_seconds=5, video_max_pixels=1000, fast=False)
     fingerprint = {"dtype": "bfloat16", **options.fingerprint()}
@@ -411,8 +411,8 @@ LONG_SIGNATURES_ALLOWED = {  # issue 24 item 3: in code owned by the speed work 
 }
 
 
-LAZY_IMPORT_CEILING = 60
-"""Import statements of calm modules inside functions, at most (72 before issue 24). Each defers a
+LAZY_IMPORT_CEILING = 68
+"""Import statements of calm modules inside functions, at most (72 before issue 24; 60 after it, then 8 more that keep the CLI light: the detection evaluation, the app's loopback check, the evaluate workers' thread limit). Each defers a
 heavy dependency (torch, numpy, soundfile, matplotlib: ``calm --help`` and the light modules stay
 light) or breaks a cycle; the rest are at module level."""
 

@@ -5,7 +5,10 @@ so that the CLI's ``choices=`` come from the same source as the library's checks
 from __future__ import annotations
 
 TASKS = ("multiclass", "spoof", "multilabel")
-"""Evaluation tasks (:mod:`calm.evaluation.protocol`); ``calm evaluate --task``."""
+"""Clip evaluation tasks (:mod:`calm.evaluation.protocol`)."""
+
+EVALUATE_TASKS = (*TASKS, "detection")
+"""``calm evaluate --task``: the clip tasks, and events in long files (:mod:`calm.scanning.evaluation`)."""
 
 ON_ERROR = ("raise", "record")
 """What a file that cannot be loaded does: stop the run, or be recorded as failed; ``--on-error``."""

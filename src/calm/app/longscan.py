@@ -149,7 +149,7 @@ class ScanPanel:
 
     def timeline_png(self, path: str | os.PathLike) -> Path:
         """The last scan drawn by :func:`calm.scanning.timeline.plot_timeline`."""
-        from calm.scanning.timeline import plot_timeline
+        from calm.scanning.timeline import plot_timeline  # matplotlib: only when a PNG is asked for
 
         return plot_timeline(self._named(), path, self._scanned()[2].threshold)
 

@@ -6,7 +6,7 @@ import argparse
 import warnings
 
 from calm import methods
-from calm.choices import TASKS
+from calm.choices import EVALUATE_TASKS
 from calm.cli._common import DEFAULT_PROMPT, add_backbone_arguments, check_writable_folder
 from calm.cli._prepare import backbone_for, encoder_window_hint
 from calm.cli.evaluate_detection import add_detection_arguments, run_detection
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="support draws per shot count (default: 5)")
     parser.add_argument("--methods", nargs="+", choices=names, default=None, metavar="METHOD",
                         help=f"methods (default: all that need no chat model): {', '.join(names)}")
-    parser.add_argument("--task", choices=(*TASKS, "detection"), default=None,
+    parser.add_argument("--task", choices=EVALUATE_TASKS, default=None,
                         help="default: detected from the labels; detection: events in long files (--reference)")
     parser.add_argument("--query-fold", default=None, help="hold out this fold as the query for every seed")
     parser.add_argument("--out", default="calm-report", help="report folder (default: calm-report)")

@@ -38,10 +38,11 @@ def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
 def run_detection(args: argparse.Namespace) -> int:
     """``calm evaluate`` for ``--task detection``; ValueError for a missing ``--reference`` or an
     option of the other tasks, before any model loads."""
-    from calm.data.loaders import load_dataset
-    from calm.evaluation.detection import read_events
-    from calm.scanning import ScanOptions
-    from calm.scanning.evaluation import DetectionSetup, check_detection, evaluate_detection
+    from calm.data.loaders import load_dataset  # numpy/torch: imported when the command runs, not for --help
+    from calm.evaluation.detection import read_events  # numpy/torch: imported when the command runs, not for --help
+    from calm.scanning import ScanOptions  # numpy/torch: imported when the command runs, not for --help
+    from calm.scanning.evaluation import (  # numpy/torch: imported when the command runs, not for --help
+        DetectionSetup, check_detection, evaluate_detection)
 
     if args.task != "detection":
         raise ValueError("--reference scores event detection: use it with --task detection")
