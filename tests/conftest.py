@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import calm.backbones.loading
+
 torch.set_num_threads(1)
 _CACHE = Path(__file__).resolve().parents[1] / ".calm-test-cache"
 os.environ.setdefault("CALM_CACHE", str(_CACHE))
@@ -29,3 +31,13 @@ def demo_sounds() -> Path:
         return asterisk_sounds()
     except DemoDataError as error:
         pytest.skip(f"the demo recordings are not available here: {error}")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails the test: the error must come before it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the error")
+
+    monkeypatch.setattr(calm.backbones.loading, "load_backbone", refuse)
+    monkeypatch.setattr(calm.backbones, "load_backbone", refuse)

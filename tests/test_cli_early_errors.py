@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import calm.backbones
-import calm.backbones.loading
 from calm.cli import build_parser, main
 from calm.fingerprint import check_fingerprint
 from test_cli_fit_predict import TONES, tone
@@ -25,16 +23,6 @@ def folder(tmp_path_factory) -> Path:
         for k in range(2 if name == "high" else 3):
             tone(root / name / f"{name}{k}.wav", hz * (1 + 0.03 * k), seed=k)
     return root
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the error must come before it."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the error")
-
-    monkeypatch.setattr(calm.backbones.loading, "load_backbone", refuse)
-    monkeypatch.setattr(calm.backbones, "load_backbone", refuse)
 
 
 def run(capsys, *args: str) -> tuple[int, str]:

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import soundfile
 
-import calm.backbones
-import calm.backbones.loading
 import calm.scanning.features as scan_features
 from calm.backbones.tiny import tiny_backbone
 from calm.cli import main
@@ -105,15 +103,6 @@ def test_the_library_call_takes_a_setup_and_names_a_class_without_enough_clips(b
     items = load_dataset(str(clips))
     with pytest.raises(ValueError, match="class 'high' has 3 item\\(s\\) to draw from, 4-shot needs 4"):
         evaluate_detection(tiny_backbone("whisper"), items, reference, DetectionSetup(shots=(4,)), prompt=PROMPT)
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the error")
-
-    monkeypatch.setattr(calm.backbones.loading, "load_backbone", refuse)
-    monkeypatch.setattr(calm.backbones, "load_backbone", refuse)
 
 
 def test_bad_detection_requests_fail_before_a_model_loads(bench, tmp_path, capsys, no_model):
